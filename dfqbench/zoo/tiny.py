@@ -75,7 +75,11 @@ def build_tiny(seed: int = 0, num_classes: int = TINY_NUM_CLASSES) -> TinyNet:
         with torch.no_grad():
             for _ in range(4):
                 net(torch.randn(64, 3, TINY_INPUT_SIZE, TINY_INPUT_SIZE))
-        net.eval()
+            net.eval()
+            # Centre and whiten the classifier on the pooled features so the predicted classes are balanced.
+            feats = net.features(_normalize(_random_images(512, torch.default_generator))).flatten(1)
+            net.output.weight.div_(feats.std(0).clamp_min(1e-3))
+            net.output.bias.copy_(-net.output.weight @ feats.mean(0))
     finally:
         torch.set_rng_state(rng_state)
     return net
@@ -83,10 +87,17 @@ def build_tiny(seed: int = 0, num_classes: int = TINY_NUM_CLASSES) -> TinyNet:
 
 def tiny_test_set(n: int = 256, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded uint8 images (n×3×8×8) labelled with the tiny teacher's own predictions (ImageNet mean/std)."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, TINY_INPUT_SIZE, TINY_INPUT_SIZE), generator=gen, dtype=torch.uint8)
+    images = _random_images(n, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        labels = build_tiny().eval()(_normalize(images)).argmax(1)
+    return images, labels
+
+
+def _random_images(n: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, TINY_INPUT_SIZE, TINY_INPUT_SIZE), generator=gen, dtype=torch.uint8)
+
+
+def _normalize(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        labels = build_tiny().eval()((images.float() / 255 - mean) / std).argmax(1)
-    return images, labels
+    return (images.float() / 255 - mean) / std
