@@ -1,0 +1,127 @@
+"""The ``dfqbench`` command: ``run`` one cell, ``list methods|models``.
+
+Bad input prints one line (``dfqbench: error: …``) naming the bad value and the valid choices or the fix,
+and exits with status 2; nothing is written to the results folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from dfqbench.errors import DfqbenchError
+
+OFFLINE_HELP = (
+    "offline use: --weights FILE (or DFQBENCH_WEIGHTS) with --weights-norm imagenet|cifar10|… "
+    "(or DFQBENCH_WEIGHTS_NORM), --data-root DIR (or DFQBENCH_DATA)"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfqbench", description="Data-free quantization benchmark harness.",
+                                     epilog=OFFLINE_HELP)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one method × model × bits × seed cell", epilog=OFFLINE_HELP)
+    run.add_argument("--method", required=True, help="a registered method (dfqbench list methods)")
+    run.add_argument("--model", required=True, help="a zoo model or any pytorchcv name (dfqbench list models)")
+    run.add_argument("--bits", required=True, help="weight/activation bits, e.g. w4a4, w3a3, w4a8")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--protocol", default="paper", help="paper (published schedule) or quick (minutes on CPU)")
+    run.add_argument("--weights", help="local pretrained weights file (env DFQBENCH_WEIGHTS)")
+    run.add_argument("--weights-dir", help="folder of <model>.pth weights files (env DFQBENCH_WEIGHTS_DIR)")
+    run.add_argument("--weights-norm", help="input normalisation of local weights: imagenet, cifar10, cifar100, "
+                     "cifar10_pytorchcv or m,m,m/s,s,s (env DFQBENCH_WEIGHTS_NORM)")
+    run.add_argument("--data-root", help="test data root (env DFQBENCH_DATA); CIFAR-10 as cifar10-test/ ImageFolder")
+    run.add_argument("--results", help="results folder (env DFQBENCH_RESULTS; default ./results)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--log-every", type=int, default=50, help="iterations between logged diagnostics")
+    run.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="dotted overrides, e.g. train.epochs=3 method.temperature=10 quant.tracker=ema")
+
+    lst = sub.add_parser("list", help="list registered methods or models")
+    lst.add_argument("what", choices=["methods", "models"])
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dfqbench.core.progress import make_progress
+    from dfqbench.runner import RunRequest, run
+
+    if args.log_every < 1:
+        raise DfqbenchError(f"invalid --log-every {args.log_every}: must be >= 1")
+    request = RunRequest(
+        method=args.method, model=args.model, bits=args.bits, seed=args.seed, protocol=args.protocol,
+        overrides=list(args.overrides), weights=args.weights, weights_dir=args.weights_dir,
+        weights_norm=args.weights_norm, data_root=args.data_root, results=args.results, device=args.device,
+        log_every=args.log_every,
+    )
+    progress = make_progress(force_plain=args.plain)
+    record = run(request, progress)
+    progress.message(summarize(record))
+    return 0
+
+
+def summarize(record: dict) -> str:
+    """A short, readable summary of a finished run's record."""
+    spec = record["spec"]
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    teacher = spec["teacher"].get("source", "?")
+    return "\n".join([
+        f"{spec['method']} {spec['model']} {spec['bits']} seed {spec['seed']} ({spec['protocol']} protocol, "
+        f"teacher from {teacher})",
+        f"  FP teacher top-1      {pct(record['fp_top1'])}",
+        f"  calibrated only       {pct(record['calibrated_top1'])}   (ranges calibrated, no fine-tuning)",
+        f"  best over epochs      {pct(record['best_top1'])}   (epoch {record['best_epoch']})",
+        f"  final epoch           {pct(record['final_top1'])}",
+        f"  wall time             {record['wall_time_s']:.0f} s on {record['device']}",
+        f"  record                {record['run_name']}/record.json",
+    ])
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    if args.what == "methods":
+        from dfqbench.core.plugin import load_methods
+
+        registry = load_methods()
+        table.add_column("method"), table.add_column("version"), table.add_column("paper")
+        for name in registry:
+            cls = registry.get(name)
+            table.add_row(name, cls.version, cls.paper)
+    else:
+        from dfqbench.zoo.models import KNOWN_MODELS
+
+        for column in ("model", "dataset", "classes", "input", "normalisation"):
+            table.add_column(column)
+        for name, info in KNOWN_MODELS.items():
+            table.add_row(name, info.dataset, str(info.num_classes), str(info.input_size), info.normalization.name)
+    Console(width=max(100, Console().width)).print(table)
+    if args.what == "models":
+        print("Any other pytorchcv model name works too (dataset inferred from its suffix).")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"run": _cmd_run, "list": _cmd_list}[args.command](args)
+    except DfqbenchError as exc:
+        print(f"dfqbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dfqbench: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

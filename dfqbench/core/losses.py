@@ -1,0 +1,47 @@
+"""Loss terms shared by the GDFQ lineage and the diagnostics (methods.md §2.3, §3.3, §4.1, §11.3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_kl_element_mean(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(p_T ‖ p_Q) at temperature T averaged over all B·C elements, *not* over the batch.
+
+    This is what ``nn.KLDivLoss()`` (default reduction='mean') computes in GDFQ's trainer.py L106-126: the
+    batch-mean KL divided by the number of classes C. It is written out explicitly because PyTorch is
+    changing the meaning of reduction='mean' (methods.md §2.3, "reduction pitfall").
+    """
+    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).mean()
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Batch mean of −Σ_c target_c · log softmax(logits)_c (Qimera's SoftCE; equals CE for one-hot targets)."""
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample Shannon entropy H(softmax(logits)) in nats, shape (B,)."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def disagreement_entropy(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample H(softmax(t − s)), AdaSG's information entropy of the disagreement distribution (§4.1)."""
+    return entropy(teacher_logits - student_logits)
+
+
+def game_value(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """R = E[1 − H'(p_ds)] with H' = H / log C, the AdaSG game value (Definition 3; §4.4).
+
+    The paper normalises the entropy to [0, 1]; dfqbench uses the maximum entropy log C for that (a
+    documented re-implementation choice: the batch-min normalisation of L_b would make R depend on the
+    batch's own extremes).
+    """
+    num_classes = teacher_logits.shape[1]
+    return 1.0 - disagreement_entropy(teacher_logits, student_logits).mean() / math.log(num_classes)

@@ -1,0 +1,109 @@
+"""The method plugin interface: what a DFQ method contributes to the shared trainer (methods.md §12.2).
+
+The trainer owns the loop; a method builds its generator, samples latents and labels, and computes its
+generator and student objectives (already signed for minimisation). Flags describe the few structural
+differences between the official loops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from dfqbench.registry import Registry
+
+LossTerms = dict[str, torch.Tensor]
+
+
+@dataclass
+class Sample:
+    """One batch of generator inputs: latent ``z``, hard ``labels`` (B,), and optional soft ``targets`` (B, C)."""
+
+    z: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """What a loss sees: the generated batch and the networks' outputs on it."""
+
+    x: torch.Tensor
+    sample: Sample
+    teacher_logits: torch.Tensor
+    student_logits: torch.Tensor | None
+    bns_loss: torch.Tensor | None
+    num_classes: int
+    epoch: int
+
+
+class Method:
+    """Base class of a DFQ method plugin. Subclasses register with :func:`register_method`."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str]  # citation shown by `dfqbench list methods`
+    version: ClassVar[str] = "1"  # bump when the numbers change on purpose
+    config_class: ClassVar[type]  # a dataclass of the method's hyperparameters
+
+    # Structural flags of the official loops.
+    student_in_generator_loss: ClassVar[bool] = False  # the G loss needs Q's forward (gradient through Q)
+    q_steps_per_iter: ClassVar[int] = 1  # Q steps per G step; steps after the first use fresh batches
+    student_bn_train: ClassVar[bool] = False  # Q's BN in train mode (ZAQ); else frozen statistics (GDFQ)
+    default_tracker: ClassVar[str] = "ema_gdfq"
+
+    def __init__(self, config: Any, num_classes: int, input_size: int, dataset: str) -> None:
+        self.config = config
+        self.num_classes = num_classes
+        self.input_size = input_size
+        self.dataset = dataset
+
+    # -- configuration -------------------------------------------------------------------------------
+    @classmethod
+    def paper_protocol(cls, dataset: str, model: str, wbits: int, abits: int) -> dict[str, dict[str, Any]]:
+        """Overrides of the default train/method/quant settings that give the paper's schedule for a cell."""
+        return {"train": {}, "method": {}, "quant": {}}
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        return dataclasses.asdict(cls.config_class())
+
+    # -- generation ----------------------------------------------------------------------------------
+    def build_generator(self) -> nn.Module:
+        raise NotImplementedError
+
+    def generator_optimizer(self, generator: nn.Module, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
+
+    def sample(self, batch_size: int, device: torch.device) -> Sample:
+        raise NotImplementedError
+
+    def generate(self, generator: nn.Module, sample: Sample) -> torch.Tensor:
+        return generator(sample.z, sample.labels)
+
+    # -- objectives ----------------------------------------------------------------------------------
+    def generator_loss(self, ctx: StepContext) -> tuple[torch.Tensor, LossTerms]:
+        raise NotImplementedError
+
+    def student_loss(self, ctx: StepContext) -> tuple[torch.Tensor, LossTerms]:
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a method plugin to the registry under ``cls.name``."""
+    METHODS.add(cls.name, cls)
+    return cls
+
+
+def load_methods() -> Registry[type[Method]]:
+    """Import the bundled plugins (``dfqbench.methods``, the repository's ``methods/`` folder) and return the registry."""
+    import dfqbench.methods  # noqa: F401  (registers on import)
+
+    return METHODS

@@ -1,0 +1,141 @@
+"""Per-tensor activation range trackers (methods.md §1.5).
+
+A tracker is a stateless strategy: its state lives in buffers registered on the owning
+:class:`~dfqbench.quant.modules.QuantAct`, so ``state_dict()``, checkpoints and ``copy.deepcopy`` carry it.
+Every tracker uses the buffers ``x_min``/``x_max`` (0-dim, start at 0) for the range it quantizes with;
+some add their own. All updates are tensor ops on those buffers: no host sync.
+
+- ``ema_gdfq``: GDFQ/Qimera/AdaSG/AdaDFQ's EMA with the bias correction written back into the state, so
+  it compounds (≈5× at update 2, ≈10^3× around updates 10-20, back to ≈1× after ~150 updates).
+- ``ema``: a correct bias-corrected EMA (the corrected switch for the above).
+- ``minmax``: ZeroQ/ZAQ's running min/max that only widens, with ZeroQ's x_min == x_max fallback.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from dfqbench.errors import DfqbenchError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class RangeTracker:
+    """Base class: declares buffers, updates them from a batch min/max, and says which range to use."""
+
+    name: str = ""
+
+    def __init__(self, momentum: float = 0.9) -> None:
+        self.momentum = float(momentum)
+
+    def buffers(self) -> dict[str, Tensor]:
+        """Initial values of the buffers to register on the QuantAct (x_min and x_max always included)."""
+        return {"x_min": torch.zeros(()), "x_max": torch.zeros(())}
+
+    def update(self, act: nn.Module, m_min: Tensor, m_max: Tensor) -> None:
+        """Fold the current batch's min and max into the buffers of ``act`` (in place)."""
+        raise NotImplementedError
+
+    def quant_range(
+        self, act: nn.Module, x: Tensor, batch_minmax: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, Tensor]:
+        """The (lo, hi) to quantize ``x`` with; ``batch_minmax`` is x's aminmax when already computed."""
+        return act.x_min, act.x_max
+
+    def extra_repr(self) -> str:
+        return f"tracker={self.name}, momentum={self.momentum}"
+
+
+class EmaGdfqTracker(RangeTracker):
+    """GDFQ-lineage EMA with compounding "bias correction" (methods.md §1.5; GDFQ ``quant_modules.py`` L75-96).
+
+    beta_t starts at 1; per update: beta_t ← beta_t·β, then v ← (β·v + (1-β)·m) / (1 - beta_t) for v in
+    (x_min, x_max). The corrected value is stored, so for a constant m the range inflates before decaying.
+    """
+
+    name = "ema_gdfq"
+
+    def buffers(self) -> dict[str, Tensor]:
+        return {**super().buffers(), "beta_t": torch.ones(())}
+
+    @torch.no_grad()
+    def update(self, act: nn.Module, m_min: Tensor, m_max: Tensor) -> None:
+        beta = self.momentum
+        act.beta_t.mul_(beta)
+        denom = 1.0 - act.beta_t
+        act.x_min.mul_(beta).add_(m_min, alpha=1.0 - beta).div_(denom)
+        act.x_max.mul_(beta).add_(m_max, alpha=1.0 - beta).div_(denom)
+
+
+class EmaTracker(RangeTracker):
+    """Correct bias-corrected EMA: raw r ← β·r + (1-β)·m, range r / (1 - β^t) (t = number of updates).
+
+    The corrected range is written to x_min/x_max after each update; a constant m gives m at every step.
+    """
+
+    name = "ema"
+
+    def buffers(self) -> dict[str, Tensor]:
+        return {
+            **super().buffers(),
+            "ema_min": torch.zeros(()),
+            "ema_max": torch.zeros(()),
+            "num_updates": torch.zeros((), dtype=torch.long),
+        }
+
+    @torch.no_grad()
+    def update(self, act: nn.Module, m_min: Tensor, m_max: Tensor) -> None:
+        beta = self.momentum
+        act.num_updates.add_(1)
+        denom = 1.0 - torch.pow(beta, act.num_updates.to(act.ema_min.dtype))
+        act.ema_min.mul_(beta).add_(m_min, alpha=1.0 - beta)
+        act.ema_max.mul_(beta).add_(m_max, alpha=1.0 - beta)
+        torch.div(act.ema_min, denom, out=act.x_min)
+        torch.div(act.ema_max, denom, out=act.x_max)
+
+
+class MinMaxTracker(RangeTracker):
+    """ZeroQ/ZAQ running min/max that only widens; buffers start at 0, so 0 is always inside (§1.5).
+
+    ZeroQ fallback (ZeroQ ``quant_utils.py`` L123-125): when x_min == x_max at forward time, the current
+    tensor's own min/max are used instead (selected with ``torch.where``, no host sync).
+    """
+
+    name = "minmax"
+
+    @torch.no_grad()
+    def update(self, act: nn.Module, m_min: Tensor, m_max: Tensor) -> None:
+        torch.minimum(act.x_min, m_min, out=act.x_min)
+        torch.maximum(act.x_max, m_max, out=act.x_max)
+
+    def quant_range(
+        self, act: nn.Module, x: Tensor, batch_minmax: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, Tensor]:
+        b_min, b_max = batch_minmax if batch_minmax is not None else torch.aminmax(x.detach())
+        degenerate = act.x_min == act.x_max
+        return torch.where(degenerate, b_min, act.x_min), torch.where(degenerate, b_max, act.x_max)
+
+    def extra_repr(self) -> str:
+        return f"tracker={self.name}"
+
+
+_TRACKER_CLASSES: dict[str, type[RangeTracker]] = {
+    cls.name: cls for cls in (EmaGdfqTracker, EmaTracker, MinMaxTracker)
+}
+TRACKERS: tuple[str, ...] = tuple(_TRACKER_CLASSES)
+
+
+def check_tracker(name: object) -> str:
+    """Return ``name`` if it is a known tracker, else raise a one-line DfqbenchError naming the choices."""
+    if not isinstance(name, str) or name not in _TRACKER_CLASSES:
+        raise DfqbenchError(f"invalid tracker {name!r}: expected one of {', '.join(TRACKERS)}")
+    return name
+
+
+def make_tracker(name: str, momentum: float = 0.9) -> RangeTracker:
+    """The tracker called ``name`` (one of :data:`TRACKERS`)."""
+    return _TRACKER_CLASSES[check_tracker(name)](momentum)

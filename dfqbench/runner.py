@@ -1,0 +1,126 @@
+"""From a run request (CLI flags or a grid cell) to a finished record.
+
+Every input is validated — method, model, bits, protocol, overrides, weights, data, device — before
+anything is written, so bad input leaves no run folder behind. A run whose record exists is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from dfqbench.core.plugin import Method, load_methods
+from dfqbench.core.progress import Progress
+from dfqbench.errors import DfqbenchError
+from dfqbench.protocols import PROTOCOLS
+from dfqbench.quant import QuantConfig, parse_bits, quantize_model
+from dfqbench.specs import RunSpec, TrainConfig, apply_overrides
+from dfqbench.store import ResultsStore
+from dfqbench.zoo import Evaluator, load_pretrained, load_test_set, model_info
+
+if TYPE_CHECKING:
+    from dfqbench.core.trainer import PreparedRun
+
+
+@dataclass
+class RunRequest:
+    """What a user asks for. Only the fields that change numbers end up in the RunSpec."""
+
+    method: str
+    model: str
+    bits: str
+    seed: int = 0
+    protocol: str = "paper"
+    overrides: list[str] = field(default_factory=list)
+    weights: str | None = None
+    weights_dir: str | None = None
+    weights_norm: str | None = None
+    data_root: str | None = None
+    results: str | None = None
+    device: str = "auto"
+    log_every: int = 50
+
+
+def resolve_device(text: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise DfqbenchError(f"invalid device {text!r}: choices are auto, cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DfqbenchError(f"invalid device {text!r}: choices are auto, cpu, cuda, cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DfqbenchError(f"device {text!r} requested but CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def resolve_settings(method_cls: type[Method], dataset: str, model: str, bits: str, protocol: str,
+                     overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Defaults → the method's paper presets for this cell → the protocol → the user's dotted overrides."""
+    wbits, abits = parse_bits(bits)
+    transform = PROTOCOLS.get(protocol)
+    presets = method_cls.paper_protocol(dataset, model, wbits, abits)
+    train = {**dataclasses.asdict(TrainConfig()), **presets.get("train", {})}
+    method = {**method_cls.default_config(), **presets.get("method", {})}
+    quant = {"tracker": method_cls.default_tracker, "momentum": 0.9, "first_last_wbits": None,
+             **presets.get("quant", {})}
+    sections = apply_overrides({"train": transform(train), "method": method, "quant": quant}, overrides)
+    TrainConfig(**sections["train"])  # validate
+    method_cls.config_class(**sections["method"])
+    QuantConfig(wbits=wbits, abits=abits, **sections["quant"])
+    return sections["train"], sections["method"], sections["quant"]
+
+
+def prepare(request: RunRequest) -> "PreparedRun":
+    """Validate the request and build everything the trainer needs; writes nothing."""
+    from dfqbench.core.trainer import PreparedRun
+
+    method_cls = load_methods().get(request.method)
+    info = model_info(request.model)
+    bits = request.bits.lower()
+    train, method_config, quant = resolve_settings(
+        method_cls, info.dataset, info.name, bits, request.protocol, request.overrides
+    )
+    device = resolve_device(request.device)
+    loaded = load_pretrained(info.name, request.weights, request.weights_dir, request.weights_norm)
+    test_set = load_test_set(info, request.data_root)
+    spec = RunSpec(
+        method=method_cls.name, method_version=method_cls.version, model=info.name, dataset=info.dataset,
+        bits=bits, seed=request.seed, teacher=loaded.teacher_id, normalization=dataclasses.asdict(loaded.normalization),
+        quant=quant, train=train, method_config=method_config, protocol=request.protocol,
+    )
+    wbits, abits = parse_bits(bits)
+    student = quantize_model(loaded.model, QuantConfig(wbits=wbits, abits=abits, **quant))
+    for p in student.parameters():
+        p.requires_grad_(True)
+    evaluator = Evaluator(test_set, loaded.normalization, device=device, max_images=train["eval_max_images"])
+    method = method_cls(method_cls.config_class(**method_config), info.num_classes, info.input_size, info.dataset)
+    return PreparedRun(spec=spec, method=method, teacher=loaded.model, student=student, evaluate=evaluator.evaluate,
+                       folder=ResultsStore(request.results).folder(spec), device=device, log_every=request.log_every)
+
+
+def run(request: RunRequest, progress: Progress) -> dict[str, Any]:
+    """Validate, skip if done, otherwise train (resuming from a checkpoint) and write the record."""
+    from dfqbench.core.trainer import Trainer
+
+    prepared = prepare(request)
+    folder = prepared.folder
+    if folder.is_done():
+        progress.message(f"already done: {folder.path}")
+        return folder.read_record()
+    folder.create(prepared.spec)
+    progress.message(f"run {prepared.spec.run_name} -> {folder.path}")
+    try:
+        record = Trainer(prepared, progress).fit()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        folder.write_error(exc)
+        raise
+    folder.write_record(record)
+    return record

@@ -1,0 +1,141 @@
+"""Run specifications: frozen data that fully determine a run's numbers, and the run id hashed from them.
+
+A :class:`RunSpec` holds everything that changes the numbers (method and its version and hyperparameters,
+model, teacher weights identity, normalisation, quantizer, schedule, seed) and nothing that does not
+(paths, device, log frequency, the protocol's name). Its :func:`run_id` is a hash of those fields, so
+asking for the same run twice finds the same folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from dfqbench.errors import DfqbenchError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The trainer's schedule; defaults are GDFQ's CIFAR hocon and trainer (methods.md §2.4)."""
+
+    epochs: int = 400
+    iters_per_epoch: int = 200
+    batch_size: int = 200
+    warmup_epochs: int = 4  # generator-only epochs: the student is not stepped before this epoch
+    range_update_epochs: int = 4  # activation ranges update in epochs [0, n) then freeze (hard-coded 4 in GDFQ)
+    lr_q: float = 1e-4
+    lr_g: float = 1e-3
+    q_momentum: float = 0.9
+    q_nesterov: bool = True
+    q_weight_decay: float = 1e-4
+    g_betas: tuple[float, float] = (0.5, 0.999)
+    milestones_q: tuple[int, ...] = (100, 200, 300)
+    milestones_g: tuple[int, ...] = (100, 200, 300)
+    lr_gamma: float = 0.1
+    eval_start_epoch: int = 0  # GDFQ ImageNet evaluates only once epoch > warmup − 2
+    eval_max_images: int | None = None  # None: the full test set; else a fixed seeded subset
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "iters_per_epoch", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DfqbenchError(f"invalid train.{name}={getattr(self, name)!r}: must be >= 1")
+        if self.warmup_epochs < 0 or self.range_update_epochs < 0:
+            raise DfqbenchError("invalid train.warmup_epochs/range_update_epochs: must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that changes a run's numbers. ``protocol`` is a label and is left out of the hash."""
+
+    method: str
+    method_version: str
+    model: str
+    dataset: str
+    bits: str
+    seed: int
+    teacher: dict[str, Any]
+    normalization: dict[str, Any]
+    quant: dict[str, Any]
+    train: dict[str, Any]
+    method_config: dict[str, Any]
+    protocol: str = field(default="custom", compare=False)
+
+    def hashed(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("protocol")
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, **dataclasses.asdict(self)}
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha256(canonical_json(self.hashed()).encode()).hexdigest()[:12]
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.method}_{self.model}_{self.bits}_s{self.seed}_{self.run_id}"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def canonical_json(data: Any) -> str:
+    """JSON with sorted keys and no whitespace: the form that is hashed."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=list)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.epochs=3"`` → ``("train.epochs", 3)``; values are read as YAML (numbers, lists, null, bools)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise DfqbenchError(f"invalid override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(sections: dict[str, dict[str, Any]], overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """Apply ``section.field=value`` overrides to ``{section: {field: value}}``, rejecting unknown keys."""
+    result = {name: dict(values) for name, values in sections.items()}
+    for text in overrides:
+        key, value = parse_override(text)
+        section, _, name = key.partition(".")
+        valid = [f"{s}.{f}" for s in sorted(result) for f in sorted(result[s])]
+        if section not in result or name not in result[section]:
+            from dfqbench.registry import unknown_choice
+
+            raise DfqbenchError(unknown_choice("override key", key, valid))
+        current = result[section][name]
+        result[section][name] = _coerce(key, value, current)
+    return result
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """Convert an override value to the type of the field's current value where that is unambiguous."""
+    if value is None or current is None:
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise DfqbenchError(f"invalid value {value!r} for {key}: expected true or false")
+        return value
+    if isinstance(current, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
+        return type(current)(value) if isinstance(current, float) or float(value).is_integer() else value
+    if isinstance(current, (list, tuple)):
+        if isinstance(value, (int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise DfqbenchError(f"invalid value {value!r} for {key}: expected a list such as [100, 200]")
+        return tuple(value)
+    if type(current) is not type(value) and not (isinstance(current, str) and isinstance(value, str)):
+        raise DfqbenchError(f"invalid value {value!r} for {key}: expected a {type(current).__name__}")
+    return value

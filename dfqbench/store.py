@@ -1,0 +1,146 @@
+"""The results store: one folder per run under ``<results>/runs/``, every write atomic (temp file + rename).
+
+A run folder holds ``spec.json`` (what was asked), ``metrics.jsonl`` (per-iteration and per-epoch logs),
+``checkpoint.pt`` (written each epoch, for resuming) and, once finished, ``record.json``. A folder
+without ``record.json`` is unfinished, never finished; ``error.json`` says why a run failed.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dfqbench.specs import RunSpec
+
+RESULTS_ENV = "DFQBENCH_RESULTS"
+
+
+def default_results_root() -> Path:
+    return Path(os.environ.get(RESULTS_ENV, "results"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it, and rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=list) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class RunFolder:
+    """The files of one run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.spec_path = path / "spec.json"
+        self.metrics_path = path / "metrics.jsonl"
+        self.checkpoint_path = path / "checkpoint.pt"
+        self.record_path = path / "record.json"
+        self.error_path = path / "error.json"
+
+    def is_done(self) -> bool:
+        return self.record_path.exists()
+
+    def read_record(self) -> dict[str, Any] | None:
+        return json.loads(self.record_path.read_text()) if self.is_done() else None
+
+    def create(self, spec: RunSpec) -> None:
+        """Create the folder and write the spec (kept if already there: the folder name is its hash)."""
+        if not self.spec_path.exists():
+            atomic_write_json(self.spec_path, spec.to_dict())
+        self.error_path.unlink(missing_ok=True)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+        return rows
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+        atomic_write_bytes(self.metrics_path, text.encode())
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_torch_save(self.checkpoint_path, state)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        if not self.checkpoint_path.exists():
+            return None
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.record_path, record)
+
+    def write_error(self, exc: BaseException) -> None:
+        atomic_write_json(
+            self.error_path,
+            {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()},
+        )
+
+
+class ResultsStore:
+    """The results root: ``<root>/runs/<run name>/``."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_results_root()
+
+    def folder(self, spec: RunSpec) -> RunFolder:
+        return RunFolder(self.root / "runs" / spec.run_name)
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> dict[str, Any]:
+    """The commit and dirty flag of the dfqbench checkout, or nulls for an installed copy without git."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        return {"commit": commit, "dirty": bool(dirty)}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("dfqbench", "torch", "torchvision", "pytorchcv", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions

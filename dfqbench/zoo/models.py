@@ -1,0 +1,258 @@
+"""The model zoo: pytorchcv architectures, local or downloaded pretrained weights (methods.md §8).
+
+Weights are resolved in this order: an explicit file (``weights`` or ``DFQBENCH_WEIGHTS``), a folder
+(``weights_dir`` or ``DFQBENCH_WEIGHTS_DIR``) holding ``<name>.pth`` or pytorchcv's
+``<name>-NNNN-<sha1[:8]>.pth``, else pytorchcv's own download (cache ``~/.torch/models``).
+``tiny_cifar10`` ignores the environment variables (so the test suite can run with them set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import difflib
+import functools
+import hashlib
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dfqbench.errors import DfqbenchError
+from dfqbench.zoo import tiny
+from dfqbench.zoo.normalization import NORMALIZATIONS, Normalization, parse_normalization
+
+ENV_WEIGHTS = "DFQBENCH_WEIGHTS"
+ENV_WEIGHTS_DIR = "DFQBENCH_WEIGHTS_DIR"
+ENV_WEIGHTS_NORM = "DFQBENCH_WEIGHTS_NORM"
+TINY_NAME = "tiny_cifar10"
+PYTORCHCV_CACHE = Path("~", ".torch", "models")  # where pytorchcv's get_model(pretrained=True) stores files
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model expects: its dataset, classes, input size and the papers' evaluation normalisation."""
+
+    name: str
+    dataset: str  # "cifar10" | "cifar100" | "imagenet" | "tiny"
+    num_classes: int
+    input_size: int
+    normalization: Normalization
+    crop_fraction: float = 0.875  # ImageNet eval: resize to input_size / crop_fraction, centre-crop input_size
+
+
+_IMAGENET, _C10, _C100 = NORMALIZATIONS["imagenet"], NORMALIZATIONS["cifar10"], NORMALIZATIONS["cifar100"]
+KNOWN_MODELS: dict[str, ModelInfo] = {
+    "resnet20_cifar10": ModelInfo("resnet20_cifar10", "cifar10", 10, 32, _C10),
+    "resnet20_cifar100": ModelInfo("resnet20_cifar100", "cifar100", 100, 32, _C100),
+    "resnet18": ModelInfo("resnet18", "imagenet", 1000, 224, _IMAGENET),
+    "resnet50": ModelInfo("resnet50", "imagenet", 1000, 224, _IMAGENET),
+    "mobilenetv2_w1": ModelInfo("mobilenetv2_w1", "imagenet", 1000, 224, _IMAGENET),
+    TINY_NAME: ModelInfo(TINY_NAME, "tiny", tiny.TINY_NUM_CLASSES, tiny.TINY_INPUT_SIZE, _IMAGENET),
+}
+_UNSUPPORTED_SUFFIXES = ("svhn", "cub", "voc", "coco", "ade20k", "cityscapes", "celebamaskhq")
+
+
+@dataclass
+class LoadedModel:
+    """A frozen teacher (eval mode, no grads), its info, the normalisation to evaluate with, its identity."""
+
+    model: nn.Module
+    info: ModelInfo
+    normalization: Normalization
+    teacher_id: dict = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=1)
+def _pytorchcv_names() -> frozenset[str]:
+    from pytorchcv.model_provider import _models
+
+    return frozenset(_models)
+
+
+@functools.lru_cache(maxsize=1)
+def _pytorchcv_metainfo() -> dict[str, dict[str, str]]:
+    """pytorchcv's ``model_metainfos.csv`` rows by model name (only models with pretrained weights)."""
+    from pytorchcv.models.common import model_store
+
+    with open(model_store.get_model_metainfos_file_path(), encoding="utf-8") as f:
+        return {row["model_name"]: row for row in csv.DictReader(f)}
+
+
+def model_info(name: str) -> ModelInfo:
+    """Info for a known model or any pytorchcv classifier (CIFAR-10/100 by suffix, else ImageNet)."""
+    key = str(name).strip().lower()
+    if key in KNOWN_MODELS:
+        return KNOWN_MODELS[key]
+    if key not in _pytorchcv_names():
+        close = difflib.get_close_matches(key, sorted(KNOWN_MODELS), n=1) or difflib.get_close_matches(
+            key, sorted(_pytorchcv_names()), n=1
+        )
+        hint = f"; did you mean {close[0]!r}?" if close else ";"
+        raise DfqbenchError(
+            f"unknown model {name!r}{hint} choices: {', '.join(sorted(KNOWN_MODELS))}, "
+            "or any pytorchcv model name (see pytorchcv.model_provider._models)"
+        )
+    meta = _pytorchcv_metainfo().get(key, {})
+    suffix = key.rsplit("_", 1)[-1]
+    if suffix == "cifar10":
+        return ModelInfo(key, "cifar10", 10, 32, _C10)
+    if suffix == "cifar100":
+        return ModelInfo(key, "cifar100", 100, 32, _C100)
+    if suffix in _UNSUPPORTED_SUFFIXES or meta.get("test_dataset", "in1k") not in ("in1k", "cf"):
+        raise DfqbenchError(
+            f"model {key!r} is not an ImageNet/CIFAR classifier (dataset {meta.get('test_dataset', suffix)!r}); "
+            "dfqbench supports cifar10 and cifar100 (pytorchcv names ending _cifar10/_cifar100) and imagenet"
+        )
+    size = int(meta["img_size"]) if meta.get("img_size", "NA") != "NA" else 224
+    scale = float(meta["img_scale"]) if meta.get("img_scale", "NA") != "NA" else 0.875
+    return ModelInfo(key, "imagenet", 1000, size, _IMAGENET, scale)
+
+
+def build_model(name: str) -> nn.Module:
+    """The architecture only, randomly initialised (``pretrained=False``)."""
+    info = model_info(name)
+    if info.name == TINY_NAME:
+        return tiny.TinyNet(info.num_classes)
+    from pytorchcv import model_provider
+
+    return model_provider.get_model(info.name, pretrained=False)
+
+
+def _hint(name: str) -> str:
+    return (
+        f"give an existing file with --weights FILE (or {ENV_WEIGHTS}), or a folder holding {name}.pth "
+        f"with --weights-dir DIR (or {ENV_WEIGHTS_DIR})"
+    )
+
+
+def resolve_weights_file(name: str, weights: str | None, weights_dir: str | None) -> Path | None:
+    """The local weights file to load, or None for pytorchcv's download (or tiny's built-in weights)."""
+    info = model_info(name)
+    use_env = info.name != TINY_NAME
+    file_text, origin = weights, "--weights"
+    if file_text is None and use_env and os.environ.get(ENV_WEIGHTS):
+        file_text, origin = os.environ[ENV_WEIGHTS], ENV_WEIGHTS
+    if file_text is not None:
+        path = Path(file_text).expanduser()
+        if not path.is_file() or not os.access(path, os.R_OK):
+            what = "not found" if not path.exists() else "not a readable file"
+            raise DfqbenchError(f"weights file '{path}' (from {origin}) {what}; {_hint(info.name)}")
+        return path
+    dir_text, origin = weights_dir, "--weights-dir"
+    if dir_text is None and use_env and os.environ.get(ENV_WEIGHTS_DIR):
+        dir_text, origin = os.environ[ENV_WEIGHTS_DIR], ENV_WEIGHTS_DIR
+    if dir_text is None:
+        return None
+    folder = Path(dir_text).expanduser()
+    if not folder.is_dir():
+        raise DfqbenchError(f"weights folder '{folder}' (from {origin}) not found; {_hint(info.name)}")
+    return _find_in_folder(info.name, folder, origin)
+
+
+def _find_in_folder(name: str, folder: Path, origin: str) -> Path:
+    plain = folder / f"{name}.pth"
+    if plain.is_file():
+        return plain
+    pattern = re.compile(re.escape(name) + r"-\d+-[0-9a-f]+\.pth")
+    found = sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name) and p.is_file())
+    meta = _pytorchcv_metainfo().get(name) if name != TINY_NAME else None
+    if meta is not None:  # prefer the file this pytorchcv version would download
+        current = folder / f"{name}-{meta['error_value']}-{meta['checksum'][:8]}.pth"
+        if current in found:
+            return current
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(p.name for p in found)
+        raise DfqbenchError(f"several weights for {name!r} in '{folder}' ({names}); pick one with --weights FILE")
+    raise DfqbenchError(
+        f"no weights for {name!r} in folder '{folder}' (from {origin}; expected {name}.pth or pytorchcv's "
+        f"{name}-NNNN-<hash>.pth); {_hint(name)}"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_file(model: nn.Module, path: Path, name: str) -> None:
+    """Load a state_dict file (plain, or under "state_dict", "module." stripped) with strict=True."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors, truncated zips, full pickled modules ...
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise DfqbenchError(f"cannot read weights file '{path}' as a state_dict ({reason}); {_hint(name)}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DfqbenchError(f"weights file '{path}' does not hold a state_dict of tensors for model {name!r}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or extra or shapes:
+        parts = [f"{len(missing)} missing keys (e.g. {missing[0]!r})" if missing else "",
+                 f"{len(extra)} unexpected keys (e.g. {extra[0]!r})" if extra else "",
+                 f"{len(shapes)} shape mismatches (e.g. {shapes[0]!r}: file {list(state[shapes[0]].shape)} "
+                 f"vs model {list(own[shapes[0]].shape)})" if shapes else ""]
+        raise DfqbenchError(f"weights file '{path}' does not fit model {name!r}: " + ", ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)
+
+
+def _download(name: str) -> tuple[nn.Module, dict]:
+    """pytorchcv's own ``get_model(name, pretrained=True)``, its download chatter silenced."""
+    from pytorchcv import model_provider
+    from importlib.metadata import version
+
+    fix = f"give local weights with --weights FILE (or {ENV_WEIGHTS}) or --weights-dir DIR (or {ENV_WEIGHTS_DIR})"
+    meta = _pytorchcv_metainfo().get(name)
+    if meta is None:
+        raise DfqbenchError(f"pytorchcv has no pretrained weights for {name!r}; {fix}")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = model_provider.get_model(name, pretrained=True)
+    except Exception as exc:  # requests/urllib errors are OSErrors; also bad zips, hash mismatches
+        raise DfqbenchError(
+            f"cannot download pretrained {name!r} from pytorchcv (offline? {type(exc).__name__}); {fix}"
+        ) from exc
+    file_name = f"{name}-{meta['error_value']}-{meta['checksum'][:8]}.pth"
+    path = PYTORCHCV_CACHE.expanduser() / file_name
+    teacher_id = {"source": "pytorchcv", "pytorchcv": version("pytorchcv"), "file": file_name,
+                  "sha256": _sha256(path) if path.is_file() else None}
+    return model, teacher_id
+
+
+def load_pretrained(
+    name: str, weights: str | None = None, weights_dir: str | None = None, weights_norm: str | None = None
+) -> LoadedModel:
+    """A frozen pretrained teacher; ``weights_norm`` (or env) applies only to local weights files."""
+    info = model_info(name)
+    path = resolve_weights_file(info.name, weights, weights_dir)
+    normalization = info.normalization
+    if path is not None:
+        model = build_model(info.name)
+        _load_file(model, path, info.name)
+        teacher_id = {"source": "file", "sha256": _sha256(path)}
+        norm_text = weights_norm
+        if norm_text is None and info.name != TINY_NAME:
+            norm_text = os.environ.get(ENV_WEIGHTS_NORM) or None
+        if norm_text is not None:
+            normalization = parse_normalization(norm_text)
+    elif info.name == TINY_NAME:
+        model, teacher_id = tiny.build_tiny(seed=0), {"source": "builtin", "seed": 0}
+    else:
+        model, teacher_id = _download(info.name)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return LoadedModel(model, info, normalization, teacher_id)

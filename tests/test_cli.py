@@ -1,0 +1,130 @@
+"""The command line: listing, one-line errors with no folder left behind, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dfqbench.cli import main
+
+from conftest import TINY_OVERRIDES
+
+TINY_ARGS = ["run", "--method", "gdfq", "--model", "tiny_cifar10", "--bits", "w4a4", "--protocol", "quick",
+             "--device", "cpu", "--log-every", "2"]
+
+
+def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_methods_and_models(capsys):
+    code, out, _ = _run_cli(["list", "methods"], capsys)
+    assert code == 0 and "gdfq" in out and "ECCV 2020" in out
+    code, out, _ = _run_cli(["list", "models"], capsys)
+    assert code == 0
+    for name in ("resnet20_cifar10", "resnet20_cifar100", "resnet18", "resnet50", "mobilenetv2_w1"):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"--method": "gdqf"}, ["unknown method 'gdqf'", "did you mean 'gdfq'", "choices: gdfq"]),
+        ({"--model": "resnet21_cifar10"}, ["resnet21_cifar10", "resnet20_cifar10"]),
+        ({"--bits": "w1a4"}, ["w1a4", "w4a4"]),
+        ({"--protocol": "fast"}, ["unknown protocol 'fast'", "paper", "quick"]),
+        ({"--device": "tpu"}, ["tpu", "cpu"]),
+    ],
+)
+def test_bad_input_is_one_line_with_choices_and_writes_nothing(change, expected, tmp_path, capsys):
+    args = list(TINY_ARGS) + ["--results", str(tmp_path / "res")]
+    for flag, value in change.items():
+        args[args.index(flag) + 1] = value
+    code, out, err = _run_cli(args, capsys)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dfqbench: error:")
+    for text in expected:
+        assert text in lines[0]
+    assert not (tmp_path / "res").exists()
+
+
+def test_bad_override_key_and_value(tmp_path, capsys):
+    base = TINY_ARGS + ["--results", str(tmp_path / "res")]
+    code, _, err = _run_cli(base + ["train.epoch=3"], capsys)
+    assert code == 2 and "train.epoch" in err and "train.epochs" in err
+    code, _, err = _run_cli(base + ["train.epochs=many"], capsys)
+    assert code == 2 and "train.epochs" in err
+    code, _, err = _run_cli(base + ["quant.tracker=emma"], capsys)
+    assert code == 2 and "emma" in err and "ema_gdfq" in err
+    assert not (tmp_path / "res").exists()
+
+
+def test_missing_weights_and_unreadable_data_root(tmp_path, capsys):
+    args = ["run", "--method", "gdfq", "--model", "resnet20_cifar10", "--bits", "w4a4", "--device", "cpu",
+            "--results", str(tmp_path / "res")]
+    code, _, err = _run_cli(args + ["--weights", str(tmp_path / "nope.pth")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "nope.pth" in err and "--weights" in err and "--weights-dir" in err
+    weights = tmp_path / "w.pth"
+    import torch
+
+    from dfqbench.zoo import build_model
+
+    torch.save(build_model("resnet20_cifar10").state_dict(), weights)
+    code, _, err = _run_cli(args + ["--weights", str(weights), "--data-root", str(tmp_path / "no-data")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no-data" in err and "--data-root" in err
+    assert not (tmp_path / "res").exists()
+
+
+def test_tiny_run_end_to_end_prints_summary_then_skips(tmp_path, capsys):
+    args = TINY_ARGS + ["--results", str(tmp_path / "res"), *TINY_OVERRIDES]
+    code, out, _ = _run_cli(args, capsys)
+    assert code == 0
+    assert "calibrated only" in out and "best over epochs" in out and "FP teacher top-1      100.00" in out
+    records = list((tmp_path / "res" / "runs").glob("*/record.json"))
+    assert len(records) == 1
+    code, out, _ = _run_cli(args, capsys)
+    assert code == 0 and "already done" in out
+
+
+def test_sigkill_mid_run_then_same_command_resumes(tmp_path):
+    """A real process killed with SIGKILL after its first checkpoint resumes from it, not from zero."""
+    results = tmp_path / "res"
+    overrides = ["train.epochs=6", "train.iters_per_epoch=30", "train.batch_size=16",
+                 "train.warmup_epochs=1", "train.range_update_epochs=1"]
+    cmd = [sys.executable, "-m", "dfqbench.cli", *TINY_ARGS[0:], "--results", str(results), *overrides]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    deadline = time.time() + 120
+    ckpts: list[Path] = []
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = list(results.glob("runs/*/checkpoint.pt"))
+        if ckpts:
+            break
+        time.sleep(0.05)
+    assert ckpts, "no checkpoint appeared before the run ended"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    folder = ckpts[0].parent
+    assert not (folder / "record.json").exists()
+    import torch
+
+    killed_at = torch.load(folder / "checkpoint.pt", weights_only=False)["epoch"]
+    assert killed_at < 5
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"from epoch {killed_at + 1}" in done.stdout
+    record = json.loads((folder / "record.json").read_text())
+    assert record["sessions"] == 2
+    assert sorted(map(int, record["top1_per_epoch"])) == [0, 1, 2, 3, 4, 5]
