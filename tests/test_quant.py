@@ -30,6 +30,15 @@ from dfqbench.zoo.tiny import build_tiny as _build_tiny
 _TINY: list[nn.Module] = []
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These tensors are tiny: one intra-op thread avoids OpenMP spin-waits on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def build_tiny() -> nn.Module:
     """A fresh copy of the seeded tiny network (built once per module: building it takes ~1 s)."""
     if not _TINY:
@@ -121,6 +130,13 @@ def test_fake_quantize_is_pure_and_the_autograd_path_agrees() -> None:
     out_g = fake_quantize(xg, 4, lo, hi)
     assert out_g.requires_grad and torch.equal(out_g.detach(), out)
     assert torch.equal(xg.detach(), x0)
+
+
+def test_half_precision_input_uses_the_float32_range_arithmetic() -> None:
+    x = torch.linspace(0, 4, 1001).half()
+    lo, hi = torch.tensor(0.0), torch.tensor(4.0)
+    assert torch.equal(fake_quantize(x, 8, lo, hi), official_reference(x.float(), 8, lo, hi))
+    assert torch.equal(QuantAct(8, "minmax")(x), official_reference(x.float(), 8, lo, hi))
 
 
 # ---------------------------------------------------------------- STE (§1.2)
@@ -430,7 +446,7 @@ def test_set_range_update_freezes_and_state_dict_round_trip(tracker: str) -> Non
 def test_w8a8_is_close_to_fp_and_w2a2_is_not(tracker: str, batches: int) -> None:
     fp = build_tiny().eval()
     gen = torch.Generator().manual_seed(0)
-    calib = [torch.randn(16, 3, 8, 8, generator=gen) for _ in range(batches)]
+    calib = [torch.randn(8, 3, 8, 8, generator=gen) for _ in range(batches)]
     x = torch.randn(64, 3, 8, 8, generator=gen)
     with torch.no_grad():
         ref = fp(x)
@@ -441,5 +457,5 @@ def test_w8a8_is_close_to_fp_and_w2a2_is_not(tracker: str, batches: int) -> None
                 q(batch)
             set_range_update(q, False)
             errors[bits] = ((q(x) - ref).norm() / ref.norm()).item()
-    assert errors[8] < 0.05
-    assert errors[2] > 5 * errors[8] and errors[2] > 0.2
+    assert errors[8] < 0.1  # measured 0.02-0.045 (relative L2 error of the logits)
+    assert errors[2] > 10 * errors[8] and errors[2] > 0.5  # measured 1.5-2.0

@@ -247,7 +247,8 @@ def test_download_success_identity_uses_default_norm(monkeypatch, tmp_path):
     state = build_model("resnet20_cifar10").state_dict()
     torch.save(state, tmp_path / "resnet20_cifar10-0597-9b0024ac.pth")
     monkeypatch.setattr(zoo_models, "PYTORCHCV_CACHE", tmp_path)
-    monkeypatch.setattr(pytorchcv.model_provider, "get_model", lambda name, **kw: build_model(name).train())
+    real_get_model = pytorchcv.model_provider.get_model
+    monkeypatch.setattr(pytorchcv.model_provider, "get_model", lambda name, **kw: real_get_model(name).train())
     loaded = load_pretrained("resnet20_cifar10", weights_norm="imagenet")
     _assert_frozen(loaded)
     assert loaded.normalization.name == "cifar10"  # weights_norm only applies to local files
@@ -380,6 +381,7 @@ def test_evaluator_tiny_teacher_is_100_and_subset_fixed():
     test_set = load_test_set(loaded.info)
     assert Evaluator(test_set, loaded.normalization).evaluate(loaded.model) == 100.0
     recorder = _Recorder(loaded.model).train()
+    loaded.model.eval()
     evaluator = Evaluator(test_set, loaded.normalization, batch_size=16, max_images=40, subset_seed=1)
     assert evaluator.num_images == 40 and evaluator.evaluate(recorder) == 100.0
     first = torch.cat(recorder.seen)

@@ -53,6 +53,7 @@ def fake_quantize(x: Tensor, bits: int, lo: Tensor, hi: Tensor) -> Tensor:
     scale, zero = quant_params(bits, lo, hi)
     half = 1 << (bits - 1)
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+        x = x.to(torch.promote_types(x.dtype, scale.dtype))
         q = torch.clamp(torch.round(x * scale - zero), -half, half - 1)
         return (q + zero) / scale
     return _fake_quantize_inplace(x, scale, zero, half)
@@ -64,7 +65,9 @@ def _fake_quantize_inplace(x: Tensor, scale: Tensor, zero: Tensor, half: int) ->
     s·x and - z stay two separate roundings (no fused multiply-add such as ``addcmul``) so the result is
     bit-identical to the official out-of-place sequence; a fused version differs at near-ties.
     """
-    t = torch.mul(x, scale)
+    # A 0-dim float32 scale would not promote a half x (0-dim tensors do not take part in promotion):
+    # compute in the wider of the two dtypes so low-precision activations keep the official arithmetic.
+    t = torch.mul(x.to(torch.promote_types(x.dtype, scale.dtype)), scale)
     t.sub_(zero)
     t.round_()
     t.clamp_(-half, half - 1)

@@ -89,9 +89,7 @@ def model_info(name: str) -> ModelInfo:
     if key in KNOWN_MODELS:
         return KNOWN_MODELS[key]
     if key not in _pytorchcv_names():
-        close = difflib.get_close_matches(key, sorted(KNOWN_MODELS), n=1) or difflib.get_close_matches(
-            key, sorted(_pytorchcv_names()), n=1
-        )
+        close = difflib.get_close_matches(key, sorted(_pytorchcv_names() | set(KNOWN_MODELS)), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ";"
         raise DfqbenchError(
             f"unknown model {name!r}{hint} choices: {', '.join(sorted(KNOWN_MODELS))}, "
