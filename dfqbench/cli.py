@@ -72,12 +72,13 @@ def summarize(record: dict) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     teacher = spec["teacher"].get("source", "?")
+    best_at = "" if record["best_epoch"] is None else f"(epoch {record['best_epoch'] + 1} of {record['epochs']})"
     return "\n".join([
         f"{spec['method']} {spec['model']} {spec['bits']} seed {spec['seed']} ({spec['protocol']} protocol, "
         f"teacher from {teacher})",
         f"  FP teacher top-1      {pct(record['fp_top1'])}",
         f"  calibrated only       {pct(record['calibrated_top1'])}   (ranges calibrated, no fine-tuning)",
-        f"  best over epochs      {pct(record['best_top1'])}   (epoch {record['best_epoch']})",
+        f"  best over epochs      {pct(record['best_top1'])}   {best_at}",
         f"  final epoch           {pct(record['final_top1'])}",
         f"  wall time             {record['wall_time_s']:.0f} s on {record['device']}",
         f"  record                {record['run_name']}/record.json",

@@ -124,7 +124,7 @@ def test_sigkill_mid_run_then_same_command_resumes(tmp_path):
     assert killed_at < 5
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"from epoch {killed_at + 1}" in done.stdout
+    assert f"after epoch {killed_at + 1}/" in done.stdout
     record = json.loads((folder / "record.json").read_text())
     assert record["sessions"] == 2
     assert sorted(map(int, record["top1_per_epoch"])) == [0, 1, 2, 3, 4, 5]

@@ -129,7 +129,7 @@ class Trainer:
         self.state = ckpt["state"]
         self.start_epoch = ckpt["epoch"] + 1
         self.metrics = [row for row in self.run.folder.read_metrics() if row.get("epoch", -1) <= ckpt["epoch"]]
-        self.progress.message(f"resuming {self.run.spec.run_name} from epoch {self.start_epoch}")
+        self.progress.message(f"resuming {self.run.spec.run_name} after epoch {self.start_epoch}/{self.cfg.epochs} (checkpoint)")
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
