@@ -55,6 +55,7 @@ class Method:
     q_steps_per_iter: ClassVar[int] = 1  # Q steps per G step; steps after the first use fresh batches
     student_bn_train: ClassVar[bool] = False  # Q's BN in train mode (ZAQ); else frozen statistics (GDFQ)
     default_tracker: ClassVar[str] = "ema_gdfq"
+    trains_generator: ClassVar[bool] = True  # False: no G step (e.g. ZeroQ's fixed distilled batch)
 
     def __init__(self, config: Any, num_classes: int, input_size: int, dataset: str) -> None:
         self.config = config
@@ -73,6 +74,10 @@ class Method:
         return dataclasses.asdict(cls.config_class())
 
     # -- generation ----------------------------------------------------------------------------------
+    def setup(self, teacher: nn.Module, device: torch.device) -> None:
+        """Called once per run, after seeding and before :meth:`build_generator`, with the frozen teacher
+        (e.g. Qimera's embedding initialised from the teacher's last layer; ZeroQ's data distillation)."""
+
     def build_generator(self) -> nn.Module:
         raise NotImplementedError
 

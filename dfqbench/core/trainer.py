@@ -87,8 +87,10 @@ class Trainer:
         self.teacher = run.teacher.to(self.device).eval()
         self.student = run.student.to(self.device)
         seed_everything(run.spec.seed)
+        self.method.setup(self.teacher, self.device)
         self.generator = self.method.build_generator().to(self.device)
-        self.opt_g = self.method.generator_optimizer(self.generator, self.cfg.lr_g, tuple(self.cfg.g_betas))
+        self.opt_g = (self.method.generator_optimizer(self.generator, self.cfg.lr_g, tuple(self.cfg.g_betas))
+                      if self.method.trains_generator else _NoOptimizer())
         self.opt_q = torch.optim.SGD(
             self.student.parameters(), lr=self.cfg.lr_q, momentum=self.cfg.q_momentum,
             nesterov=self.cfg.q_nesterov, weight_decay=self.cfg.q_weight_decay,
@@ -200,11 +202,12 @@ class Trainer:
         if log:  # R(θ_g, θ_q): the batch before the G step
             s_before = s_g.detach() if s_g is not None else self._probe(x.detach())[1]
             r_before = game_value(t.detach(), s_before)
-        loss_g, terms_g = method.generator_loss(StepContext(x, sample, t, s_g, bns, num_classes, epoch))
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
-        self.window.add("g/", {"loss": loss_g, **terms_g})
+        if method.trains_generator:
+            loss_g, terms_g = method.generator_loss(StepContext(x, sample, t, s_g, bns, num_classes, epoch))
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_g.step()
+            self.window.add("g/", {"loss": loss_g, **terms_g})
         if log:  # R(θ_g*, θ_q): same (z, y), regenerated after the G step
             with probing(self.quantizers, self.generator, self.student):
                 x_after = method.generate(self.generator, sample)
@@ -272,6 +275,13 @@ class Trainer:
             "git": git_state(), "versions": package_versions(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+
+
+class _NoOptimizer(torch.optim.SGD):
+    """Stands in for G's optimizer when a method trains no generator (keeps schedulers and checkpoints uniform)."""
+
+    def __init__(self) -> None:
+        super().__init__([torch.zeros(1, requires_grad=True)], lr=0.0)
 
 
 def device_name(device: torch.device) -> str:
