@@ -3,7 +3,7 @@
 ``paper`` is the method's published schedule (its presets per dataset/model/bit-width). ``quick`` keeps
 everything that defines the method (losses, optimisers, learning rates, warm-up of 4 epochs and the 4-epoch
 range-calibration window, hence the compounding EMA's full ~200 updates) but shortens the run to
-8 epochs × 50 iterations at batch ≤ 64 without LR decay, evaluated on at most 10,000 fixed test images,
+at most 8 epochs × 50 iterations at batch ≤ 64 without LR decay, evaluated on at most 10,000 fixed test images,
 so that a CIFAR ResNet-20 run finishes in minutes on 2 CPU cores. Any field stays overridable.
 """
 
@@ -34,12 +34,12 @@ def quick(train: dict[str, Any]) -> dict[str, Any]:
     """A short schedule for a first look and for CPU machines (not comparable with the papers' numbers)."""
     warmup = min(train["warmup_epochs"], QUICK_WARMUP)
     ranges = min(train["range_update_epochs"], QUICK_WARMUP)
-    epochs = max(warmup, ranges) + QUICK_FINETUNE_EPOCHS
+    epochs = min(train["epochs"], max(warmup, ranges) + QUICK_FINETUNE_EPOCHS)
     max_images = train["eval_max_images"]
     return {
         **train,
         "epochs": epochs,
-        "iters_per_epoch": QUICK_ITERS,
+        "iters_per_epoch": min(train["iters_per_epoch"], QUICK_ITERS),
         "batch_size": min(train["batch_size"], QUICK_MAX_BATCH),
         "warmup_epochs": warmup,
         "range_update_epochs": ranges,

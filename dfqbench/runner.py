@@ -64,9 +64,14 @@ def resolve_settings(method_cls: type[Method], dataset: str, model: str, bits: s
     """Defaults → the method's paper presets for this cell → the protocol → the user's dotted overrides."""
     wbits, abits = parse_bits(bits)
     transform = PROTOCOLS.get(protocol)
+    reason = method_cls.unsupported_reason(dataset, model, wbits, abits)
+    if reason:
+        raise DfqbenchError(f"method {method_cls.name!r} does not support {model} at {bits}: {reason}")
     presets = method_cls.paper_protocol(dataset, model, wbits, abits)
     train = {**dataclasses.asdict(TrainConfig()), **presets.get("train", {})}
     method = {**method_cls.default_config(), **presets.get("method", {})}
+    if protocol == "quick":
+        method = method_cls.quick_protocol(method)
     quant = {"tracker": method_cls.default_tracker, "momentum": 0.9, "first_last_wbits": None,
              **presets.get("quant", {})}
     sections = apply_overrides({"train": transform(train), "method": method, "quant": quant}, overrides)

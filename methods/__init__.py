@@ -1,3 +1,7 @@
-"""The DFQ method plugins, installed as ``dfqbench.methods``; each module registers itself on import."""
+"""The DFQ method plugins, installed as ``dfqbench.methods``; every module here registers itself on import."""
 
-from dfqbench.methods import gdfq  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
+    importlib.import_module(f"{__name__}.{_module}")

@@ -70,6 +70,16 @@ class Method:
         return {"train": {}, "method": {}, "quant": {}}
 
     @classmethod
+    def quick_protocol(cls, method: dict[str, Any]) -> dict[str, Any]:
+        """The ``quick`` protocol's change to the method's own settings (e.g. fewer distillation steps)."""
+        return method
+
+    @classmethod
+    def unsupported_reason(cls, dataset: str, model: str, wbits: int, abits: int) -> str | None:
+        """Why this method cannot run this cell (shown for skipped grid cells), or None when it can."""
+        return None
+
+    @classmethod
     def default_config(cls) -> dict[str, Any]:
         return dataclasses.asdict(cls.config_class())
 
