@@ -33,8 +33,10 @@ def paper(train: dict[str, Any]) -> dict[str, Any]:
 def quick(train: dict[str, Any]) -> dict[str, Any]:
     """A short schedule for a first look and for CPU machines (not comparable with the papers' numbers)."""
     warmup = min(train["warmup_epochs"], QUICK_WARMUP)
+    never_frozen = train["range_update_epochs"] >= train["epochs"]  # e.g. ZAQ: ranges update in every epoch
     ranges = min(train["range_update_epochs"], QUICK_WARMUP)
-    epochs = min(train["epochs"], max(warmup, ranges) + QUICK_FINETUNE_EPOCHS)
+    epochs = min(train["epochs"], max(warmup, 0 if never_frozen else ranges) + QUICK_FINETUNE_EPOCHS)
+    ranges = epochs if never_frozen else ranges
     max_images = train["eval_max_images"]
     return {
         **train,

@@ -4,6 +4,10 @@ L_G = CE(T(x), y) + 0.1·L_BNS                       (trainer.py L222-234)
 L_Q = α·T²·KL_el(p_T ‖ p_Q) + CE(Q(x), y), T = 20   (trainer.py L106-126; KL averaged over B·C elements)
 Schedule: 400 epochs × 200 iterations, batch 200 (CIFAR) / 16 (ImageNet), warm-up 4 / 50 epochs, student
 SGD-Nesterov lr 1e-4 / 1e-6, generator Adam 1e-3 (0.5, 0.999), ×0.1 at epochs 100/200/300 (methods.md §2).
+
+Optional, off by default: Qimera's superposed samples on GDFQ's generator (``superposed_prob`` > 0; the
+Qimera paper's "GDFQ + superposed samples"; dfqbench.core.superposed). Both CE terms then use the soft
+target ỹ. With ``superposed_prob = 0`` GDFQ samples, generates and computes its losses exactly as before.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dfqbench.core.generators import build_gdfq_generator
 from dfqbench.core.losses import kd_kl_element_mean
 from dfqbench.core.plugin import LossTerms, Method, Sample, StepContext, register_method
+from dfqbench.core.superposed import (
+    check_superposed_settings, class_cross_entropy, generate_gdfq_superposed, superposed_enabled, superposed_sample,
+)
 from dfqbench.errors import DfqbenchError
 from dfqbench.registry import unknown_choice
 
@@ -31,10 +37,14 @@ class GDFQConfig:
     temperature: float = 20.0  # KD temperature T
     kd_weight: float = 1.0  # α
     kd_reduction: str = "element_mean"  # faithful; "batchmean" multiplies the KD term by C (corrected variant)
+    superposed_prob: float = 0.0  # Qimera's superposed batches with this probability; 0 = off (GDFQ)
+    superposed_k: int = 2  # labels mixed per sample in a superposed batch
+    cbn_divide_by_k: bool = True  # ImageNet CBN mix of γ, β: Qimera's mean over K; False = Σ λ_k γ_{y_k}
 
     def __post_init__(self) -> None:
         if self.kd_reduction not in KD_REDUCTIONS:
             raise DfqbenchError(unknown_choice("method.kd_reduction", self.kd_reduction, list(KD_REDUCTIONS)))
+        check_superposed_settings(self.superposed_prob, self.superposed_k)
 
 
 @register_method
@@ -56,12 +66,17 @@ class GDFQ(Method):
         return build_gdfq_generator(self.dataset, self.num_classes, self.input_size, self.config.latent_dim)
 
     def sample(self, batch_size: int, device: torch.device) -> Sample:
+        if superposed_enabled(self.config):
+            return superposed_sample(self.config, batch_size, self.num_classes, self.config.latent_dim, device)
         z = torch.randn(batch_size, self.config.latent_dim, device=device)
         labels = torch.randint(0, self.num_classes, (batch_size,), device=device)
         return Sample(z=z, labels=labels)
 
+    def generate(self, generator: nn.Module, sample: Sample) -> torch.Tensor:
+        return generate_gdfq_superposed(generator, sample, self.config.cbn_divide_by_k)
+
     def generator_loss(self, ctx: StepContext) -> tuple[torch.Tensor, LossTerms]:
-        ce = F.cross_entropy(ctx.teacher_logits, ctx.sample.labels)
+        ce = class_cross_entropy(ctx.teacher_logits, ctx.sample)
         bns = ctx.bns_loss
         return ce + self.config.bns_weight * bns, {"ce": ce, "bns": bns}
 
@@ -71,5 +86,5 @@ class GDFQ(Method):
         if cfg.kd_reduction == "batchmean":
             kd = kd * ctx.num_classes
         kd = cfg.kd_weight * cfg.temperature**2 * kd
-        ce = F.cross_entropy(ctx.student_logits, ctx.sample.labels)
+        ce = class_cross_entropy(ctx.student_logits, ctx.sample)
         return kd + ce, {"kd": kd, "ce": ce}

@@ -38,7 +38,7 @@ def test_list_methods_and_models(capsys):
 @pytest.mark.parametrize(
     "change, expected",
     [
-        ({"--method": "gdqf"}, ["unknown method 'gdqf'", "did you mean 'gdfq'", "choices: gdfq"]),
+        ({"--method": "gdqf"}, ["unknown method 'gdqf'", "did you mean 'gdfq'", "choices: adadfq, adasg, gdfq, qimera, zaq, zeroq, zeroq_kd"]),
         ({"--model": "resnet21_cifar10"}, ["resnet21_cifar10", "resnet20_cifar10"]),
         ({"--bits": "w1a4"}, ["w1a4", "w4a4"]),
         ({"--protocol": "fast"}, ["unknown protocol 'fast'", "paper", "quick"]),

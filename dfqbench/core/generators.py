@@ -17,10 +17,12 @@ GAN_EPS_QUIRK = 0.8  # nn.BatchNorm2d(ch, 0.8): eps, not momentum (inherited bug
 class CifarGenerator(nn.Module):
     """GDFQ ``Generator``: g = Emb(y) ⊙ z → FC → BN → ×2 → conv128-BN(eps .8)-LReLU → ×2 → conv64-BN(eps .8)-LReLU → conv3-tanh-BN(3, no affine)."""
 
-    def __init__(self, num_classes: int, img_size: int, latent_dim: int = 100, channels: int = 3) -> None:
+    def __init__(self, num_classes: int, img_size: int, latent_dim: int = 100, channels: int = 3,
+                 label_embedding: bool = True) -> None:
+        """``label_embedding=False`` builds the trunk only (no ``label_emb``), for methods with their own input path."""
         super().__init__()
         self.init_size = img_size // 4
-        self.label_emb = nn.Embedding(num_classes, latent_dim)
+        self.label_emb = nn.Embedding(num_classes, latent_dim) if label_embedding else None
         self.l1 = nn.Linear(latent_dim, 128 * self.init_size**2)
         self.bn0 = nn.BatchNorm2d(128)
         self.conv1 = nn.Conv2d(128, 128, 3, stride=1, padding=1)
@@ -31,7 +33,12 @@ class CifarGenerator(nn.Module):
         self.out_bn = nn.BatchNorm2d(channels, affine=False)
 
     def embed(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The conditioning: label embedding multiplied elementwise with the noise (label used only here)."""
+        """The conditioning: label embedding multiplied elementwise with the noise (label used only here).
+
+        Works slot-wise too: labels (B, K) and z (B, K, D) give (B, K, D) (superposed sampling).
+        """
+        if self.label_emb is None:
+            raise RuntimeError("this CifarGenerator was built with label_embedding=False: use trunk(latent)")
         return self.label_emb(labels) * z
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -58,10 +65,26 @@ class ConditionalBatchNorm2d(nn.Module):
         nn.init.ones_(self.gamma.weight)
         nn.init.zeros_(self.beta.weight)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        gamma = self.gamma(labels)[:, :, None, None]
-        beta = self.beta(labels)[:, :, None, None]
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+                divide_by_k: bool = False) -> torch.Tensor:
+        """One label per sample (labels (B,)), or a superposed mix: labels (B, K) with weights (B, K).
+
+        A mix uses γ = Σ_k λ_k·γ_{y_k} (and β alike), divided by K when ``divide_by_k`` — Qimera's
+        conditional_batchnorm.py L62-69 takes a mean over K (methods.md §3.2).
+        """
+        if weights is None:
+            gamma = self.gamma(labels)[:, :, None, None]
+            beta = self.beta(labels)[:, :, None, None]
+        else:
+            gamma = mix_class_params(self.gamma(labels), weights, divide_by_k)[:, :, None, None]
+            beta = mix_class_params(self.beta(labels), weights, divide_by_k)[:, :, None, None]
         return gamma * self.bn(x) + beta
+
+
+def mix_class_params(params: torch.Tensor, weights: torch.Tensor, divide_by_k: bool) -> torch.Tensor:
+    """Σ_k λ_k·params[:, k] for params (B, K, F) and weights (B, K); ÷K when ``divide_by_k`` (Qimera's mean)."""
+    mixed = (params * weights.unsqueeze(2)).sum(dim=1)
+    return mixed / params.shape[1] if divide_by_k else mixed
 
 
 class ImageNetGenerator(nn.Module):
@@ -83,11 +106,16 @@ class ImageNetGenerator(nn.Module):
         self.out_bn = nn.BatchNorm2d(channels, affine=False)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        out = self.l1(z).view(z.shape[0], 128, self.init_size, self.init_size)
-        img = F.interpolate(self.cbn0(out, labels), scale_factor=2)
-        img = F.leaky_relu(self.cbn1(self.conv1(img), labels), 0.2)
+        return self.trunk(z, labels)
+
+    def trunk(self, latent: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+              divide_by_k: bool = False) -> torch.Tensor:
+        """FC → CBN stack on a latent; labels (B,), or (B, K) with mixing weights (B, K) for superposed batches."""
+        out = self.l1(latent).view(latent.shape[0], 128, self.init_size, self.init_size)
+        img = F.interpolate(self.cbn0(out, labels, weights, divide_by_k), scale_factor=2)
+        img = F.leaky_relu(self.cbn1(self.conv1(img), labels, weights, divide_by_k), 0.2)
         img = F.interpolate(img, scale_factor=2)
-        img = F.leaky_relu(self.cbn2(self.conv2(img), labels), 0.2)
+        img = F.leaky_relu(self.cbn2(self.conv2(img), labels, weights, divide_by_k), 0.2)
         return self.out_bn(torch.tanh(self.conv3(img)))
 
 

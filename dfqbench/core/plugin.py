@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from dfqbench.core.features import stage_names
 from dfqbench.registry import Registry
 
 LossTerms = dict[str, torch.Tensor]
@@ -40,6 +41,10 @@ class StepContext:
     bns_loss: torch.Tensor | None
     num_classes: int
     epoch: int
+    # Intermediate outputs (e.g. ZAQ's stage features), collected only for methods with ``uses_features``;
+    # in a Q step the teacher's are detached, in the G step both carry gradients to x.
+    teacher_features: list[torch.Tensor] | None = None
+    student_features: list[torch.Tensor] | None = None
 
 
 class Method:
@@ -56,6 +61,8 @@ class Method:
     student_bn_train: ClassVar[bool] = False  # Q's BN in train mode (ZAQ); else frozen statistics (GDFQ)
     default_tracker: ClassVar[str] = "ema_gdfq"
     trains_generator: ClassVar[bool] = True  # False: no G step (e.g. ZeroQ's fixed distilled batch)
+    uses_features: ClassVar[bool] = False  # collect teacher/student outputs of :meth:`feature_layers` for the losses
+    q_first: ClassVar[bool] = False  # per iteration: the Q steps (each on a fresh batch), then G on a fresh batch (ZAQ)
 
     def __init__(self, config: Any, num_classes: int, input_size: int, dataset: str) -> None:
         self.config = config
@@ -90,6 +97,12 @@ class Method:
 
     def build_generator(self) -> nn.Module:
         raise NotImplementedError
+
+    def feature_layers(self, model: nn.Module) -> list[str]:
+        """Names (as in ``named_modules``) of the modules whose outputs a ``uses_features`` method receives,
+        in order; the same names are tapped on the teacher and on the quantized student. Default: the
+        residual stages ``features.stage1..N`` of pytorchcv models (:func:`dfqbench.core.features.stage_names`)."""
+        return stage_names(model)
 
     def generator_optimizer(self, generator: nn.Module, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
         return torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)

@@ -6,11 +6,22 @@ step, after it (x regenerated from the same z, y) and after the Q step, with Δ_
 H_g and H_q are the disagreement entropy H(softmax(t − s)) after the generation step and after the
 calibration (Q) step, the two curves of AdaSG's Figure 6. Loss terms are means over the logging window.
 
-Per iteration: sample (z, y) → x = G(z, y) → teacher forward with BN hooks → generator loss, Adam step →
-student forward on x.detach() → student loss and SGD step once the warm-up epochs are over. Activation
-ranges update during epochs [0, range_update_epochs) and are frozen after each epoch's training, so
-evaluation never moves them. The student stays in eval mode (frozen BN statistics) unless the method
-says otherwise; the teacher is frozen with no gradients. Every epoch ends with an evaluation, a metrics
+Per iteration (GDFQ order): sample (z, y) → x = G(z, y) → teacher forward with BN hooks → generator loss,
+Adam step → student forward on x.detach() → student loss and SGD step once the warm-up epochs are over
+(further Q steps, if any, on fresh batches). Methods with ``q_first`` (ZAQ ``main.py`` train()) reverse
+this: ``q_steps_per_iter`` Q steps, each on a fresh batch with G(z) detached, then one G step on a fresh
+batch; their diagnostics use the first Q batch's z: R_before before the Q steps, R_after_q after them
+(same x, G unchanged), R_after_g after the G step (x regenerated from that z), with Δ_q = R_before −
+R_after_q, Δ_g = R_after_g − R_after_q and BG = R_after_g − R_before = Δ_g − Δ_q; H_q and H_g are
+measured right after the Q and the G step as before. Methods with ``uses_features`` also get the
+outputs of their ``feature_layers`` for teacher and student (:class:`~dfqbench.core.features.FeatureTap`).
+
+Activation ranges update during epochs [0, range_update_epochs) and are frozen after each epoch's
+training, so evaluation never moves them. calibrated_top1 is Q with its pretrained weights and
+calibrated ranges: the evaluation after the last warm-up epoch, or, for methods without warm-up, after
+one no-grad pass of one generated batch through Q (eval mode; ranges updating if the range window is
+open) before epoch 0. The student stays in eval mode (frozen BN statistics) unless the method says
+otherwise; the teacher is frozen with no gradients. Every epoch ends with an evaluation, a metrics
 write and a checkpoint, all atomic, so a killed run resumes from its last finished epoch.
 """
 
@@ -27,6 +38,7 @@ import torch
 from torch import nn
 
 from dfqbench.core.diagnostics import WindowMeans, non_finite, probing
+from dfqbench.core.features import FeatureTap
 from dfqbench.core.hooks import BNStatisticsLoss
 from dfqbench.core.losses import disagreement_entropy, game_value
 from dfqbench.core.plugin import Method, Sample, StepContext
@@ -34,6 +46,13 @@ from dfqbench.core.progress import Progress
 from dfqbench.quant import activation_quantizers, set_range_update
 from dfqbench.specs import RunSpec, TrainConfig
 from dfqbench.store import RunFolder, git_state, package_versions
+
+
+Features = list[torch.Tensor] | None  # a uses_features method's per-layer outputs, else None
+
+
+def _detached(features: Features) -> Features:
+    return None if features is None else [f.detach() for f in features]
 
 
 class RunDiverged(RuntimeError):
@@ -98,6 +117,14 @@ class Trainer:
         self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, list(self.cfg.milestones_g), self.cfg.lr_gamma)
         self.sched_q = torch.optim.lr_scheduler.MultiStepLR(self.opt_q, list(self.cfg.milestones_q), self.cfg.lr_gamma)
         self.bns = BNStatisticsLoss(self.teacher)
+        self.teacher_tap: FeatureTap | None = None
+        self.student_tap: FeatureTap | None = None
+        if self.method.uses_features:
+            layers = self.method.feature_layers(self.teacher)
+            self.teacher_tap = FeatureTap(self.teacher, layers)
+            self.student_tap = FeatureTap(self.student, layers)
+        if self.method.q_first and self.method.q_steps_per_iter < 1:
+            raise ValueError(f"method {self.method.name!r}: q_first needs q_steps_per_iter >= 1")
         self.quantizers = activation_quantizers(self.student)
         self.window = WindowMeans()
         self.metrics: list[dict[str, Any]] = []
@@ -141,6 +168,10 @@ class Trainer:
         if self.state["fp_top1"] is None:
             self.state["fp_top1"] = self.run.evaluate(self.teacher)
             self.progress.message(f"FP teacher top-1: {self.state['fp_top1']:.2f}")
+        if self.cfg.warmup_epochs == 0 and self.start_epoch == 0 and self.state["calibrated_top1"] is None:
+            self.state["calibrated_top1"] = self._calibrate_on_generated_batch()
+            self.progress.message(f"calibrated top-1 (pretrained weights, ranges from one generated batch): "
+                                  f"{self.state['calibrated_top1']:.2f}")
         self.progress.start(self.cfg.epochs, self.cfg.iters_per_epoch, self.start_epoch)
         for epoch in range(self.start_epoch, self.cfg.epochs):
             epoch_started = time.perf_counter()
@@ -191,23 +222,59 @@ class Trainer:
         with probing(self.quantizers, self.generator, self.student):
             return self.teacher(x), self.student(x)
 
+    def _teacher_pass(self, x: torch.Tensor, bns: bool = False) -> tuple[torch.Tensor, Features, torch.Tensor | None]:
+        """Teacher logits, its features (``uses_features`` methods) and, if asked, the BNS loss of this forward."""
+        if bns:
+            self.bns.start()
+        t, feats = self.teacher_tap(x) if self.teacher_tap is not None else (self.teacher(x), None)
+        return t, feats, self.bns.stop() if bns else None
+
+    def _student_pass(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
+        """Student logits and its features (``uses_features`` methods)."""
+        return self.student_tap(x) if self.student_tap is not None else (self.student(x), None)
+
+    def _fresh_q_batch(self) -> tuple[Sample, torch.Tensor, torch.Tensor, Features]:
+        """A new sample, its generated batch and the teacher's outputs on it, all without gradients."""
+        with torch.no_grad():
+            q_sample = self.method.sample(self.cfg.batch_size, self.device)
+            xq = self._generate(q_sample)
+            tq, tq_feats, _ = self._teacher_pass(xq)
+        return q_sample, xq, tq, tq_feats
+
+    def _generator_update(self, ctx: StepContext) -> None:
+        loss_g, terms_g = self.method.generator_loss(ctx)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self.window.add("g/", {"loss": loss_g, **terms_g})
+
+    def _q_step(self, epoch: int, train_q: bool, q_sample: Sample, xq: torch.Tensor, tq: torch.Tensor,
+                tq_feats: Features) -> None:
+        """One student forward on a (detached) batch, its loss, and an SGD step if Q trains this epoch."""
+        with torch.set_grad_enabled(train_q):
+            s, s_feats = self._student_pass(xq)
+            loss_q, terms_q = self.method.student_loss(
+                StepContext(xq, q_sample, tq, s, None, self.method.num_classes, epoch, tq_feats, s_feats))
+        if train_q:
+            self.opt_q.zero_grad(set_to_none=True)
+            loss_q.backward()
+            self.opt_q.step()
+        self.window.add("q/", {"loss": loss_q, **terms_q})
+
     def _iteration(self, epoch: int, log: bool) -> None:
+        if self.method.q_first:
+            self._iteration_q_first(epoch, log)
+            return
         method, cfg, num_classes = self.method, self.cfg, self.method.num_classes
         sample = method.sample(cfg.batch_size, self.device)
         x = self._generate(sample)
-        self.bns.start()
-        t = self.teacher(x)
-        bns = self.bns.stop()
-        s_g = self.student(x) if method.student_in_generator_loss else None
+        t, t_feats, bns = self._teacher_pass(x, bns=True)
+        s_g, s_feats = self._student_pass(x) if method.student_in_generator_loss else (None, None)
         if log:  # R(θ_g, θ_q): the batch before the G step
             s_before = s_g.detach() if s_g is not None else self._probe(x.detach())[1]
             r_before = game_value(t.detach(), s_before)
         if method.trains_generator:
-            loss_g, terms_g = method.generator_loss(StepContext(x, sample, t, s_g, bns, num_classes, epoch))
-            self.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            self.opt_g.step()
-            self.window.add("g/", {"loss": loss_g, **terms_g})
+            self._generator_update(StepContext(x, sample, t, s_g, bns, num_classes, epoch, t_feats, s_feats))
         if log:  # R(θ_g*, θ_q): same (z, y), regenerated after the G step
             with probing(self.quantizers, self.generator, self.student):
                 x_after = method.generate(self.generator, sample)
@@ -218,20 +285,10 @@ class Trainer:
         train_q = epoch >= cfg.warmup_epochs
         for step in range(method.q_steps_per_iter):
             if step == 0:
-                q_sample, xq, tq = sample, x.detach(), t.detach()
+                q_sample, xq, tq, tq_feats = sample, x.detach(), t.detach(), _detached(t_feats)
             else:
-                with torch.no_grad():
-                    q_sample = method.sample(cfg.batch_size, self.device)
-                    xq = self._generate(q_sample)
-                    tq = self.teacher(xq)
-            with torch.set_grad_enabled(train_q):
-                s = self.student(xq)
-                loss_q, terms_q = method.student_loss(StepContext(xq, q_sample, tq, s, None, num_classes, epoch))
-            if train_q:
-                self.opt_q.zero_grad(set_to_none=True)
-                loss_q.backward()
-                self.opt_q.step()
-            self.window.add("q/", {"loss": loss_q, **terms_q})
+                q_sample, xq, tq, tq_feats = self._fresh_q_batch()
+            self._q_step(epoch, train_q, q_sample, xq, tq, tq_feats)
 
         if log:  # R(θ_g*, θ_q*) and the Balance Gap (AdaSG Definition 3)
             s_after_q = self._probe(x_after)[1]
@@ -241,6 +298,55 @@ class Trainer:
                 "R_before": r_before, "R_after_g": r_after_g, "R_after_q": r_after_q, "delta_g": r_after_g - r_before,
                 "delta_q": r_after_g - r_after_q, "balance_gap": r_after_q - r_before,
             })
+
+    def _iteration_q_first(self, epoch: int, log: bool) -> None:
+        """ZAQ's order (``main.py`` train()): the Q steps, each on a fresh batch with G(z) detached, then one
+        G step on a fresh batch. Diagnostics on the first Q batch (see the module docstring)."""
+        method, cfg, num_classes = self.method, self.cfg, self.method.num_classes
+        train_q = epoch >= cfg.warmup_epochs
+        for step in range(method.q_steps_per_iter):
+            q_sample, xq, tq, tq_feats = self._fresh_q_batch()
+            if log and step == 0:  # R(θ_g, θ_q) on the first Q batch, before any Q step
+                probe_sample, x_probe, t_probe = q_sample, xq, tq
+                r_before = game_value(t_probe, self._probe(x_probe)[1])
+            self._q_step(epoch, train_q, q_sample, xq, tq, tq_feats)
+        if log:  # R(θ_g, θ_q*): G has not moved, so the same x
+            s_after_q = self._probe(x_probe)[1]
+            h_after_q = disagreement_entropy(t_probe, s_after_q).mean()
+            r_after_q = game_value(t_probe, s_after_q)
+
+        if method.trains_generator:
+            sample = method.sample(cfg.batch_size, self.device)
+            x = self._generate(sample)
+            t, t_feats, bns = self._teacher_pass(x, bns=True)
+            s_g, s_feats = self._student_pass(x) if method.student_in_generator_loss else (None, None)
+            self._generator_update(StepContext(x, sample, t, s_g, bns, num_classes, epoch, t_feats, s_feats))
+
+        if log:  # R(θ_g*, θ_q*): the first Q batch's z, regenerated after the G step
+            with probing(self.quantizers, self.generator, self.student):
+                x_after = method.generate(self.generator, probe_sample)
+            t_after, s_after = self._probe(x_after)
+            r_after_g = game_value(t_after, s_after)
+            delta_q, delta_g = r_before - r_after_q, r_after_g - r_after_q
+            self.window.point({
+                "H_g": disagreement_entropy(t_after, s_after).mean(), "H_q": h_after_q,
+                "R_before": r_before, "R_after_g": r_after_g, "R_after_q": r_after_q, "delta_g": delta_g,
+                "delta_q": delta_q, "balance_gap": r_after_g - r_before,
+            })
+
+    def _calibrate_on_generated_batch(self) -> float:
+        """calibrated_top1 for methods without warm-up: one no-grad pass of one generated batch through Q in
+        eval mode (pretrained BN statistics untouched; ranges update only if the range window is open),
+        then the test evaluation. Replaces ZAQ's initial test() that set the ranges on the real test set."""
+        sample = self.method.sample(self.cfg.batch_size, self.device)
+        with probing([], self.generator):  # no grad, and G's BN buffers stay as they are
+            x = self._generate(sample)
+        self.student.eval()
+        set_range_update(self.student, self.cfg.range_update_epochs > 0)
+        with torch.no_grad():
+            self.student(x)
+        set_range_update(self.student, False)
+        return self.run.evaluate(self.student)
 
     # -- evaluation and the record -------------------------------------------------------------------
     def _evaluate_epoch(self, epoch: int) -> float | None:
