@@ -110,6 +110,9 @@ class Qimera(Method):
                 method["latent_dim"] = latent
         return {"train": train, "method": method, "quant": {}}
 
+    def setup_description(self) -> str:
+        return "class embedding from the teacher's last layer" if self.config.embedding_init == "teacher" else "embedding size"
+
     def setup(self, teacher: nn.Module, device: torch.device) -> None:
         """Take E's initial value from the teacher's last layer and resolve D (no random numbers drawn)."""
         cfg = self.config

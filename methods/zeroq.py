@@ -158,6 +158,10 @@ class _DistilledDataMethod(Method):
         self.distill_losses = result.losses
         self.data = DistilledSet(result.images, labels, shuffle=self.shuffle)
 
+    def setup_description(self) -> str:
+        cfg = self.config
+        return f"distilling {cfg.num_batches} batch(es) of {cfg.batch_size} images, {cfg.steps} Adam steps each"
+
     def build_generator(self) -> nn.Module:
         if self.data is None:
             raise RuntimeError(f"{self.name}: setup(teacher, device) must run before build_generator()")

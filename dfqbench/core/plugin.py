@@ -95,6 +95,10 @@ class Method:
         """Called once per run, after seeding and before :meth:`build_generator`, with the frozen teacher
         (e.g. Qimera's embedding initialised from the teacher's last layer; ZeroQ's data distillation)."""
 
+    def setup_description(self) -> str:
+        """One line for the progress display, shown before :meth:`setup` runs (when a method overrides it)."""
+        return "preparing"
+
     def build_generator(self) -> nn.Module:
         raise NotImplementedError
 
