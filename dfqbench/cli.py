@@ -11,6 +11,8 @@ import sys
 from typing import Sequence
 
 from dfqbench.errors import DfqbenchError
+from dfqbench.report.cli import add_report_parser, run_report
+from dfqbench.launch.cli import add_grid_arguments, add_status_parser, run_grid, run_status
 
 OFFLINE_HELP = (
     "offline use: --weights FILE (or DFQBENCH_WEIGHTS) with --weights-norm imagenet|cifar10|… "
@@ -24,11 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run one method × model × bits × seed cell", epilog=OFFLINE_HELP)
-    run.add_argument("--method", required=True, help="a registered method (dfqbench list methods)")
-    run.add_argument("--model", required=True, help="a zoo model or any pytorchcv name (dfqbench list models)")
-    run.add_argument("--bits", required=True, help="weight/activation bits, e.g. w4a4, w3a3, w4a8")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--protocol", default="paper", help="paper (published schedule) or quick (minutes on CPU)")
+    run.add_argument("--method", help="a registered method (dfqbench list methods); required without --grid")
+    run.add_argument("--model", help="a zoo model or any pytorchcv name (dfqbench list models); required without --grid")
+    run.add_argument("--bits", help="weight/activation bits, e.g. w4a4, w3a3, w4a8; required without --grid")
+    run.add_argument("--seed", type=int, help="default 0")
+    run.add_argument("--protocol", help="paper (published schedule; default) or quick (minutes on CPU); "
+                     "with --grid, replaces the grid's protocol")
     run.add_argument("--weights", help="local pretrained weights file (env DFQBENCH_WEIGHTS)")
     run.add_argument("--weights-dir", help="folder of <model>.pth weights files (env DFQBENCH_WEIGHTS_DIR)")
     run.add_argument("--weights-norm", help="input normalisation of local weights: imagenet, cifar10, cifar100, "
@@ -40,20 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                      help="dotted overrides, e.g. train.epochs=3 method.temperature=10 quant.tracker=ema")
+    add_grid_arguments(run)
 
     lst = sub.add_parser("list", help="list registered methods or models")
     lst.add_argument("what", choices=["methods", "models"])
+    add_report_parser(sub)
+    add_status_parser(sub)
     return parser
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.grid is not None:  # before the imports below: a dry run from the plan cache never imports torch
+        return run_grid(args)
     from dfqbench.core.progress import make_progress
     from dfqbench.runner import RunRequest, run
 
+    missing = [flag for flag in ("method", "model", "bits") if getattr(args, flag) is None]
+    if missing:
+        raise DfqbenchError(f"--{missing[0]} is required (or run a grid with --grid NAME|FILE)")
     if args.log_every < 1:
         raise DfqbenchError(f"invalid --log-every {args.log_every}: must be >= 1")
     request = RunRequest(
-        method=args.method, model=args.model, bits=args.bits, seed=args.seed, protocol=args.protocol,
+        method=args.method, model=args.model, bits=args.bits, seed=args.seed or 0, protocol=args.protocol or "paper",
         overrides=list(args.overrides), weights=args.weights, weights_dir=args.weights_dir,
         weights_norm=args.weights_norm, data_root=args.data_root, results=args.results, device=args.device,
         log_every=args.log_every,
@@ -115,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"run": _cmd_run, "list": _cmd_list}[args.command](args)
+        return {"run": _cmd_run, "list": _cmd_list, "report": run_report,
+                "status": run_status}[args.command](args)
     except DfqbenchError as exc:
         print(f"dfqbench: error: {exc}", file=sys.stderr)
         return 2

@@ -74,7 +74,10 @@ def resolve_settings(method_cls: type[Method], dataset: str, model: str, bits: s
         method = method_cls.quick_protocol(method)
     quant = {"tracker": method_cls.default_tracker, "momentum": 0.9, "first_last_wbits": None,
              **presets.get("quant", {})}
-    sections = apply_overrides({"train": transform(train), "method": method, "quant": quant}, overrides)
+    train = transform(train)
+    if protocol == "quick":
+        train = method_cls.quick_train(train)
+    sections = apply_overrides({"train": train, "method": method, "quant": quant}, overrides)
     TrainConfig(**sections["train"])  # validate
     method_cls.config_class(**sections["method"])
     QuantConfig(wbits=wbits, abits=abits, **sections["quant"])

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.transforms import RandomResizedCrop
 
 from dfqbench.core.distill import INITS, DistilledSet, DistillSettings, distill
 from dfqbench.core.plugin import LossTerms, Method, Sample, StepContext, register_method
@@ -95,6 +94,8 @@ def kd_kl_batchmean(teacher_logits: Tensor, student_logits: Tensor, temperature:
 
 def draw_crops(batch: int, size: int, scale_min: float) -> tuple[Tensor, Tensor]:
     """Per-image RandomResizedCrop boxes (top, left, h, w) and horizontal-flip flags, from torch's global RNG."""
+    from torchvision.transforms import RandomResizedCrop  # lazy: keeps `import dfqbench.methods` light (grid dry runs)
+
     like = torch.empty(1, size, size)
     boxes = [RandomResizedCrop.get_params(like, [scale_min, 1.0], [3 / 4, 4 / 3]) for _ in range(batch)]
     flips = torch.rand(batch) < 0.5

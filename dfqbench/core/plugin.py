@@ -82,6 +82,12 @@ class Method:
         return method
 
     @classmethod
+    def quick_train(cls, train: dict[str, Any]) -> dict[str, Any]:
+        """The method's own change to the ``quick`` schedule, applied after the generic one (e.g. a smaller
+        batch for a method whose iteration is much costlier than GDFQ's)."""
+        return train
+
+    @classmethod
     def unsupported_reason(cls, dataset: str, model: str, wbits: int, abits: int) -> str | None:
         """Why this method cannot run this cell (shown for skipped grid cells), or None when it can."""
         return None

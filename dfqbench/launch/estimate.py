@@ -1,0 +1,77 @@
+"""Device-time estimates for `dfqbench run --grid … --dry-run` and `status`: assumptions, not measurements.
+
+A run costs  iterations × (per-iteration overhead + images per iteration × training cost per image)
+           + evaluations × evaluated images × evaluation cost per image,
+from its resolved schedule (epochs, iterations per epoch, batch, Q steps per iteration, evaluation start,
+evaluation subset) and the constants below. The constants are read off the wall-clock estimates of
+methods.md §10 for one H100 (themselves estimates, "to be measured"):
+
+* overhead 10 ms per iteration: AdaSG/AdaDFQ CIFAR at batch 16 (80k iterations in 10-20 min) is launch-bound;
+* ResNet-20 training 0.05 ms per generated image: GDFQ CIFAR at batch 200 ≈ 20 ms per iteration;
+* ResNet-18 training 2.2 ms per image: ImageNet at batch 16 ≈ 45 ms per iteration (80k iterations ≈ 1 h);
+  other ImageNet models scale with their forward GFLOPs (ResNet-50 4.1, MobileNetV2 0.3, ResNet-18 1.82);
+* evaluation 0.11 ms per CIFAR test image (400 passes over 10k images ≈ 7.5 min) and 0.6 ms per ImageNet
+  validation image (≈ 350 passes over 50k images ≈ 3 h; decoding-bound, so not scaled by model size).
+
+When the plan holds finished runs of the same method, model and schedule measured on a GPU, their mean
+``wall_time_s`` replaces the formula for the pending ones (reported as "measured"). Figures are GPU-hours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ITER_OVERHEAD_S = 0.010
+CIFAR_TRAIN_S_PER_IMAGE = 0.05e-3
+R18_TRAIN_S_PER_IMAGE = 2.2e-3
+GFLOPS = {"resnet18": 1.82, "resnet50": 4.1, "mobilenetv2_w1": 0.3}
+EVAL_S_PER_IMAGE = {"cifar10": 0.11e-3, "cifar100": 0.11e-3, "imagenet": 0.6e-3}
+TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000}
+TINY_S_PER_IMAGE = 0.01e-3
+
+
+def train_cost_per_image(model: str, dataset: str) -> float:
+    if model == "tiny_cifar10":
+        return TINY_S_PER_IMAGE
+    if dataset != "imagenet":
+        return CIFAR_TRAIN_S_PER_IMAGE
+    return R18_TRAIN_S_PER_IMAGE * GFLOPS.get(model, GFLOPS["resnet18"]) / GFLOPS["resnet18"]
+
+
+def evaluations(train: dict[str, Any]) -> int:
+    """Epochs the trainer evaluates: from eval_start_epoch on, plus the calibration epoch and the last."""
+    epochs = train["epochs"]
+    evaluated = set(range(max(0, train["eval_start_epoch"]), epochs)) | {epochs - 1}
+    if train["warmup_epochs"] >= 1:
+        evaluated.add(train["warmup_epochs"] - 1)
+    return len({e for e in evaluated if 0 <= e < epochs})
+
+
+def formula_seconds(model: str, dataset: str, train: dict[str, Any], q_steps_per_iter: int) -> float:
+    """The cost model of the module docstring, in seconds (Q steps after the first generate a fresh batch)."""
+    iterations = train["epochs"] * train["iters_per_epoch"]
+    images_per_iter = train["batch_size"] * max(1, q_steps_per_iter)
+    training = iterations * (ITER_OVERHEAD_S + images_per_iter * train_cost_per_image(model, dataset))
+    test_images = TEST_IMAGES.get(dataset, 10_000)
+    if train.get("eval_max_images"):
+        test_images = min(test_images, train["eval_max_images"])
+    evaluation = evaluations(train) * test_images * EVAL_S_PER_IMAGE.get(dataset, EVAL_S_PER_IMAGE["cifar10"])
+    return training + evaluation
+
+
+@dataclass
+class Estimate:
+    hours: float = 0.0
+    measured_runs: int = 0
+    formula_runs: int = 0
+    unknown_runs: int = 0
+
+    def text(self) -> str:
+        parts = [f"{self.formula_runs} from the cost model"]
+        if self.measured_runs:
+            parts.append(f"{self.measured_runs} from measured GPU wall times of finished runs")
+        if self.unknown_runs:
+            parts.append(f"{self.unknown_runs} unknown")
+        amount = f"{self.hours:,.1f} GPU-hours" if self.hours >= 1 else f"{self.hours * 60:.1f} GPU-minutes"
+        return f"{amount} (H100-class; {', '.join(parts)}; see dfqbench/launch/estimate.py)"

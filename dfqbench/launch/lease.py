@@ -1,0 +1,155 @@
+"""Run leases: who is running a run now, so that `status` never shows a dead job as running forever.
+
+A task that starts a run creates ``lease.json`` in the run folder (atomically: a complete temp file hard-
+linked into place, which fails if a lease exists) holding its job id, host, pid, a random token and the
+time of its last heartbeat; a daemon thread rewrites the heartbeat every ``DFQBENCH_HEARTBEAT_S`` seconds
+(default 30) and the task removes the lease when it ends, however it ends short of being killed.
+
+Staleness rule (what `status` and the launchers use): a lease written on **this host** is alive while its
+process is alive (same pid and start time, not a zombie); a lease from **another host** is alive while its heartbeat is younger than
+``DFQBENCH_LEASE_STALE_S`` seconds (default 300, ten missed beats; clocks are assumed to agree within a
+minute). A run with a lease that is not alive and no record or error died without writing a result
+(SIGKILL, node failure, a job killed without the chance to clean up): it is **lost**, and running the grid
+again resumes it from its checkpoint. A lease that is alive keeps other launchers off the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+LEASE_FILE = "lease.json"
+HEARTBEAT_ENV = "DFQBENCH_HEARTBEAT_S"
+STALE_ENV = "DFQBENCH_LEASE_STALE_S"
+
+
+def heartbeat_every() -> float:
+    return float(os.environ.get(HEARTBEAT_ENV, 30))
+
+
+def stale_after() -> float:
+    return float(os.environ.get(STALE_ENV, 300))
+
+
+def read_lease(run_dir: Path) -> dict[str, Any] | None:
+    """The lease in a run folder, or None (also for an unreadable one, which no live task writes)."""
+    try:
+        return json.loads((run_dir / LEASE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first), or None without one."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2:].split()
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), which tells a reused pid apart."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def pid_alive(pid: int, started: str | None = None) -> bool:
+    """True while the process runs: not a zombie (a killed worker whose parent died stays one until it is
+    reaped, and ``kill -0`` still succeeds on it) and, when ``started`` is given, not a reused pid."""
+    if pid <= 0:
+        return False
+    if Path("/proc/self/stat").exists():
+        fields = _proc_stat(pid)
+        if fields is None or fields[0] in ("Z", "X"):
+            return False
+        return started is None or process_start(pid) == started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lease_alive(lease: dict[str, Any], now: float | None = None) -> bool:
+    """The staleness rule of the module docstring."""
+    if lease.get("host") == socket.gethostname():
+        return pid_alive(int(lease.get("pid", -1)), lease.get("pid_started"))
+    now = time.time() if now is None else now
+    return now - float(lease.get("heartbeat", 0)) < stale_after()
+
+
+def describe_lease(lease: dict[str, Any], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    age = now - float(lease.get("heartbeat", 0))
+    return (f"job {lease.get('job_id')} on {lease.get('host')} (pid {lease.get('pid')}), "
+            f"last heartbeat {age:.0f} s ago")
+
+
+class Lease:
+    """The lease of one task on one run folder."""
+
+    def __init__(self, run_dir: Path, job_id: str, executor: str) -> None:
+        self.path = run_dir / LEASE_FILE
+        self.data = {"job_id": job_id, "executor": executor, "host": socket.gethostname(), "pid": os.getpid(),
+                     "pid_started": process_start(os.getpid()), "token": secrets.token_hex(8),
+                     "started_at": time.time(), "heartbeat": time.time(),
+                     "heartbeat_every_s": heartbeat_every()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> dict[str, Any] | None:
+        """Take the lease; returns None on success, else the live lease that holds the run."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".lease.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self.data, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, self.path)  # atomic create-if-absent, also on NFS
+                return None
+            except FileExistsError:
+                holder = read_lease(self.path.parent)
+                if holder is not None and lease_alive(holder):
+                    return holder
+                os.replace(tmp, self.path)  # take over a dead lease
+                time.sleep(0.05)
+                mine = read_lease(self.path.parent)
+                if mine is None or mine.get("token") != self.data["token"]:
+                    return mine or {"job_id": "?", "host": "?", "pid": "?"}  # lost a race with another taker
+                return None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="dfqbench-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        from dfqbench.store import atomic_write_json
+
+        while not self._stop.wait(self.data["heartbeat_every_s"]):
+            current = read_lease(self.path.parent)
+            if current is None or current.get("token") != self.data["token"]:
+                return  # taken over (we were judged dead): stop writing
+            self.data["heartbeat"] = time.time()
+            atomic_write_json(self.path, self.data)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        current = read_lease(self.path.parent)
+        if current is not None and current.get("token") == self.data["token"]:
+            self.path.unlink(missing_ok=True)

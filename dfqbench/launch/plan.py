@@ -1,0 +1,256 @@
+"""From grid cells to planned runs: validity per cell, the run each cell maps to, and that run's state.
+
+Every cell ends in exactly one status: a run state (pending, running, done, failed, lost; see
+:mod:`dfqbench.launch.state`) or ``excluded`` (by the grid file), ``unsupported`` (the method's
+``unsupported_reason``) or ``invalid`` (anything ``runner.prepare`` would reject: an unregistered method,
+bad bits, an unknown override key, a missing weights file…), always with its reason. Cells that map to
+the same run id are counted once (the later ones are marked duplicates). Nothing here loads a model.
+
+Planning is two steps: :func:`decide` (per cell, from the method registry, the zoo and the teacher's
+identity: what :mod:`dfqbench.launch.plancache` may remember) and :func:`assemble` (the run states, read
+from the results store every time). This module imports torch only inside :func:`plan_grid`, so that a
+dry run answered from the plan cache never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from dfqbench.errors import DfqbenchError
+from dfqbench.launch.estimate import Estimate, formula_seconds
+from dfqbench.launch.grid import Cell, Grid, apply_filters, dataset_of, expand
+from dfqbench.launch.state import RunState, run_state
+
+if TYPE_CHECKING:
+    from dfqbench.launch.identity import Teacher
+    from dfqbench.runner import RunRequest
+    from dfqbench.specs import RunSpec
+
+CELL_ONLY_STATES = ("excluded", "unsupported", "invalid")
+
+
+@dataclass
+class LaunchOptions:
+    """Run options shared by every cell of a grid (CLI flags), none of which is in the grid file."""
+
+    results: Path
+    device: str = "auto"
+    weights: str | None = None
+    weights_dir: str | None = None
+    weights_norm: str | None = None
+    data_root: str | None = None
+    log_every: int = 50
+    overrides: list[str] = field(default_factory=list)  # applied after the grid's own
+    protocol: str | None = None  # replaces the cells' protocol when given
+
+    def request(self, cell: Cell) -> "RunRequest":
+        from dfqbench.runner import RunRequest
+
+        return RunRequest(
+            method=cell.method, model=cell.model, bits=cell.bits, seed=cell.seed,
+            protocol=self.protocol or cell.protocol, overrides=self.overrides_for(cell),
+            weights=self.weights, weights_dir=self.weights_dir, weights_norm=self.weights_norm,
+            data_root=self.data_root, results=str(self.results), device=self.device, log_every=self.log_every,
+        )
+
+    def overrides_for(self, cell: Cell) -> list[str]:
+        return list(cell.overrides) + list(self.overrides)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What planning decides for one cell before its run's state is read (kept by the plan cache).
+
+    ``kind`` is excluded, unsupported, invalid or run; a run has its ``run_name``/``run_id`` (None while its
+    pytorchcv teacher is not downloaded: ``reason`` says so), its resolved train settings and Q steps per
+    iteration (for the estimate).
+    """
+
+    kind: str
+    reason: str | None = None
+    run_name: str | None = None
+    run_id: str | None = None
+    train: dict[str, Any] | None = None
+    q_steps: int | None = None
+
+
+@dataclass
+class PlannedCell:
+    cell: Cell
+    status: str
+    reason: str | None = None
+    run_name: str | None = None
+    run_id: str | None = None
+    train: dict[str, Any] | None = None
+    q_steps: int | None = None
+    results: Path | None = None
+    partial: bool = False
+    duplicate_of: str | None = None
+    decision: Decision | None = None
+    request: "RunRequest | None" = None  # set by a full plan (plan_grid), None from the plan cache
+    spec: "RunSpec | None" = None
+
+    @property
+    def is_run(self) -> bool:
+        return self.status not in CELL_ONLY_STATES and self.duplicate_of is None
+
+    @property
+    def run_dir(self) -> Path | None:
+        return None if self.run_name is None or self.results is None else self.results / "runs" / self.run_name
+
+    @property
+    def name(self) -> str:
+        return self.run_name or self.cell.label
+
+
+@dataclass
+class Plan:
+    grid: Grid
+    cells: list[PlannedCell]
+    filtered_out: int
+    options: LaunchOptions
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # model → dataset, teacher file (full plans)
+
+    def runs(self) -> list[PlannedCell]:
+        return [c for c in self.cells if c.is_run]
+
+    def counts(self) -> Counter:
+        counts: Counter = Counter(c.status for c in self.cells if c.duplicate_of is None)
+        counts["duplicate"] = sum(c.duplicate_of is not None for c in self.cells)
+        return counts
+
+    def to_launch(self, retry_failed: bool = False) -> list[PlannedCell]:
+        wanted = {"pending", "lost"} | ({"failed"} if retry_failed else set())
+        return [c for c in self.runs() if c.status in wanted]
+
+    def invalid(self) -> list[PlannedCell]:
+        return [c for c in self.cells if c.status == "invalid"]
+
+    def estimate(self, runs: list[PlannedCell]) -> Estimate:
+        measured: dict[str, list[float]] = {}
+        for c in self.runs():
+            if c.status == "done":
+                record = _read_record(c.run_dir)
+                if record and str(record.get("device", "")).startswith("cuda"):
+                    measured.setdefault(_cost_key(c), []).append(float(record["wall_time_s"]))
+        estimate = Estimate()
+        for c in runs:
+            if c.train is None or c.q_steps is None:
+                estimate.unknown_runs += 1
+            elif _cost_key(c) in measured:
+                times = measured[_cost_key(c)]
+                estimate.hours += sum(times) / len(times) / 3600
+                estimate.measured_runs += 1
+            else:
+                dataset = c.cell.values.get("dataset") or "cifar10"
+                estimate.hours += formula_seconds(c.cell.model, dataset, c.train, c.q_steps) / 3600
+                estimate.formula_runs += 1
+        return estimate
+
+
+def _cost_key(c: PlannedCell) -> str:
+    return json.dumps([c.cell.method, c.cell.model, c.train], sort_keys=True, default=str)
+
+
+def _read_record(run_dir: Path | None) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "record.json").read_text()) if run_dir else None
+    except (OSError, ValueError):
+        return None
+
+
+def select_cells(grid: Grid, filters: dict[str, list[Any]] | None, seeds: list[int] | None,
+                 datasets: Callable[[str], str | None] = dataset_of) -> tuple[list[Cell], int, list[str]]:
+    """The grid's cells kept by the filters, how many the filters removed, and every model of the grid."""
+    cells = expand(grid, seeds, datasets)
+    kept = apply_filters(cells, filters, grid) if filters else cells
+    return kept, len(cells) - len(kept), sorted({c.model for c in cells})
+
+
+def assemble(grid: Grid, options: LaunchOptions, cells: list[Cell], decisions: list[Decision], filtered_out: int,
+             extras: list[tuple[Any, Any]] | None = None) -> Plan:
+    """The plan: each decided cell with its run's state read from the results store now."""
+    planned: list[PlannedCell] = []
+    seen: dict[str, str] = {}
+    for i, (cell, decision) in enumerate(zip(cells, decisions)):
+        if decision.kind != "run":
+            state = RunState(decision.kind, decision.reason)
+        elif decision.run_name is None:
+            state = RunState("pending", decision.reason)
+        else:
+            state = run_state(options.results / "runs" / decision.run_name)
+        item = PlannedCell(cell, state.state, state.reason, decision.run_name, decision.run_id, decision.train,
+                           decision.q_steps, options.results, state.partial, decision=decision)
+        if extras is not None:
+            item.request, item.spec = extras[i]
+        if decision.run_id is not None:
+            first = seen.setdefault(decision.run_id, cell.label)
+            if first != cell.label:
+                item.duplicate_of = first
+        planned.append(item)
+    return Plan(grid, planned, filtered_out, options)
+
+
+def plan_grid(grid: Grid, options: LaunchOptions, filters: dict[str, list[Any]] | None = None,
+              seeds: list[int] | None = None) -> Plan:
+    """Expand, filter and classify every cell of ``grid`` (the full planner: imports torch and the methods)."""
+    from dfqbench.core.plugin import load_methods
+
+    kept, filtered_out, models = select_cells(grid, filters, seeds)
+    registry = load_methods()
+    teachers: dict[str, Teacher | DfqbenchError] = {}
+    decided = [decide(cell, options, registry, teachers) for cell in kept]
+    plan = assemble(grid, options, kept, [d for d, *_ in decided], filtered_out, [tuple(x) for _, *x in decided])
+    for model in models:
+        teacher = teachers.get(_zoo_name(model))
+        plan.models[model] = {"dataset": dataset_of(model), "teacher_resolved": teacher is not None,
+                              "teacher_file": getattr(teacher, "file", None)}
+    return plan
+
+
+def _zoo_name(model: str) -> str | None:
+    from dfqbench.zoo import model_info
+
+    try:
+        return model_info(model).name
+    except DfqbenchError:
+        return None
+
+
+def decide(cell: Cell, options: LaunchOptions, registry, teachers: dict) -> tuple[Decision, Any, Any]:
+    """One cell's decision, with the run request and spec a launch needs (None where there is no run)."""
+    from dfqbench.launch.identity import settings_for, spec_for, teacher_for
+    from dfqbench.quant import parse_bits
+    from dfqbench.zoo import model_info
+
+    if cell.excluded:
+        return Decision("excluded", cell.excluded), None, None
+    request = options.request(cell)
+    try:
+        method_cls = registry.get(cell.method)
+        info = model_info(cell.model)
+        wbits, abits = parse_bits(cell.bits)
+        reason = method_cls.unsupported_reason(info.dataset, info.name, wbits, abits)
+        if reason:
+            return Decision("unsupported", f"{cell.method} does not support {info.name} at {cell.bits}: {reason}"), \
+                request, None
+        settings = settings_for(method_cls, request)
+        if info.name not in teachers:
+            try:
+                teachers[info.name] = teacher_for(request)
+            except DfqbenchError as exc:
+                teachers[info.name] = exc
+        teacher = teachers[info.name]
+        if isinstance(teacher, DfqbenchError):
+            raise teacher
+        spec = spec_for(method_cls, request, settings, teacher)
+    except DfqbenchError as exc:
+        return Decision("invalid", str(exc)), request, None
+    if spec is None:
+        return Decision("run", f"teacher {info.name} not downloaded yet (its run id is known once it is)",
+                        train=settings[0], q_steps=method_cls.q_steps_per_iter), request, None
+    return Decision("run", None, spec.run_name, spec.run_id, settings[0], method_cls.q_steps_per_iter), request, spec

@@ -1,0 +1,201 @@
+"""The Slurm executor: pending runs grouped by resource profile, one submitit job array per profile.
+
+Always submitit's ``SlurmExecutor`` (never ``AutoExecutor``, which picks Slurm whenever ``srun`` is on the
+PATH). Each array task is a :class:`~dfqbench.launch.task.SlurmGridTask` (a ``Checkpointable``): on
+preemption or timeout (Slurm's ``--signal=USR2@signal_delay_s``) submitit requeues it and the run resumes
+from its epoch checkpoint. Arrays are cut into chunks no larger than the cluster's ``MaxArraySize``
+(``scontrol show config``; Slurm's default 1001 when it cannot be read) or the profile's own
+``max_array_size``. One ``sbatch`` per chunk: a 1,000-run grid is one submission per profile.
+
+Profiles come from a YAML file (``--profiles FILE``, else ``$DFQBENCH_SLURM_PROFILES``, else
+``./slurm/profiles.yaml``, else the dfqbench checkout's ``slurm/profiles.yaml``)::
+
+    select:                       # the first rule matching a run's cell picks its profile
+      - {dataset: imagenet, profile: imagenet}
+      - {profile: cifar}          # no keys: matches every run
+    profiles:
+      cifar: {partition: gpu, gpus: 1, cpus: 8, mem_gb: 32, time_min: 240, array_parallelism: 64,
+              max_timeouts: 3, signal_delay_s: 120, setup: ["module load cuda"], sbatch: {qos: normal}}
+
+A grid cell's own ``profile`` (grid key or preset) beats the rules; ``--profile NAME`` beats both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from dfqbench.errors import DfqbenchError
+from dfqbench.launch.grid import CELL_KEYS, MATCH_ONLY_KEYS, matches
+from dfqbench.launch.plan import PlannedCell
+from dfqbench.launch.task import GridTask
+from dfqbench.registry import unknown_choice
+
+PROFILES_ENV = "DFQBENCH_SLURM_PROFILES"
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Resources of one job array (names follow sbatch: gpus per node, cpus per task, time in minutes)."""
+
+    name: str
+    partition: str | None = None
+    gpus: int = 0
+    cpus: int = 1
+    mem_gb: float | None = None
+    time_min: int = 60
+    array_parallelism: int = 256  # array tasks running at once (sbatch --array=…%N)
+    max_array_size: int | None = None  # cap below the cluster's MaxArraySize
+    max_timeouts: int = 3  # requeues after a timeout (preemptions are not counted)
+    signal_delay_s: int = 90  # USR2 this long before the time limit: requeue with a checkpoint
+    setup: tuple[str, ...] = ()  # shell lines before the run (module load …, source venv)
+    sbatch: dict[str, Any] = field(default_factory=dict)  # any other sbatch option, e.g. {qos: high}
+
+    def parameters(self, job_name: str, parallelism: int | None) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "job_name": job_name, "time": self.time_min, "cpus_per_task": self.cpus,
+            "signal_delay_s": self.signal_delay_s, "array_parallelism": parallelism or self.array_parallelism,
+        }
+        if self.partition:
+            params["partition"] = self.partition
+        if self.gpus:
+            params["gpus_per_node"] = self.gpus
+        if self.mem_gb:
+            params["mem"] = f"{int(self.mem_gb * 1024)}MB"
+        if self.setup:
+            params["setup"] = list(self.setup)
+        if self.sbatch:
+            params["additional_parameters"] = dict(self.sbatch)
+        return params
+
+
+@dataclass
+class Profiles:
+    path: Path
+    profiles: dict[str, Profile]
+    select: list[dict[str, Any]]
+
+    def get(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise DfqbenchError(unknown_choice(f"Slurm profile (in {self.path})", name, sorted(self.profiles)))
+        return self.profiles[name]
+
+    def for_cell(self, planned: PlannedCell, forced: str | None) -> Profile:
+        name = forced or planned.cell.profile
+        if name is None:
+            for rule in self.select:
+                if matches({k: v for k, v in rule.items() if k != "profile"}, planned.cell.values):
+                    name = rule["profile"]
+                    break
+        if name is None:
+            raise DfqbenchError(f"no Slurm profile for {planned.name}: no select rule in {self.path} matches it; "
+                                "add one or pass --profile NAME")
+        return self.get(name)
+
+
+def find_profiles(explicit: str | None) -> Path:
+    import dfqbench
+
+    candidates = [explicit, os.environ.get(PROFILES_ENV), "slurm/profiles.yaml",
+                  str(Path(dfqbench.__file__).resolve().parent.parent / "slurm" / "profiles.yaml")]
+    for text in candidates:
+        if text and Path(text).expanduser().is_file():
+            return Path(text).expanduser()
+        if text and text in (explicit, os.environ.get(PROFILES_ENV)):
+            raise DfqbenchError(f"Slurm profiles file '{text}' not found")
+    raise DfqbenchError("no Slurm profiles file: pass --profiles FILE or set DFQBENCH_SLURM_PROFILES "
+                        "(template: slurm/profiles.yaml in the dfqbench repository)")
+
+
+def load_profiles(explicit: str | None = None) -> Profiles:
+    path = find_profiles(explicit)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DfqbenchError(f"Slurm profiles file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict) or set(raw) - {"profiles", "select"}:
+        extra = sorted(set(raw) - {"profiles", "select"}) if isinstance(raw, dict) else ["(not a mapping)"]
+        raise DfqbenchError(f"Slurm profiles file '{path}': unknown key {extra[0]!r}; choices: profiles, select")
+    names = {f.name for f in fields(Profile)} - {"name"}
+    profiles = {}
+    for name, values in (raw.get("profiles") or {}).items():
+        if not isinstance(values, dict):
+            raise DfqbenchError(f"Slurm profiles file '{path}': profiles.{name} must be a mapping")
+        for key in values:
+            if key not in names:
+                raise DfqbenchError(f"Slurm profiles file '{path}': "
+                                    + unknown_choice(f"key in profiles.{name}:", key, sorted(names)))
+        values = {**values, "setup": tuple(values.get("setup") or ()), "sbatch": dict(values.get("sbatch") or {})}
+        profiles[name] = Profile(name=name, **values)
+    select = raw.get("select") or []
+    for i, rule in enumerate(select):
+        if not isinstance(rule, dict) or rule.get("profile") not in profiles:
+            raise DfqbenchError(f"Slurm profiles file '{path}': select[{i}] needs profile: one of "
+                                f"{', '.join(sorted(profiles))}")
+        for key in rule:
+            if key != "profile" and key not in CELL_KEYS + MATCH_ONLY_KEYS:
+                raise DfqbenchError(f"Slurm profiles file '{path}': "
+                                    + unknown_choice(f"key in select[{i}]:", key, list(CELL_KEYS + MATCH_ONLY_KEYS)))
+    return Profiles(path, profiles, select)
+
+
+def cluster_max_array_size() -> int:
+    """The cluster's MaxArraySize (task indices run 0 … MaxArraySize − 1), Slurm's default if unreadable."""
+    try:
+        text = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return DEFAULT_MAX_ARRAY_SIZE
+    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", text, re.MULTILINE)
+    return int(found.group(1)) if found else DEFAULT_MAX_ARRAY_SIZE
+
+
+def chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def submit(work: list[tuple[GridTask, Profile]], folder: Path, grid: str, parallelism: int | None = None,
+           say: Callable[[str], None] = print, max_array_size: int | None = None) -> list[dict[str, Any]]:
+    """Submit every task: one array per profile, chunked; returns the manifest entries of what was submitted.
+
+    On an sbatch failure the entries submitted so far are attached to the raised error (``.submitted``).
+    """
+    import submitit
+
+    from dfqbench.launch.task import SlurmGridTask
+
+    limit_cluster = max_array_size or cluster_max_array_size()
+    groups: dict[str, tuple[Profile, list[GridTask]]] = {}
+    for task, profile in work:
+        groups.setdefault(profile.name, (profile, []))[1].append(task)
+    submitted: list[dict[str, Any]] = []
+    for name, (profile, tasks) in groups.items():
+        try:
+            executor = submitit.SlurmExecutor(folder=folder / name, max_num_timeout=profile.max_timeouts)
+            executor.update_parameters(**profile.parameters(f"dfq-{grid}-{name}", parallelism))
+        except RuntimeError as exc:  # no srun on the PATH
+            raise DfqbenchError(f"--executor slurm needs Slurm here: {exc}") from None
+        except ValueError as exc:
+            raise DfqbenchError(f"Slurm profile {name!r}: {str(exc).splitlines()[0]}") from None
+        limit = min(limit_cluster, profile.max_array_size or limit_cluster)
+        for chunk in chunks(tasks, limit):
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(SlurmGridTask(task)) for task in chunk]
+            except Exception as exc:  # noqa: BLE001  (sbatch refused: report it with what did go through)
+                error = DfqbenchError(f"sbatch failed for profile {name!r} ({len(chunk)} runs): "
+                                      f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}")
+                error.submitted = submitted  # type: ignore[attr-defined]
+                raise error from None
+            array_id = jobs[0].job_id.split("_")[0]
+            say(f"submitted {len(chunk)} runs as Slurm job {array_id}"
+                + (f" (array 0-{len(chunk) - 1})" if len(chunk) > 1 else "") + f", profile {name}")
+            submitted += [{"run_id": t.spec.run_id, "run_name": t.spec.run_name, "job_id": j.job_id,
+                           "profile": name, "log": str(folder / name)} for t, j in zip(chunk, jobs)]
+    return submitted

@@ -1,0 +1,181 @@
+"""One grid run as a task: the same code runs it in a local worker process and in a Slurm array task.
+
+A task takes the run's lease (skipping a run that is done, leased by a live task, or failed unless
+retrying), appends an attempt to ``attempts.json`` (job id, host, the checkpoint epoch it resumes after),
+calls :func:`dfqbench.runner.run` (which skips done runs, resumes from ``checkpoint.pt`` and writes
+``error.json`` with the traceback when training raises: exceptions, CUDA out-of-memory, RunDiverged), and
+records a failure that happens before training (``prepare`` errors, e.g. a weights file missing on the
+node) in the run folder too. The Slurm flavour is a ``submitit.helpers.Checkpointable``: on preemption or
+timeout submitit calls :meth:`SlurmGridTask.checkpoint` and requeues the job; the requeued task resumes
+the run from its last epoch checkpoint (the trainer writes one every epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from dfqbench.core.progress import Progress, make_progress
+from dfqbench.launch.lease import Lease
+from dfqbench.runner import RunRequest
+from dfqbench.specs import RunSpec
+from dfqbench.store import RunFolder, atomic_write_json
+
+ATTEMPTS_FILE = "attempts.json"
+EXIT_CODES = {"done": 0, "failed": 1, "busy": 3, "interrupted": 130, "preempted": 143}
+
+
+@dataclass
+class Outcome:
+    status: str  # done | failed | busy | interrupted | preempted
+    reason: str | None = None
+    ran: bool = False  # False: nothing was executed (already done, held elsewhere, failed and not retried)
+
+
+@dataclass
+class GridTask:
+    """Everything one run needs, picklable and JSON-able (the local worker gets it as JSON)."""
+
+    request: RunRequest
+    spec: RunSpec
+    grid: str
+    retry_failed: bool = False
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(Path(self.request.results) / "runs" / self.spec.run_name)
+
+    def to_json(self) -> str:
+        return json.dumps({"request": dataclasses.asdict(self.request), "spec": self.spec.to_dict(),
+                           "grid": self.grid, "retry_failed": self.retry_failed}, default=list)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GridTask":
+        data = json.loads(text)
+        return cls(RunRequest(**data["request"]), RunSpec.from_dict(data["spec"]), data["grid"], data["retry_failed"])
+
+    def execute(self, job_id: str, executor: str, progress: Progress | None = None,
+                preempted: Any = lambda: False) -> Outcome:
+        folder = self.folder
+        if folder.is_done():
+            return Outcome("done", "already done")
+        if folder.error_path.exists() and not self.retry_failed:
+            return Outcome("failed", "failed before; not retried without --retry-failed")
+        lease = Lease(folder.path, job_id, executor)
+        holder = lease.acquire()
+        if holder is not None:
+            return Outcome("busy", f"held by job {holder.get('job_id')} on {holder.get('host')}")
+        if folder.is_done():  # finished by another task between our check and the lease
+            lease.release()
+            return Outcome("done", "already done")
+        lease.start()
+        attempt = self._start_attempt(job_id, executor)
+        outcome = Outcome("failed", "unknown", ran=True)
+        try:
+            outcome = self._run(progress or make_progress(force_plain=True))
+            return outcome
+        except KeyboardInterrupt:
+            outcome = Outcome("interrupted", "interrupted; resumes from its checkpoint", ran=True)
+            raise
+        except SystemExit:
+            if not preempted():
+                outcome = Outcome("failed", "SystemExit", ran=True)
+                raise
+            _drop_error(folder, "SystemExit")  # runner.run recorded the exit submitit uses to requeue
+            outcome = Outcome("preempted", "preempted or timed out; requeued, resumes from its checkpoint", ran=True)
+            raise
+        finally:
+            self._end_attempt(attempt, outcome)
+            lease.release()
+
+    def _run(self, progress: Progress) -> Outcome:
+        from dfqbench.launch.state import error_reason
+        from dfqbench.runner import run
+
+        folder = self.folder
+        try:
+            record = run(self.request, progress)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001  (every failure is recorded, the grid goes on)
+            if not folder.error_path.exists():  # failed before training started: runner wrote nothing
+                folder.create(self.spec)
+                folder.write_error(exc)
+            return Outcome("failed", error_reason(folder.error_path), ran=True)
+        if record["run_id"] != self.spec.run_id:
+            message = (f"ran as {record['run_name']}, not as planned: the teacher weights or settings changed "
+                       "between planning and running; plan the grid again")
+            try:
+                raise RuntimeError(message)
+            except RuntimeError as exc:
+                folder.create(self.spec)
+                folder.write_error(exc)
+            return Outcome("failed", message, ran=True)
+        return Outcome("done", None, ran=True)
+
+    def _start_attempt(self, job_id: str, executor: str) -> dict[str, Any]:
+        checkpoint = self.folder.load_checkpoint() if self.folder.checkpoint_path.exists() else None
+        attempt = {"job_id": job_id, "executor": executor, "host": socket.gethostname(), "pid": os.getpid(),
+                   "started_at": time.time(), "resumed_after_epoch": None if checkpoint is None else checkpoint["epoch"]}
+        self._write_attempts(self.read_attempts(self.folder.path) + [attempt])
+        return attempt
+
+    def _end_attempt(self, attempt: dict[str, Any], outcome: Outcome) -> None:
+        attempts = self.read_attempts(self.folder.path)
+        for item in reversed(attempts):
+            if item.get("started_at") == attempt["started_at"] and item.get("pid") == attempt["pid"]:
+                item.update(ended_at=time.time(), outcome=outcome.status, reason=outcome.reason)
+                break
+        self._write_attempts(attempts)
+
+    def _write_attempts(self, attempts: list[dict[str, Any]]) -> None:
+        atomic_write_json(self.folder.path / ATTEMPTS_FILE, attempts)
+
+    @staticmethod
+    def read_attempts(run_dir: Path) -> list[dict[str, Any]]:
+        try:
+            return json.loads((run_dir / ATTEMPTS_FILE).read_text())
+        except (OSError, ValueError):
+            return []
+
+
+def _drop_error(folder: RunFolder, exc_type: str) -> None:
+    try:
+        if json.loads(folder.error_path.read_text()).get("type") == exc_type:
+            folder.error_path.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        pass
+
+
+class SlurmGridTask(submitit.helpers.Checkpointable):
+    """A grid run in a Slurm array task; requeued (with itself) on preemption or timeout."""
+
+    def __init__(self, task: GridTask) -> None:
+        self.task = task
+        self._preempted = False
+
+    def __call__(self) -> dict[str, Any]:
+        self._preempted = False
+        env = submitit.JobEnvironment()
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        if cpus and "OMP_NUM_THREADS" not in os.environ:
+            import torch
+
+            torch.set_num_threads(int(cpus))
+        outcome = self.task.execute(env.job_id, "slurm", preempted=lambda: self._preempted)
+        if outcome.status == "failed" and outcome.ran:
+            raise RuntimeError(f"{self.task.spec.run_name} failed: {outcome.reason} (see its error.json)")
+        return dataclasses.asdict(outcome)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit's signal handler before requeueing: the trainer's epoch checkpoint is the state."""
+        self._preempted = True
+        return submitit.helpers.DelayedSubmission(SlurmGridTask(self.task))

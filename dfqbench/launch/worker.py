@@ -1,0 +1,42 @@
+"""``python -m dfqbench.launch.worker TASK_JSON``: one grid run in its own process (the local executor's unit).
+
+Exit status: 0 done, 1 failed, 3 held by another live task, 130 interrupted (Ctrl-C / SIGINT / SIGTERM; the
+run resumes from its checkpoint next time). A separate process per run keeps a crash, a CUDA context or a
+host out-of-memory kill of one run from taking the others down.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from dfqbench.core.progress import make_progress
+from dfqbench.launch.task import EXIT_CODES, GridTask
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """The first SIGINT/SIGTERM stops the run; later ones are ignored so that the clean-up (lease, attempts)
+    finishes even when both the terminal and the launcher deliver a SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    task = GridTask.from_json(argv[0])
+    plain = os.environ.get("DFQBENCH_WORKER_PLAIN", "1") == "1"
+    job_id = f"local-{os.getpid()}"
+    try:
+        outcome = task.execute(job_id, "local", progress=make_progress(force_plain=plain))
+    except KeyboardInterrupt:
+        return EXIT_CODES["interrupted"]
+    if outcome.reason:
+        print(f"dfqbench worker: {task.spec.run_name}: {outcome.status}: {outcome.reason}", file=sys.stderr)
+    return EXIT_CODES[outcome.status]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,7 @@
+"""``dfqbench report``: the papers' tables and the game-diagnostic plots, regenerated from stored records only.
+
+Modules: :mod:`load` (read a results folder, filters), :mod:`published` (the papers' numbers, package data
+``published.yaml``), :mod:`stats` (mean ± std over seeds, Welch's test), :mod:`ablation` (config → AdaSG
+Table 2 row), :mod:`cells` (which records a cell averages), :mod:`tables` (layouts), :mod:`model` and
+:mod:`render` (markdown / LaTeX / CSV), :mod:`plots`, :mod:`compare` (two results folders), :mod:`cli`.
+"""

@@ -1,0 +1,140 @@
+"""``dfqbench report``: its arguments (:func:`add_report_parser`) and what it does (:func:`run_report`).
+
+Reads stored records only. Kept import-light (the heavy modules load inside :func:`run_report`), so that
+``dfqbench.cli`` can build its parser without importing pandas, matplotlib or torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dfqbench.errors import DfqbenchError
+
+TABLE_CHOICES = ("all", "table1", "qimera_t2", "ablation")
+
+
+def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``report`` subcommand to ``dfqbench``'s subparsers."""
+    p = subparsers.add_parser(
+        "report", help="the papers' tables (markdown, LaTeX, CSV) and plots, from stored records",
+        description="Regenerate AdaSG Table 1, Qimera Table 2 and the AdaSG Table 2 ablation from the records "
+                    "in a results folder (finished runs; running, pending and failed ones are counted), with "
+                    "the published numbers beside ours, and optionally the game-diagnostic plots.")
+    p.add_argument("--results", help="results folder (env DFQBENCH_RESULTS; default ./results)")
+    p.add_argument("--grid", help="only the runs of this grid (a shipped name or a YAML file), planned as "
+                   "`dfqbench run --grid` plans it; grid cells with no folder yet count as pending")
+    p.add_argument("--protocol", help="with --grid: the protocol the grid was run with (as `run --grid --protocol`); "
+                   "without --grid: keep only records of this protocol")
+    p.add_argument("--weights", help="with --grid: the weights file the grid was run with (env DFQBENCH_WEIGHTS)")
+    p.add_argument("--weights-dir", help="with --grid: the weights folder (env DFQBENCH_WEIGHTS_DIR)")
+    p.add_argument("--weights-norm", help="with --grid: the weights' normalisation (env DFQBENCH_WEIGHTS_NORM)")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
+                   help="keep runs whose spec has one of these values at a dotted key, e.g. method=gdfq,qimera "
+                   "bits=w4a4 method_config.ds_weight=0 train.epochs=8 (repeatable; all must hold)")
+    p.add_argument("--table", choices=TABLE_CHOICES, default="all",
+                   help="which layout (default all: Table 1, Qimera Table 2, ablations where a term is off)")
+    p.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
+    p.add_argument("--out", help="write the tables to this file (default: standard output)")
+    p.add_argument("--metric", choices=("best", "final"), default="best",
+                   help="best test top-1 over epochs (default, as the papers report) or the final epoch's")
+    p.add_argument("--all-rows", action="store_true", help="also the papers' rows without any run of ours")
+    p.add_argument("--all-columns", action="store_true", help="also the papers' methods dfqbench does not implement")
+    p.add_argument("--plots", metavar="DIR", help="also write the figures (PNG and PDF) into DIR")
+    p.add_argument("--cell", action="append", default=[], metavar="MODEL[:BITS]",
+                   help="with --plots: only these cells, e.g. resnet20_cifar10:w4a4 (repeatable)")
+    p.add_argument("--compare", metavar="OTHER_RESULTS",
+                   help="compare this results folder (B) against --results (A) cell by cell instead of the tables")
+    return p
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it over ``path`` (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def grid_selection(args: argparse.Namespace, root: Path) -> tuple[set[str], list[Any], list[str]]:
+    """(run ids of the grid's runs, Unfinished entries for runs without a folder yet, summary lines)."""
+    from dfqbench.launch.grid import load_grid
+    from dfqbench.launch.plan import LaunchOptions, plan_grid
+    from dfqbench.report.load import Unfinished
+
+    grid = load_grid(args.grid)
+    options = LaunchOptions(results=root, weights=args.weights, weights_dir=args.weights_dir,
+                            weights_norm=args.weights_norm, protocol=args.protocol)
+    plan = plan_grid(grid, options)
+    run_ids, missing, unknown = set(), [], 0
+    for cell in plan.runs():
+        if cell.spec is None:
+            unknown += 1
+            continue
+        run_ids.add(cell.spec.run_id)
+        if not cell.run_dir.exists():
+            missing.append(Unfinished(cell.run_dir, "pending", cell.spec.to_dict()))
+    counts = plan.counts()
+    lines = [f"Grid {grid.name}: {len(plan.cells)} cells (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if n)
+             + ")" + (f"; {unknown} runs without a known run id (teacher not downloaded yet) are not shown" if unknown else "")]
+    return run_ids, missing, lines
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from dfqbench.report.compare import compare_scans
+    from dfqbench.report.load import Where, filter_scan, scan_results
+    from dfqbench.report.published import load_published
+    from dfqbench.report.render import render
+    from dfqbench.report.tables import build_tables
+
+    if args.cell and not args.plots:
+        raise DfqbenchError("--cell selects plots; give --plots DIR too")
+    if args.grid is None and any((args.weights, args.weights_dir, args.weights_norm)):
+        raise DfqbenchError("--weights/--weights-dir/--weights-norm only identify a grid's runs; give --grid NAME")
+    wheres = [Where.parse(text) for text in args.where]
+    scan = scan_results(args.results)
+    preamble = []
+    run_ids = None
+    if args.grid is not None:
+        run_ids, missing, preamble = grid_selection(args, scan.root)
+        scan.unfinished += missing
+    elif args.protocol is not None:
+        wheres.append(Where("protocol", (args.protocol,)))
+    scan = filter_scan(scan, wheres, run_ids)
+    published = load_published()
+    if args.compare is not None:
+        other = filter_scan(scan_results(args.compare), wheres, run_ids)
+        tables = [compare_scans(scan, other, args.metric)]
+    else:
+        tables = build_tables(scan, published, args.table, args.metric, args.all_rows, args.all_columns)
+        preamble = [f"dfqbench report: {scan.status_line()}."] + preamble
+        if not tables:
+            preamble.append("No runs match: nothing to tabulate.")
+        if scan.unreadable:
+            preamble.append(f"Unreadable records ({len(scan.unreadable)}): "
+                            + "; ".join(f"{p.parent.name}/{p.name} ({why})" for p, why in scan.unreadable[:5])
+                            + (" …" if len(scan.unreadable) > 5 else ""))
+    text = render(tables, args.format, preamble if args.format != "csv" else ())
+    if args.out:
+        atomic_write_text(Path(args.out), text)
+        print(f"wrote {args.out} ({len(tables)} table{'s' if len(tables) != 1 else ''}, {args.format}); "
+              f"{scan.status_line()}")
+    else:
+        sys.stdout.write(text)
+    if args.plots:
+        from dfqbench.report.plots import make_plots
+
+        written = make_plots(scan.records, published, args.metric, Path(args.plots), args.cell)
+        print(f"wrote {len(written)} figure files to {args.plots}"
+              + ("" if written else " (no finished runs with logged diagnostics in the chosen cells)"),
+              file=sys.stderr if not args.out else sys.stdout)
+    return 0
