@@ -126,8 +126,15 @@ def scrm_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], gamma: f
     return total
 
 
+# Zoo models known to expose ``features.stage1..N`` (checked by tests/test_zaq.py), answered without
+# building the model, so that planning a grid does not import pytorchcv (and torchvision) for them.
+STAGED_ZOO_MODELS = frozenset({"resnet20_cifar10", "resnet20_cifar100", "tiny_cifar10"})
+
+
 @functools.lru_cache(maxsize=None)
 def _has_stages(model: str) -> bool:
+    if model in STAGED_ZOO_MODELS:
+        return True
     from dfqbench.zoo import build_model
 
     return bool(stage_names(build_model(model)))

@@ -190,6 +190,14 @@ def test_generator_is_dafl_unconditional_with_default_bn():
 
 
 # -- features --------------------------------------------------------------------------------------------------
+def test_static_staged_models_really_have_stages():
+    from dfqbench.methods.zaq import STAGED_ZOO_MODELS
+
+    for name in STAGED_ZOO_MODELS:
+        model = build_tiny() if name == "tiny_cifar10" else build_model(name)
+        assert stage_names(model), name
+
+
 def test_stage_taps_on_tiny_and_pytorchcv_and_quantized_student():
     tiny = build_tiny().eval()
     assert stage_names(tiny) == ["features.stage1", "features.stage2"]
