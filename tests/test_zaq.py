@@ -238,7 +238,7 @@ def test_presets_quick_and_unsupported_cells():
         resolve_settings(cls, "cifar10", "resnet20_cifar10", "w3a3", "paper", [])[0]
     quick = resolve_settings(cls, "cifar10", "resnet20_cifar10", "w3a3", "quick", [])[0]
     assert (quick["epochs"], quick["iters_per_epoch"], quick["batch_size"], quick["warmup_epochs"],
-            quick["range_update_epochs"]) == (4, 50, 32, 0, 4)  # batch ≤ 32 (ZAQ.quick_train); ranges never frozen
+            quick["range_update_epochs"]) == (4, 50, 16, 0, 4)  # batch ≤ 16 (ZAQ.quick_train); ranges never frozen
     assert "CIFAR-10/100 only" in cls.unsupported_reason("imagenet", "resnet18", 4, 4)
     assert "CIFAR-10/100 only" in cls.unsupported_reason("imagenet", "mobilenetv2_w1", 4, 4)
     assert "features.stage1..N" in cls.unsupported_reason("cifar10", "ror3_56_cifar10", 4, 4)
