@@ -61,10 +61,15 @@ class ZAQConfig:
     alpha: float = 1.0  # weight of SCRM in L_Q and L_G (--alpha)
     beta: float = 0.1  # weight of P's last-stage activation term in L_G (--beta)
     relation_gamma: float = 0.1  # SCRM's residual weight of both relation branches (hard-coded in the official code)
+    # Corrected variant (off = faithful): SCRM's channel normalisation maps an all-zero feature vector to zero
+    # with zero gradient instead of F.normalize's x / max(‖x‖, 1e-12), whose Jacobian there is 1e12·I.
+    safe_normalize: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.latent_dim, bool) or not isinstance(self.latent_dim, int) or self.latent_dim < 1:
             raise DfqbenchError(f"invalid method.latent_dim {self.latent_dim!r}: expected an integer >= 1")
+        if not isinstance(self.safe_normalize, bool):
+            raise DfqbenchError(f"invalid method.safe_normalize {self.safe_normalize!r}: expected true or false")
         for name in ("alpha", "beta", "relation_gamma"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -113,14 +118,27 @@ def channel_relation(f: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
     return gamma * (attention @ flat).view(b, c, h, w) + f
 
 
-def scrm_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], gamma: float = 0.1) -> torch.Tensor:
+def channel_normalize(f: torch.Tensor, safe: bool = False) -> torch.Tensor:
+    """L2-normalise f along dim 1. Faithful (``safe=False``): F.normalize, i.e. f / max(‖f‖, 1e-12), as
+    ZAQ ``utils/loss.py`` SCRM.cal_loss. Its gradient at an all-zero vector is 1e12 × the incoming one;
+    quantized post-ReLU stage outputs at ≤ 4-bit activations have such positions, so one SGD step of Q
+    blows up (W3A3/W4A4; not at the official W6A8). ``safe=True``: zero vectors stay zero and pass no gradient."""
+    if not safe:
+        return F.normalize(f, dim=1)
+    norm = f.norm(dim=1, keepdim=True)
+    nonzero = norm > 0
+    return torch.where(nonzero, f / torch.where(nonzero, norm, torch.ones_like(norm)), torch.zeros_like(f))
+
+
+def scrm_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], gamma: float = 0.1,
+              safe_normalize: bool = False) -> torch.Tensor:
     """Σ over stages of L1(spatial(q̂), spatial(p̂)) + L1(channel(q̂), channel(p̂)), with q̂, p̂ the features
-    L2-normalised along the channel dimension (F.normalize, eps 1e-12); L1 = mean absolute difference."""
+    L2-normalised along the channel dimension (:func:`channel_normalize`); L1 = mean absolute difference."""
     if len(student) != len(teacher) or not student:
         raise ValueError(f"SCRM needs matching non-empty feature lists, got {len(student)} and {len(teacher)}")
     total = student[0].new_zeros(())
     for f_q, f_p in zip(student, teacher):
-        f_q, f_p = F.normalize(f_q, dim=1), F.normalize(f_p, dim=1)
+        f_q, f_p = channel_normalize(f_q, safe_normalize), channel_normalize(f_p, safe_normalize)
         total = total + F.l1_loss(spatial_relation(f_q, gamma), spatial_relation(f_p, gamma))
         total = total + F.l1_loss(channel_relation(f_q, gamma), channel_relation(f_p, gamma))
     return total
@@ -198,7 +216,8 @@ class ZAQ(Method):
         if ctx.student_logits is None or ctx.teacher_features is None or ctx.student_features is None:
             raise RuntimeError("ZAQ's losses need the student's logits and both networks' stage features")
         l1 = F.l1_loss(ctx.student_logits, ctx.teacher_logits)
-        scrm = scrm_loss(ctx.student_features, ctx.teacher_features, self.config.relation_gamma)
+        scrm = scrm_loss(ctx.student_features, ctx.teacher_features, self.config.relation_gamma,
+                         self.config.safe_normalize)
         return l1, scrm
 
     def student_loss(self, ctx: StepContext) -> tuple[torch.Tensor, LossTerms]:

@@ -113,6 +113,23 @@ def test_scrm_matches_hand_computation_and_sums_stages():
     assert zaq_module.scrm_loss([3.0 * fq], [fp]).item() == pytest.approx(one.item(), rel=1e-12)
 
 
+def test_channel_normalize_faithful_gradient_explodes_at_zero_vectors_and_safe_variant_does_not():
+    # position 0 has an all-zero channel vector (what a ≤4-bit quantized post-ReLU stage output often has)
+    f = torch.tensor([[0.0, 3.0], [0.0, 4.0]], dtype=torch.float64).view(1, 2, 1, 2).requires_grad_(True)
+    faithful = zaq_module.channel_normalize(f)
+    faithful.sum().backward()
+    assert f.grad[0, :, 0, 0].tolist() == [1e12, 1e12]  # d/dx (x / max(0, 1e-12)) = 1e12
+    f.grad = None
+    safe = zaq_module.channel_normalize(f, safe=True)
+    assert torch.equal(safe.detach(), faithful.detach())  # same values: 0 and (0.6, 0.8)
+    safe.sum().backward()
+    assert f.grad[0, :, 0, 0].tolist() == [0.0, 0.0]
+    # at a non-zero vector the gradient is the normalisation's: (I - x̂x̂ᵀ)/‖x‖ · 1 = ((0.8-0.6)·0.8, (0.6-0.8)·0.6)/5
+    assert torch.allclose(f.grad[0, :, 0, 1], torch.tensor([0.032, -0.024], dtype=torch.float64))
+    fq, fp = _tensor(FQ), _tensor(FP)
+    assert zaq_module.scrm_loss([fq], [fp], safe_normalize=True).item() == pytest.approx(_hand_scrm(FQ, FP), rel=1e-12)
+
+
 def _ctx(t, s, tf, sf, epoch=0):
     return StepContext(torch.zeros(t.shape[0], 3, 8, 8), Sample(torch.zeros(t.shape[0], 256), torch.zeros(
         t.shape[0], dtype=torch.long)), t, s, None, 10, epoch, tf, sf)
