@@ -14,6 +14,13 @@ both ×0.1 at epochs 100 and 200; 300 epochs × 60 iterations, batch 256, no war
 activation ranges (tracker ``minmax``) updated by every training forward and never frozen
 (range_update_epochs = epochs). Unconditional DAFL generator, nz 256 (network/gan.py).
 
+Quirk reproduced by default, with a corrected switch:
+- SCRM normalises features with F.normalize, whose Jacobian at an all-zero channel vector is 1e12·I. At the
+  official W6A8 Q's stage outputs have no such positions; at ≤ 4-bit activations they do, and the first SGD
+  step of Q (lr 0.1) sends its weights to ~1e8 and its logits to ~1e14 (measured on ResNet-20 W3A3 and W4A4:
+  max |grad| 5e8 and 2e8 at step 1, against 0.3-0.4 at W6A8/W8A8). ``method.safe_normalize=true`` maps zero
+  vectors to zero with zero gradient (identical values; gradients elsewhere unchanged).
+
 Deviations from the official code (none has a switch unless named):
 - Initial activation ranges. The official ``main()`` first runs test() on the **real** CIFAR test set
   with range updates on, and every later test() keeps widening the ranges (methods.md §1.5, §7.5 item

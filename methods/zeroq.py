@@ -19,6 +19,12 @@ describe for their ZeroQ rows (zysxmu/IntraQ issue #1). The fine-tuning pipeline
 the GDFQ EMA range tracker updated during epochs 0-3 with no student step. Deviation: IntraQ calibrates
 the ranges in epochs 0-3 on images of a GDFQ generator it trains there and then discards; here the
 ranges are calibrated on the distilled set itself (``trains_generator = False``).
+Measured instability of the faithful values (not a dfqbench defect as far as we can tell): for large T,
+T²·KL_T ≈ ‖centred(s − t)‖²/(2C), so α = 20 makes L_Q a logit regression with ~100× the curvature of
+GDFQ's element-mean KD; with SGD-Nesterov at lr 1e-4 and BN in eval mode (IntraQ ``trainer_direct.py``
+train() calls ``model.eval()``), the fine-tuning diverges here within ~10 steps at W3A3, W4A4, W8A8 and
+even for the unquantized shared ResNet-20 on Gaussian inputs, started at zero loss. The run then ends with RunDiverged
+(error.json). ``method.kd_weight=1`` is stable at W8A8 (30 steps, loss ≈ 0.008).
 """
 
 from __future__ import annotations
