@@ -15,11 +15,12 @@ activation ranges (tracker ``minmax``) updated by every training forward and nev
 (range_update_epochs = epochs). Unconditional DAFL generator, nz 256 (network/gan.py).
 
 Quirk reproduced by default, with a corrected switch:
-- SCRM normalises features with F.normalize, whose Jacobian at an all-zero channel vector is 1e12·I. At the
-  official W6A8 Q's stage outputs have no such positions; at ≤ 4-bit activations they do, and the first SGD
-  step of Q (lr 0.1) sends its weights to ~1e8 and its logits to ~1e14 (measured on ResNet-20 W3A3 and W4A4:
-  max |grad| 5e8 and 2e8 at step 1, against 0.3-0.4 at W6A8/W8A8). ``method.safe_normalize=true`` maps zero
-  vectors to zero with zero gradient (identical values; gradients elsewhere unchanged).
+- SCRM normalises features with F.normalize, whose Jacobian at an all-zero channel vector is 1e12·I.
+  Quantized post-ReLU stage outputs at ≤ 4-bit activations have such positions: on ResNet-20 the first Q
+  step's max |grad| is 5e8 (W3A3) / 2e8 (W4A4), against 0.3-0.4 at the official W6A8 and at W8A8, and
+  within the first iteration (5 SGD steps at lr 0.1) Q's weights reach ~5e8 and its logits ~1e14.
+  ``method.safe_normalize=true`` maps zero vectors to zero with zero gradient (identical values; gradients
+  elsewhere unchanged).
 
 Deviations from the official code (none has a switch unless named):
 - Initial activation ranges. The official ``main()`` first runs test() on the **real** CIFAR test set
