@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from dfqbench.errors import DfqbenchError
+from dfqbench.errors import DfqbenchError, RunDiverged
 from dfqbench.report.cli import add_report_parser, run_report
 from dfqbench.launch.cli import add_grid_arguments, add_status_parser, run_grid, run_status
 
@@ -131,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DfqbenchError as exc:
         print(f"dfqbench: error: {exc}", file=sys.stderr)
         return 2
+    except RunDiverged as exc:
+        print(f"dfqbench: run diverged: {exc} (recorded in the run folder's error.json)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dfqbench: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

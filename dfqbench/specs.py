@@ -128,6 +128,11 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
         if not isinstance(value, bool):
             raise DfqbenchError(f"invalid value {value!r} for {key}: expected true or false")
         return value
+    if isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, str):
+        try:  # PyYAML (YAML 1.1) reads 1e-4 or 1e30 as strings
+            value = float(value)
+        except ValueError:
+            pass
     if isinstance(current, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
         return type(current)(value) if isinstance(current, float) or float(value).is_integer() else value
     if isinstance(current, (list, tuple)):

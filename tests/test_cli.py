@@ -69,6 +69,14 @@ def test_bad_override_key_and_value(tmp_path, capsys):
     assert not (tmp_path / "res").exists()
 
 
+def test_overrides_accept_scientific_notation():
+    from dfqbench.specs import apply_overrides
+
+    sections = {"train": {"lr_q": 0.1, "epochs": 3}}
+    out = apply_overrides(sections, ["train.lr_q=1e-4", "train.epochs=1e1"])  # YAML 1.1 reads both as strings
+    assert out["train"] == {"lr_q": 1e-4, "epochs": 10} and isinstance(out["train"]["epochs"], int)
+
+
 def test_missing_weights_and_unreadable_data_root(tmp_path, capsys):
     args = ["run", "--method", "gdfq", "--model", "resnet20_cifar10", "--bits", "w4a4", "--device", "cpu",
             "--results", str(tmp_path / "res")]
@@ -96,6 +104,17 @@ def test_tiny_run_end_to_end_prints_summary_then_skips(tmp_path, capsys):
     assert len(records) == 1
     code, out, _ = _run_cli(args, capsys)
     assert code == 0 and "already done" in out
+
+
+def test_diverged_run_is_one_line_exit_1_and_recorded(tmp_path, capsys):
+    results = tmp_path / "res"
+    args = TINY_ARGS + ["--results", str(results), *TINY_OVERRIDES, "train.lr_q=1e30", "train.lr_g=1e30"]
+    code, out, err = _run_cli(args, capsys)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("dfqbench: run diverged: non-finite values at epoch")
+    (folder,) = (results / "runs").iterdir()
+    error = json.loads((folder / "error.json").read_text())
+    assert error["type"] == "RunDiverged" and not (folder / "record.json").exists()
 
 
 def test_sigkill_mid_run_then_same_command_resumes(tmp_path):

@@ -43,6 +43,7 @@ from dfqbench.core.hooks import BNStatisticsLoss
 from dfqbench.core.losses import disagreement_entropy, game_value
 from dfqbench.core.plugin import Method, Sample, StepContext
 from dfqbench.core.progress import Progress
+from dfqbench.errors import RunDiverged
 from dfqbench.quant import activation_quantizers, set_range_update
 from dfqbench.specs import RunSpec, TrainConfig
 from dfqbench.store import RunFolder, git_state, package_versions
@@ -53,10 +54,6 @@ Features = list[torch.Tensor] | None  # a uses_features method's per-layer outpu
 
 def _detached(features: Features) -> Features:
     return None if features is None else [f.detach() for f in features]
-
-
-class RunDiverged(RuntimeError):
-    """A logged loss or diagnostic became NaN or infinite."""
 
 
 @dataclass
