@@ -349,3 +349,11 @@ def test_gdfq_with_superposed_on_runs(tiny_request):
         "train.range_update_epochs=1", "method.superposed_prob=1.0", "method.superposed_k=3"]), Quiet())
     assert record["spec"]["method_config"]["superposed_prob"] == 1.0
     assert all(math.isfinite(v) for v in record["top1_per_epoch"].values())
+
+
+def test_freeze_applies_to_the_extracted_embedding_only():
+    teacher_table = torch.randn(10, 8)
+    frozen = QimeraGenerator("cifar10", 10, 8, 8, embedding=teacher_table, freeze_embedding=True)
+    assert not frozen.label_emb.weight.requires_grad
+    random_table = QimeraGenerator("cifar10", 10, 8, 8, embedding=None, freeze_embedding=True)
+    assert random_table.label_emb.weight.requires_grad  # official --freeze has no effect with --randemb

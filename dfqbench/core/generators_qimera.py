@@ -41,7 +41,8 @@ class QimeraGenerator(nn.Module):
     """Label embedding E (C×D) + noise → embed normaliser → optional DM → (mix) → GDFQ trunk.
 
     ``embedding``: the initial E (the teacher's last-layer weight, "extracted embedding"), or None for the
-    nn.Embedding default N(0, 1) (``--randemb``). ``freeze_embedding`` mirrors ``--freeze`` (no script sets it).
+    nn.Embedding default N(0, 1) (``--randemb``). ``freeze_embedding`` mirrors ``--freeze`` (no script sets it),
+    which freezes only the extracted embedding.
     """
 
     def __init__(self, dataset: str, num_classes: int, img_size: int, latent_dim: int, *,
@@ -54,7 +55,8 @@ class QimeraGenerator(nn.Module):
                 raise ValueError(f"embedding of shape {tuple(embedding.shape)} != ({num_classes}, {latent_dim})")
             with torch.no_grad():
                 self.label_emb.weight.copy_(embedding)
-        self.label_emb.weight.requires_grad_(not freeze_embedding)
+        # ``--freeze`` applies to the extracted (teacher) embedding only; with --randemb the table always trains
+        self.label_emb.weight.requires_grad_(not (freeze_embedding and embedding is not None))
         self.fc_reducer = nn.Linear(latent_dim, dm_dim) if dm else None
         trunk_dim = dm_dim if dm else latent_dim
         self.imagenet = dataset == "imagenet"
