@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from dfqbench.errors import DfqbenchError, RunDiverged
+from dfqbench.errors import DfqbenchError
 from dfqbench.report.cli import add_report_parser, run_report
 from dfqbench.launch.cli import add_grid_arguments, add_status_parser, run_grid, run_status
 
@@ -91,6 +91,8 @@ def summarize(record: dict) -> str:
         f"  calibrated only       {pct(record['calibrated_top1'])}   (ranges calibrated, no fine-tuning)",
         f"  best over epochs      {pct(record['best_top1'])}   {best_at}",
         f"  final epoch           {pct(record['final_top1'])}",
+        *([f"  DIVERGED              {record['diverged']} (training stopped; best is over the epochs before)"]
+          if record.get("diverged") else []),
         f"  wall time             {record['wall_time_s']:.0f} s on {record['device']}",
         f"  record                {record['run_name']}/record.json",
     ])
@@ -131,9 +133,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DfqbenchError as exc:
         print(f"dfqbench: error: {exc}", file=sys.stderr)
         return 2
-    except RunDiverged as exc:
-        print(f"dfqbench: run diverged: {exc} (recorded in the run folder's error.json)", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("dfqbench: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""User-facing exceptions: the CLI prints their message as one line and exits non-zero (2 bad input, 1 diverged)."""
+"""dfqbench's exceptions: DfqbenchError (bad input; the CLI prints one line and exits 2) and RunDiverged."""
 
 
 class DfqbenchError(Exception):
@@ -6,4 +6,5 @@ class DfqbenchError(Exception):
 
 
 class RunDiverged(RuntimeError):
-    """A logged loss or diagnostic of a training run became NaN or infinite (recorded in the run's error.json)."""
+    """A logged loss or diagnostic of a training run became NaN or infinite (the trainer ends the run there and
+    records it with ``diverged``; see :mod:`dfqbench.core.trainer`)."""

@@ -23,8 +23,9 @@ Measured instability of the faithful values (not a dfqbench defect as far as we 
 T²·KL_T ≈ ‖centred(s − t)‖²/(2C), so α = 20 makes L_Q a logit regression with ~100× the curvature of
 GDFQ's element-mean KD; with SGD-Nesterov at lr 1e-4 and BN in eval mode (IntraQ ``trainer_direct.py``
 train() calls ``model.eval()``), the fine-tuning diverges here within ~10 steps at W3A3, W4A4, W8A8 and
-even for the unquantized shared ResNet-20 on Gaussian inputs, started at zero loss. The run then ends with RunDiverged
-(error.json). ``method.kd_weight=1`` is stable at W8A8 (30 steps, loss ≈ 0.008).
+even for the unquantized shared ResNet-20 on Gaussian inputs, started at zero loss. Training then stops
+and the record says ``diverged``; its best epoch is the calibrated one, as IntraQ's loop (which trains
+on through NaN and keeps its best epoch) would report. ``method.kd_weight=1`` trains stably.
 """
 
 from __future__ import annotations

@@ -106,15 +106,21 @@ def test_tiny_run_end_to_end_prints_summary_then_skips(tmp_path, capsys):
     assert code == 0 and "already done" in out
 
 
-def test_diverged_run_is_one_line_exit_1_and_recorded(tmp_path, capsys):
+def test_diverged_run_ends_there_and_is_recorded_with_its_best_epoch(tmp_path, capsys):
     results = tmp_path / "res"
-    args = TINY_ARGS + ["--results", str(results), *TINY_OVERRIDES, "train.lr_q=1e30", "train.lr_g=1e30"]
-    code, out, err = _run_cli(args, capsys)
-    assert code == 1
-    assert err.count("\n") == 1 and err.startswith("dfqbench: run diverged: non-finite values at epoch")
+    # train.lr_q=1e30 takes effect after the warm-up epoch (epoch 0), so epoch 0 is evaluated, epoch 1 diverges
+    args = TINY_ARGS + ["--results", str(results), *TINY_OVERRIDES, "train.lr_q=1e30"]
+    code, out, _ = _run_cli(args, capsys)
+    assert code == 0
     (folder,) = (results / "runs").iterdir()
-    error = json.loads((folder / "error.json").read_text())
-    assert error["type"] == "RunDiverged" and not (folder / "record.json").exists()
+    record = json.loads((folder / "record.json").read_text())
+    assert record["diverged"].startswith("non-finite values at epoch 1 ")
+    assert record["final_top1"] is None and record["best_epoch"] == 0
+    assert record["best_top1"] == record["calibrated_top1"] == record["top1_per_epoch"]["0"]
+    assert list(record["top1_per_epoch"]) == ["0"] and not (folder / "error.json").exists()
+    assert "DIVERGED              non-finite values at epoch 1" in out
+    code, out, _ = _run_cli(args, capsys)  # a diverged run is finished: asked again, it is not re-run
+    assert code == 0 and "already done" in out
 
 
 def test_sigkill_mid_run_then_same_command_resumes(tmp_path):

@@ -292,6 +292,23 @@ def test_configurations_are_not_mixed(tmp_path):
     assert cell.endswith(note[0]) and "1 run with method_config.kd_reduction=batchmean" in note
 
 
+def test_diverged_runs_are_footnoted(tmp_path):
+    root = tmp_path / "results"
+    write_run(root, "gdfq", 87.0, seed=0)
+    diverged = write_run(root, "gdfq", 62.0, seed=1)
+    record = json.loads((diverged / "record.json").read_text())
+    record.update(final_top1=None, diverged="non-finite values at epoch 5 iteration 49: q/loss")
+    (diverged / "record.json").write_text(json.dumps(record))
+    best = build_tables(scan_results(root), load_published(), "table1")[0]
+    cell = best.rows[0].cells[1][0].text
+    note = next(n for n in best.notes if "diverged" in n)
+    assert cell.startswith("74.50 ± 17.68 (n=2)") and cell.endswith(note[0])
+    assert "GDFQ W4A4 (resnet20_cifar10): 1 of 2 run(s) diverged" in note
+    final = build_tables(scan_results(root), load_published(), "table1", metric="final")[0]
+    assert final.rows[0].cells[1][0].text.startswith("87.00 (n=1)")  # the diverged run has no final epoch
+    assert any("1 finished run(s) without a final top-1 (never evaluated, or training diverged" in n for n in final.notes)
+
+
 def test_metric_final_and_csv(results):
     scan = scan_results(results)
     tables = build_tables(scan, load_published(), "table1", metric="final")

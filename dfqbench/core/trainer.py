@@ -23,6 +23,11 @@ one no-grad pass of one generated batch through Q (eval mode; ranges updating if
 open) before epoch 0. The student stays in eval mode (frozen BN statistics) unless the method says
 otherwise; the teacher is frozen with no gradients. Every epoch ends with an evaluation, a metrics
 write and a checkpoint, all atomic, so a killed run resumes from its last finished epoch.
+
+Divergence (a NaN/inf among the logged values) ends training at that point, as a result rather than an
+error: the official loops train on through NaN and report the best epoch, which can only be one before
+the NaN, so the record keeps ``best_top1`` over the evaluated epochs, has no ``final_top1`` and says
+``diverged`` (epoch, iteration, values). The diverged epoch gets no evaluation and no checkpoint.
 """
 
 from __future__ import annotations
@@ -180,7 +185,12 @@ class Trainer:
         self.progress.start(self.cfg.epochs, self.cfg.iters_per_epoch, self.start_epoch)
         for epoch in range(self.start_epoch, self.cfg.epochs):
             epoch_started = time.perf_counter()
-            self._train_epoch(epoch)
+            try:
+                self._train_epoch(epoch)
+            except RunDiverged as exc:
+                self.state["diverged"] = str(exc)
+                self.progress.message(f"diverged: {exc}; training stops, the record keeps the best epoch before it")
+                break
             top1 = self._evaluate_epoch(epoch)
             self.metrics.append({
                 "type": "epoch", "epoch": epoch, "top1": top1, "lr_q": self.opt_q.param_groups[0]["lr"],
@@ -383,6 +393,7 @@ class Trainer:
             "epochs": self.cfg.epochs, "iterations": self.cfg.epochs * self.cfg.iters_per_epoch,
             "images_generated": self.state["images_generated"], "wall_time_s": round(self.state["elapsed_s"], 2),
             "sessions": self.state["sessions"], "device": device_name(self.device),
+            "diverged": self.state.get("diverged"),
             "git": git_state(), "versions": package_versions(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

@@ -84,6 +84,11 @@ class Cell:
     others: list[str] = field(default_factory=list)  # "n run(s) with k=v, …" for configurations not shown
     states: Counter = field(default_factory=Counter)  # running / pending / failed runs in this cell
     no_metric: int = 0  # finished runs without a value for the metric (never evaluated)
+    diverged: int = 0  # shown runs whose training diverged (NaN/inf) and stopped: best is over the epochs before
+
+    def diverged_note(self, label: str) -> str:
+        return (f"{label}: {self.diverged} of {len(self.records)} run(s) diverged (NaN/inf) and stopped there; "
+                "their best top-1 is over the epochs before, they have no final epoch.")
 
     def state_text(self) -> str:
         return ", ".join(f"{n} {state}" for state, n in sorted(self.states.items()))
@@ -110,6 +115,7 @@ def make_cell(records: list[RunRecord], unfinished: list[Unfinished], metric: st
     cell.records = shown
     cell.summary = summarize(r.metric(metric) for r in shown)
     cell.fp = summarize(r.fp for r in shown)
+    cell.diverged = sum(1 for r in shown if r.record.get("diverged"))
     for other in others:
         diff = spec_diff(shown[0].spec, other[0].spec)
         cell.others.append(f"{len(other)} run{'s' if len(other) > 1 else ''} with {', '.join(diff[:4])}"

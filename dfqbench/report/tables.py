@@ -185,7 +185,10 @@ def _main_table(layout: PublishedTable, published: Published, protocol: str, rec
                 ours += notes.mark(f"{method_label(method)} {bits.upper()} ({model}): shown the configuration with "
                                    f"the most finished seeds; not shown: {'; '.join(cell.others)}.")
             if cell.no_metric:
-                ours += notes.mark(f"{cell.no_metric} finished run(s) without a {metric} top-1 (never evaluated).")
+                ours += notes.mark(f"{cell.no_metric} finished run(s) without a {metric} top-1 (never evaluated, or "
+                                   "training diverged before the last epoch).")
+            if cell.diverged:
+                ours += notes.mark(cell.diverged_note(f"{method_label(method)} {bits.upper()} ({model})"))
             diff, kind = delta(cell, paper, paper_row.fp if paper_row else None, papers_teacher)
             cells.append([ours, fmt_published(paper), fmt_delta(diff)])
             means.append(cell.summary.mean if cell.summary else None)
@@ -294,6 +297,8 @@ def _ablation_table(key: tuple[str, str, str, str | None], records: list[tuple[R
             if cell.others:
                 ours += notes.mark(f"{terms_label(terms)} {bits.upper()}: shown the configuration with the most "
                                    f"finished seeds; not shown: {'; '.join(cell.others)}.")
+            if cell.diverged:
+                ours += notes.mark(cell.diverged_note(f"{terms_label(terms)} {bits.upper()}"))
             paper = pub_values.get(bits)
             diff, kind = delta(cell, paper, paper_fp, papers_teacher)
             row_cells.append([ours, fmt_published(paper), fmt_delta(diff)])
