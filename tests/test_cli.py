@@ -108,17 +108,17 @@ def test_tiny_run_end_to_end_prints_summary_then_skips(tmp_path, capsys):
 
 def test_diverged_run_ends_there_and_is_recorded_with_its_best_epoch(tmp_path, capsys):
     results = tmp_path / "res"
-    # train.lr_q=1e30 takes effect after the warm-up epoch (epoch 0), so epoch 0 is evaluated, epoch 1 diverges
+    # train.lr_q=1e30 takes effect after the warm-up epoch (the first), which is evaluated; the second diverges
     args = TINY_ARGS + ["--results", str(results), *TINY_OVERRIDES, "train.lr_q=1e30"]
     code, out, _ = _run_cli(args, capsys)
     assert code == 0
     (folder,) = (results / "runs").iterdir()
     record = json.loads((folder / "record.json").read_text())
-    assert record["diverged"].startswith("non-finite values at epoch 1 ")
+    assert record["diverged"].startswith("non-finite values in epoch 2 of 3, iteration ")
     assert record["final_top1"] is None and record["best_epoch"] == 0
     assert record["best_top1"] == record["calibrated_top1"] == record["top1_per_epoch"]["0"]
     assert list(record["top1_per_epoch"]) == ["0"] and not (folder / "error.json").exists()
-    assert "DIVERGED              non-finite values at epoch 1" in out
+    assert "DIVERGED              non-finite values in epoch 2 of 3" in out
     code, out, _ = _run_cli(args, capsys)  # a diverged run is finished: asked again, it is not re-run
     assert code == 0 and "already done" in out
 

@@ -220,7 +220,8 @@ class Trainer:
                 values = self.window.flush()
                 bad = non_finite(values)
                 if bad:
-                    raise RunDiverged(f"non-finite values at epoch {epoch} iteration {it}: {', '.join(bad)}")
+                    raise RunDiverged(f"non-finite values in epoch {epoch + 1} of {self.cfg.epochs}, iteration {it + 1} "
+                                      f"of {self.cfg.iters_per_epoch}: {', '.join(bad)}")
                 self.metrics.append({"type": "iter", "epoch": epoch, "iter": it, **values})
                 self.progress.iteration(epoch, it, values)
             else:
