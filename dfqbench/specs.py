@@ -8,6 +8,8 @@ asking for the same run twice finds the same folder.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import hashlib
 import json
@@ -130,9 +132,11 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
         return value
     if isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, str):
         try:  # PyYAML (YAML 1.1) reads 1e-4 or 1e30 as strings
-            value = float(value)
+            number = float(value)
         except ValueError:
-            pass
+            number = math.nan
+        if math.isfinite(number):
+            value = number
     if isinstance(current, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
         return type(current)(value) if isinstance(current, float) or float(value).is_integer() else value
     if isinstance(current, (list, tuple)):

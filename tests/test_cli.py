@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dfqbench.cli import main
+from dfqbench.errors import DfqbenchError
 
 from conftest import TINY_OVERRIDES
 
@@ -75,6 +76,8 @@ def test_overrides_accept_scientific_notation():
     sections = {"train": {"lr_q": 0.1, "epochs": 3}}
     out = apply_overrides(sections, ["train.lr_q=1e-4", "train.epochs=1e1"])  # YAML 1.1 reads both as strings
     assert out["train"] == {"lr_q": 1e-4, "epochs": 10} and isinstance(out["train"]["epochs"], int)
+    with pytest.raises(DfqbenchError, match="train.epochs"):
+        apply_overrides(sections, ["train.epochs=inf"])
 
 
 def test_missing_weights_and_unreadable_data_root(tmp_path, capsys):

@@ -5,9 +5,10 @@ retrying), appends an attempt to ``attempts.json`` (job id, host, the checkpoint
 calls :func:`dfqbench.runner.run` (which skips done runs, resumes from ``checkpoint.pt`` and writes
 ``error.json`` with the traceback when training raises, e.g. an exception or CUDA out-of-memory; a diverged
 run is recorded as finished, not raised), and records a failure that happens before training (``prepare``
-errors, e.g. a weights file missing on the node) in the run folder too. The Slurm flavour is a ``submitit.helpers.Checkpointable``: on preemption or
-timeout submitit calls :meth:`SlurmGridTask.checkpoint` and requeues the job; the requeued task resumes
-the run from its last epoch checkpoint (the trainer writes one every epoch).
+errors, e.g. a weights file missing on the node) in the run folder too. The Slurm flavour is a
+``submitit.helpers.Checkpointable``: on preemption or timeout submitit calls
+:meth:`SlurmGridTask.checkpoint` and requeues the job; the requeued task resumes the run from its last
+epoch checkpoint (the trainer writes one every epoch).
 """
 
 from __future__ import annotations
