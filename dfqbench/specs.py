@@ -8,11 +8,10 @@ asking for the same run twice finds the same folder.
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
