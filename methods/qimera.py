@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 from dfqbench.core.generators_qimera import QimeraGenerator, teacher_class_embedding
-from dfqbench.core.losses import kd_kl_element_mean, soft_cross_entropy
-from dfqbench.core.plugin import LossTerms, Method, Sample, StepContext, register_method
+from dfqbench.core.plugin import Method, Sample, register_method
 from dfqbench.core.superposed import (
     MIX_WEIGHTS, SLOT_LABELS, check_superposed_settings, is_superposed, superposed_sample,
 )
@@ -151,16 +150,7 @@ class Qimera(Method):
             return generator(sample.z, sample.extra[SLOT_LABELS], sample.extra[MIX_WEIGHTS])
         return generator(sample.z, sample.labels)
 
-    def generator_loss(self, ctx: StepContext) -> tuple[torch.Tensor, LossTerms]:
-        ce = soft_cross_entropy(ctx.teacher_logits, ctx.sample.targets)
-        bns = ctx.bns_loss
-        return ce + self.config.bns_weight * bns, {"ce": ce, "bns": bns}
-
-    def student_loss(self, ctx: StepContext) -> tuple[torch.Tensor, LossTerms]:
-        cfg = self.config
-        kd = kd_kl_element_mean(ctx.teacher_logits, ctx.student_logits, cfg.temperature)
-        if cfg.kd_reduction == "batchmean":
-            kd = kd * ctx.num_classes
-        kd = cfg.kd_weight * cfg.temperature**2 * kd
-        ce = soft_cross_entropy(ctx.student_logits, ctx.sample.targets)
-        return kd + ce, {"kd": kd, "ce": ce}
+    # GDFQ's L_G and L_Q: class_cross_entropy is the soft CE here, since Qimera's samples always carry
+    # targets (ỹ when superposed, one-hot otherwise; dfqbench.core.superposed.superposed_sample).
+    generator_loss = GDFQ.generator_loss
+    student_loss = GDFQ.student_loss
