@@ -48,18 +48,13 @@ QUICK_KD_BATCH_SIZE = 64  # quick protocol: images per distilled batch for zeroq
 
 
 @dataclass(frozen=True)
-class ZeroQConfig:
-    """ZeroQ distillation settings (distill_data.py, data_utils.py, run.sh)."""
+class ZeroQConfig(DistillSettings):
+    """ZeroQ distillation settings (distill_data.py, data_utils.py, run.sh): the optimiser settings of
+    :class:`DistillSettings` (``init`` "official" is faithful: std ≈ 0.0136, the variance used as std;
+    "unit_std" divides by the std) plus how many images are distilled."""
 
     batch_size: int = 64  # images per distilled batch
     num_batches: int = 1
-    steps: int = 500
-    lr: float = 0.5
-    plateau_patience: int = 100
-    plateau_factor: float = 0.1
-    min_lr: float = 1e-4
-    eps: float = 1e-6
-    init: str = "official"  # faithful (std ≈ 0.0136, variance used as std); "unit_std" divides by the std
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -67,10 +62,6 @@ class ZeroQConfig:
         for name in ("batch_size", "num_batches", "steps"):
             if getattr(self, name) < 1:
                 raise DfqbenchError(f"invalid method.{name}={getattr(self, name)!r}: must be >= 1")
-
-    def distill_settings(self) -> DistillSettings:
-        return DistillSettings(steps=self.steps, lr=self.lr, plateau_patience=self.plateau_patience,
-                               plateau_factor=self.plateau_factor, min_lr=self.min_lr, eps=self.eps, init=self.init)
 
 
 @dataclass(frozen=True)
@@ -160,7 +151,7 @@ class _DistilledDataMethod(Method):
     def setup(self, teacher: nn.Module, device: torch.device) -> None:
         """Distil ``num_batches`` batches (seeded by the trainer) and label them with the teacher's argmax."""
         cfg = self.config
-        result = distill(teacher, cfg.num_batches, cfg.batch_size, self.input_size, cfg.distill_settings(), device)
+        result = distill(teacher, cfg.num_batches, cfg.batch_size, self.input_size, cfg, device)
         with torch.no_grad():
             labels = torch.cat([teacher(x).argmax(1) for x in result.images.split(cfg.batch_size)])
         self.distill_losses = result.losses
