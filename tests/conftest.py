@@ -1,9 +1,12 @@
-"""Shared fixtures: a tiny GDFQ run that finishes in about a second on CPU."""
+"""Shared fixtures and helpers: a tiny GDFQ run that finishes in about a second on CPU, progress sinks that
+record messages or crash after an epoch, and a bit-for-bit state-dict comparison."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
+from dfqbench.core.progress import Progress
 from dfqbench.runner import RunRequest
 
 TINY_OVERRIDES = [
@@ -13,6 +16,35 @@ TINY_OVERRIDES = [
     "train.warmup_epochs=1",
     "train.range_update_epochs=1",
 ]
+
+
+
+def same_state(a: dict, b: dict) -> bool:
+    """Two state dicts with the same keys and bit-for-bit equal tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class RecordingProgress(Progress):
+    """A silent progress sink that keeps the trainer's messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+class CrashAfterEpoch(RecordingProgress):
+    """Raises "simulated crash" at the end of the given (0-based) epoch, after its checkpoint is written."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.crash_epoch = epoch
+
+    def end_epoch(self, epoch, top1, best) -> None:
+        if epoch == self.crash_epoch:
+            raise RuntimeError("simulated crash")
 
 
 @pytest.fixture

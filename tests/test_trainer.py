@@ -12,6 +12,8 @@ from dfqbench.core.trainer import Trainer
 from dfqbench.quant import QuantAct
 from dfqbench.runner import prepare, run
 
+from conftest import CrashAfterEpoch, RecordingProgress, same_state
+
 DIAGNOSTICS = {"H_g", "H_q", "R_before", "R_after_g", "R_after_q", "delta_g", "delta_q", "balance_gap"}
 LOSS_TERMS = {"g/loss", "g/ce", "g/bns", "q/loss", "q/kd", "q/ce"}
 
@@ -48,25 +50,21 @@ def _train(request):
     return trainer, progress, before, record
 
 
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_schedule_warmup_ranges_and_frozen_teacher(tiny_request):
     trainer, progress, teacher_before, record = _train(tiny_request())
     first, second, third = progress.epochs_seen
     # the teacher never changes
     for snap in progress.epochs_seen:
-        assert _same(snap["teacher"], teacher_before)
+        assert same_state(snap["teacher"], teacher_before)
     assert all(not p.requires_grad for p in trainer.teacher.parameters())
     # warm-up (epoch 0): the student keeps its pretrained weights; afterwards SGD moves it
     initial = {k: v for k, v in trainer.run.teacher.named_parameters()}
     assert all(torch.equal(first["student_weights"][k], initial[k]) for k in initial)
-    assert not _same(second["student_weights"], first["student_weights"])
+    assert not same_state(second["student_weights"], first["student_weights"])
     # activation ranges were calibrated in epoch 0 (range window 1) and frozen afterwards
     assert all(float(r["x_max"]) > 0 for r in first["ranges"])
     for later in (second, third):
-        assert all(_same(a, b) for a, b in zip(first["ranges"], later["ranges"]))
+        assert all(same_state(a, b) for a, b in zip(first["ranges"], later["ranges"]))
     assert record["fp_top1"] == 100.0  # tiny labels are the teacher's own predictions
     assert record["calibrated_top1"] == record["top1_per_epoch"]["0"]
     assert record["final_top1"] == record["top1_per_epoch"]["2"]
@@ -106,20 +104,10 @@ def test_metrics_log_every_loss_term_and_diagnostic(tiny_request):
 def test_same_seed_is_bit_for_bit_and_diagnostics_do_not_perturb(tiny_request, tmp_path):
     a = _train(tiny_request(results=str(tmp_path / "a"), log_every=1))[0]
     b = _train(tiny_request(results=str(tmp_path / "b"), log_every=100))[0]
-    assert _same(a.student.state_dict(), b.student.state_dict())
-    assert _same(a.generator.state_dict(), b.generator.state_dict())
+    assert same_state(a.student.state_dict(), b.student.state_dict())
+    assert same_state(a.generator.state_dict(), b.generator.state_dict())
     c = _train(tiny_request(results=str(tmp_path / "c"), seed=1))[0]
-    assert not _same(a.student.state_dict(), c.student.state_dict())
-
-
-class CrashAfterEpoch(Progress):
-    def __init__(self, epoch: int) -> None:
-        super().__init__()
-        self.crash_epoch = epoch
-
-    def end_epoch(self, epoch, top1, best) -> None:
-        if epoch == self.crash_epoch:
-            raise RuntimeError("simulated crash")
+    assert not same_state(a.student.state_dict(), c.student.state_dict())
 
 
 def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tiny_request, tmp_path):
@@ -131,19 +119,14 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tiny_request
     folder = prepare(crashed).folder
     assert folder.error_path.exists() and not folder.is_done()
     assert torch.load(folder.checkpoint_path, weights_only=False)["epoch"] == 1
-    messages = []
-
-    class Capture(Progress):
-        def message(self, text):
-            messages.append(text)
-
-    resumed = run(crashed, Capture())
-    assert any("resuming" in m and "after epoch 2/" in m for m in messages)
+    capture = RecordingProgress()
+    resumed = run(crashed, capture)
+    assert any("resuming" in m and "after epoch 2/" in m for m in capture.messages)
     assert resumed["sessions"] == 2 and not folder.error_path.exists()
     assert resumed["top1_per_epoch"] == full["top1_per_epoch"]
     straight_ckpt = torch.load(prepare(straight).folder.checkpoint_path, weights_only=False)
     resumed_ckpt = torch.load(folder.checkpoint_path, weights_only=False)
-    assert _same(straight_ckpt["student"], resumed_ckpt["student"])
+    assert same_state(straight_ckpt["student"], resumed_ckpt["student"])
     epochs_logged = [r["epoch"] for r in folder.read_metrics() if r["type"] == "epoch"]
     assert epochs_logged == [0, 1, 2]
 
@@ -151,12 +134,7 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tiny_request
 def test_finished_run_is_skipped(tiny_request):
     request = tiny_request()
     first = run(request, Progress())
-    messages = []
-
-    class Capture(Progress):
-        def message(self, text):
-            messages.append(text)
-
-    again = run(request, Capture())
+    capture = RecordingProgress()
+    again = run(request, capture)
     assert again == json.loads(json.dumps(first))
-    assert any(m.startswith("already done") for m in messages)
+    assert any(m.startswith("already done") for m in capture.messages)

@@ -13,7 +13,6 @@ from torch import nn
 
 from dfqbench.core.features import FeatureTap, stage_names
 from dfqbench.core.plugin import Sample, StepContext, load_methods
-from dfqbench.core.progress import Progress
 from dfqbench.core.trainer import Trainer
 from dfqbench.errors import DfqbenchError
 from dfqbench.methods import zaq as zaq_module
@@ -22,16 +21,9 @@ from dfqbench.runner import prepare, resolve_settings, run
 from dfqbench.zoo import build_model
 from dfqbench.zoo.tiny import build_tiny
 
+from conftest import CrashAfterEpoch, RecordingProgress, same_state
+
 ZAQ_OVERRIDES = ["train.epochs=3", "train.iters_per_epoch=3", "train.batch_size=8"]
-
-
-class Quiet(Progress):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def message(self, text: str) -> None:
-        self.messages.append(text)
 
 
 def _zaq(**config):
@@ -46,11 +38,7 @@ def _request(tiny_request, **changes):
 def _trainer(request) -> Trainer:
     prepared = prepare(request)
     prepared.folder.create(prepared.spec)
-    return Trainer(prepared, Quiet())
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return Trainer(prepared, RecordingProgress())
 
 
 # -- SCRM and the losses, by hand --------------------------------------------------------------------------
@@ -311,7 +299,7 @@ def test_tiny_run_end_to_end_with_generated_calibration_and_diagnostics(tiny_req
     request = _request(tiny_request)
     prepared = prepare(request)
     prepared.folder.create(prepared.spec)
-    progress = Quiet()
+    progress = RecordingProgress()
     trainer = Trainer(prepared, progress)
     student_init = {k: v.clone() for k, v in trainer.student.state_dict().items()}
     quantizers = [m for m in trainer.student.modules() if isinstance(m, QuantAct)]
@@ -326,7 +314,7 @@ def test_tiny_run_end_to_end_with_generated_calibration_and_diagnostics(tiny_req
             evaluated.append((ranges, weights))
         top1 = real_evaluate(model)
         if model is trainer.student:
-            assert all(_same(a, q.state_dict()) for a, q in zip(ranges, quantizers))
+            assert all(same_state(a, q.state_dict()) for a, q in zip(ranges, quantizers))
         return top1
 
     trainer.run.evaluate = evaluate
@@ -366,30 +354,20 @@ def test_same_seed_bit_for_bit_and_diagnostics_do_not_perturb(tiny_request, tmp_
         record = trainer.fit()
         runs.append((trainer.student.state_dict(), trainer.generator.state_dict(), record))
     (sa, ga, ra), (sb, gb, rb), (sc, _, _) = runs
-    assert _same(sa, sb) and _same(ga, gb)  # BN running stats and ranges included
+    assert same_state(sa, sb) and same_state(ga, gb)  # BN running stats and ranges included
     assert ra["top1_per_epoch"] == rb["top1_per_epoch"] and ra["calibrated_top1"] == rb["calibrated_top1"]
-    assert not _same(sa, sc)
-
-
-class CrashAfterEpoch(Quiet):
-    def __init__(self, epoch: int) -> None:
-        super().__init__()
-        self.crash_epoch = epoch
-
-    def end_epoch(self, epoch, top1, best) -> None:
-        if epoch == self.crash_epoch:
-            raise RuntimeError("simulated crash")
+    assert not same_state(sa, sc)
 
 
 def test_resume_matches_uninterrupted_and_does_not_recalibrate(tiny_request, tmp_path):
     straight = _request(tiny_request, results=str(tmp_path / "straight"))
-    full = run(straight, Quiet())
+    full = run(straight, RecordingProgress())
     crashed = _request(tiny_request, results=str(tmp_path / "crashed"))
     first = CrashAfterEpoch(1)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(crashed, first)
     assert any(m.startswith("calibrated top-1") for m in first.messages)
-    second = Quiet()
+    second = RecordingProgress()
     resumed = run(crashed, second)
     assert any("resuming" in m for m in second.messages)
     assert not any(m.startswith("calibrated top-1") for m in second.messages)
@@ -399,4 +377,4 @@ def test_resume_matches_uninterrupted_and_does_not_recalibrate(tiny_request, tmp
     assert resumed["images_generated"] == full["images_generated"]
     a = torch.load(prepare(straight).folder.checkpoint_path, weights_only=False)
     b = torch.load(prepare(crashed).folder.checkpoint_path, weights_only=False)
-    assert _same(a["student"], b["student"]) and _same(a["generator"], b["generator"])
+    assert same_state(a["student"], b["student"]) and same_state(a["generator"], b["generator"])
