@@ -11,19 +11,15 @@ import torch
 
 from dfqbench.core import game_losses as gl
 from dfqbench.core.plugin import Sample, StepContext, load_methods
-from dfqbench.core.progress import Progress
 from dfqbench.core.trainer import Trainer
 from dfqbench.errors import DfqbenchError
 from dfqbench.quant import set_range_update
 from dfqbench.runner import prepare, run
 
+from conftest import RecordingProgress
+
 ADASG_DEFAULT_WEIGHTS = {"bound": 1.0, "ds": 0.1, "as": 0.1, "bns": 1.0}
 WEIGHT_FIELDS = {"bound": "bound_weight", "ds": "ds_weight", "as": "as_weight", "bns": "bns_weight"}
-
-
-class Quiet(Progress):
-    def message(self, text: str) -> None:
-        pass
 
 
 def _method(name: str, num_classes: int = 10, **config):
@@ -306,7 +302,7 @@ def test_trainer_applies_a_last_epoch_milestone_never(tiny_request):
     overrides = ["train.epochs=3", "train.iters_per_epoch=2", "train.batch_size=5", "train.warmup_epochs=1",
                  "train.range_update_epochs=1", "train.milestones_q=[1,3]", "train.milestones_g=[1,3]"]
     request = tiny_request(method="adasg", overrides=overrides)
-    run(request, Quiet())
+    run(request, RecordingProgress())
     rows = [json.loads(line) for line in prepare(request).folder.metrics_path.read_text().splitlines()]
     lr_q = [r["lr_q"] for r in rows if r["type"] == "epoch"]
     assert lr_q == pytest.approx([1e-4, 1e-5, 1e-5])  # milestone 3 = the epoch count: like 400 in a 400-epoch run
@@ -315,7 +311,7 @@ def test_trainer_applies_a_last_epoch_milestone_never(tiny_request):
 # -- the plugins inside the trainer --------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["adasg", "adadfq"])
 def test_generator_gradient_passes_through_the_quantized_student(name, tiny_request):
-    trainer = Trainer(prepare(tiny_request(method=name)), Quiet())
+    trainer = Trainer(prepare(tiny_request(method=name)), RecordingProgress())
     method = trainer.method
     assert method.student_in_generator_loss and not method.student_bn_train
     trainer.generator.train()
@@ -340,8 +336,8 @@ def test_generator_gradient_passes_through_the_quantized_student(name, tiny_requ
 
 
 def test_generation_is_gdfqs(tiny_request):
-    adasg = Trainer(prepare(tiny_request(method="adasg")), Quiet())
-    gdfq = Trainer(prepare(tiny_request(method="gdfq")), Quiet())
+    adasg = Trainer(prepare(tiny_request(method="adasg")), RecordingProgress())
+    gdfq = Trainer(prepare(tiny_request(method="gdfq")), RecordingProgress())
     assert type(adasg.generator) is type(gdfq.generator)
     assert adasg.generator.state_dict().keys() == gdfq.generator.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(adasg.generator.state_dict().values(),
@@ -358,7 +354,7 @@ def test_tiny_end_to_end_run(name, tiny_request):
     overrides = ["train.epochs=3", "train.iters_per_epoch=4", "train.batch_size=5", "train.warmup_epochs=1",
                  "train.range_update_epochs=1"]
     request = tiny_request(method=name, overrides=overrides)
-    record = run(request, Quiet())
+    record = run(request, RecordingProgress())
     assert record["spec"]["method"] == name and record["spec"]["train"]["batch_size"] == 5
     assert all(math.isfinite(v) for v in record["top1_per_epoch"].values())
     assert record["calibrated_top1"] is not None and record["best_top1"] >= record["final_top1"]
@@ -378,7 +374,7 @@ def test_superposed_sampling_switch_feeds_soft_targets_to_the_game_terms(name, t
     off = _method(name).sample(4, torch.device("cpu"))
     assert off.targets is None and off.z.shape == (4, 100)
     trainer = Trainer(prepare(tiny_request(method=name, overrides=["method.superposed_prob=1.0", "train.batch_size=5"])),
-                      Quiet())
+                      RecordingProgress())
     sample = trainer.method.sample(5, trainer.device)
     assert sample.z.shape == (5, 2, 100) and sample.targets is not None
     assert not torch.equal(sample.targets, torch.nn.functional.one_hot(sample.labels, 10).float())

@@ -13,25 +13,21 @@ import pytest
 import torch
 
 from dfqbench.core.plugin import load_methods
-from dfqbench.core.progress import Progress
 from dfqbench.core.trainer import Trainer
 from dfqbench.quant import set_range_update
 from dfqbench.runner import RunRequest, prepare
 
+from conftest import RecordingProgress
+
 METHODS = sorted(load_methods().names())
 CONTRACT_OVERRIDES = ["train.batch_size=8", "train.iters_per_epoch=2", "train.eval_max_images=64"]
-
-
-class Quiet(Progress):
-    def message(self, text: str) -> None:
-        pass
 
 
 def _trainer(method: str, tmp_path, seed: int = 0) -> Trainer:
     request = RunRequest(method=method, model="tiny_cifar10", bits="w4a4", seed=seed, protocol="quick",
                          overrides=list(CONTRACT_OVERRIDES), results=str(tmp_path / f"results_{seed}"),
                          device="cpu", log_every=1)
-    return Trainer(prepare(request), Quiet())
+    return Trainer(prepare(request), RecordingProgress())
 
 
 def _fine_tunes(trainer: Trainer) -> bool:

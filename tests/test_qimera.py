@@ -14,7 +14,6 @@ from torch import nn
 from dfqbench.core.generators import CifarGenerator, ConditionalBatchNorm2d, ImageNetGenerator
 from dfqbench.core.generators_qimera import QimeraGenerator, embed_normalize, teacher_class_embedding
 from dfqbench.core.plugin import Sample, StepContext, load_methods
-from dfqbench.core.progress import Progress
 from dfqbench.core.superposed import (
     MIX_WEIGHTS, SLOT_LABELS, generate_gdfq_superposed, mixing_weights, soft_targets, superposed_sample,
 )
@@ -22,12 +21,9 @@ from dfqbench.core.trainer import Trainer
 from dfqbench.errors import DfqbenchError
 from dfqbench.runner import RunRequest, prepare, run
 
+from conftest import RecordingProgress
+
 CPU = torch.device("cpu")
-
-
-class Quiet(Progress):
-    def message(self, text: str) -> None:
-        pass
 
 
 def _method(name="qimera", dataset="cifar10", num_classes=10, size=32, **config):
@@ -221,7 +217,7 @@ def _trainer(tmp_path, *overrides, method="qimera"):
     request = RunRequest(method=method, model="tiny_cifar10", bits="w4a4", seed=0, protocol="quick",
                          overrides=["train.batch_size=8", "train.iters_per_epoch=2", *overrides],
                          results=str(tmp_path / "results"), device="cpu", log_every=1)
-    return Trainer(prepare(request), Quiet())
+    return Trainer(prepare(request), RecordingProgress())
 
 
 def test_embedding_initialised_from_the_teacher_last_layer_and_trainable(tmp_path):
@@ -291,7 +287,7 @@ def test_presets_follow_the_official_scripts_and_requested_bits():
 def test_tiny_qimera_run_end_to_end(tiny_request):
     record = run(tiny_request(method="qimera", overrides=[
         "train.epochs=3", "train.iters_per_epoch=4", "train.batch_size=8", "train.warmup_epochs=1",
-        "train.range_update_epochs=1", "method.superposed_prob=0.5", "method.superposed_k=3"]), Quiet())
+        "train.range_update_epochs=1", "method.superposed_prob=0.5", "method.superposed_k=3"]), RecordingProgress())
     assert record["spec"]["method"] == "qimera"
     assert record["spec"]["method_config"]["superposed_k"] == 3
     assert all(math.isfinite(v) for v in record["top1_per_epoch"].values()) and record["best_top1"] is not None
@@ -346,7 +342,7 @@ def test_gdfq_superposed_imagenet_generator_mixes_noise_and_cbn():
 def test_gdfq_with_superposed_on_runs(tiny_request):
     record = run(tiny_request(overrides=[
         "train.epochs=2", "train.iters_per_epoch=3", "train.batch_size=8", "train.warmup_epochs=1",
-        "train.range_update_epochs=1", "method.superposed_prob=1.0", "method.superposed_k=3"]), Quiet())
+        "train.range_update_epochs=1", "method.superposed_prob=1.0", "method.superposed_k=3"]), RecordingProgress())
     assert record["spec"]["method_config"]["superposed_prob"] == 1.0
     assert all(math.isfinite(v) for v in record["top1_per_epoch"].values())
 

@@ -11,7 +11,6 @@ from torch import nn
 
 from dfqbench.core.distill import DistilledSet, DistillSettings, ZeroQLoss, distill, init_images
 from dfqbench.core.plugin import Sample, StepContext, load_methods
-from dfqbench.core.progress import Progress
 from dfqbench.core.trainer import Trainer
 from dfqbench.errors import DfqbenchError
 from dfqbench.methods.zeroq import draw_crops, resized_crop
@@ -19,12 +18,7 @@ from dfqbench.quant import activation_quantizers
 from dfqbench.runner import prepare, resolve_settings
 from dfqbench.zoo.tiny import build_tiny
 
-from conftest import TINY_OVERRIDES
-
-
-class Quiet(Progress):
-    def message(self, text: str) -> None:
-        pass
+from conftest import TINY_OVERRIDES, RecordingProgress
 
 
 def _toy_conv_bn() -> nn.Module:
@@ -189,7 +183,7 @@ def test_protocols_keep_zeroq_and_shrink_zeroq_kd_under_quick():
 
 def test_zeroq_tiny_run_calibrates_once_and_freezes_ranges(tiny_request):
     prepared = prepare(tiny_request(method="zeroq", overrides=["method.steps=100"]))
-    trainer = Trainer(prepared, Quiet())
+    trainer = Trainer(prepared, RecordingProgress())
     record = trainer.fit()
     assert record["calibrated_top1"] == record["best_top1"] == record["final_top1"] is not None
     assert (record["epochs"], record["iterations"], record["images_generated"]) == (1, 1, 64)
@@ -215,7 +209,7 @@ def test_zeroq_kd_tiny_run_trains_q_and_repeats_bit_for_bit(tiny_request, tmp_pa
     for i in range(2):
         prepared = prepare(tiny_request(method="zeroq_kd", overrides=overrides, results=str(tmp_path / f"r{i}")))
         initial = {k: v.clone() for k, v in prepared.student.named_parameters()}
-        trainer = Trainer(prepared, Quiet())
+        trainer = Trainer(prepared, RecordingProgress())
         records.append(trainer.fit())
         states.append({k: v.clone() for k, v in trainer.student.state_dict().items()})
         assert any(not torch.equal(p, initial[k]) for k, p in trainer.student.named_parameters())
