@@ -2,28 +2,27 @@
 
 Reads only what runs have written (``runs/*/record.json``, ``spec.json``, ``error.json``,
 ``metrics.jsonl``); never trains. Safe while a grid is still running: a folder without ``record.json`` is
-counted, never raised, by the states of :mod:`dfqbench.launch.state` when it is installed (running = a live
-lease, failed, lost, pending), with ``started`` for a pending folder that already has metrics or a checkpoint
-(a run outside the launcher, or one interrupted); without it: failed (``error.json``), started, pending.
+counted, never raised, by the states of :mod:`dfqbench.launch.state` (running = a live lease, failed, lost,
+pending; torch-free), with ``started`` for a pending folder that already has metrics or a checkpoint (a run
+outside the launcher, or one interrupted).
 A record that cannot be parsed is counted as unreadable.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import yaml
 
 from dfqbench.errors import DfqbenchError
+from dfqbench.launch.state import run_state
 
 RESULTS_ENV = "DFQBENCH_RESULTS"  # the same variable as dfqbench.store.RESULTS_ENV (kept torch-free here)
-METRICS = ("best", "final")
 _METRIC_FIELD = {"best": "best_top1", "final": "final_top1"}
 
 
@@ -147,20 +146,6 @@ def _valid_record(data: Any) -> str | None:
     return f"missing {', '.join(missing)}" if missing else None
 
 
-@functools.lru_cache(maxsize=1)
-def _launch_run_state() -> Callable[[Path], Any] | None:
-    """``dfqbench.launch.state.run_state`` (pending / running / failed / lost from leases), if installed.
-
-    Imported only when a folder has no record (it imports torch through the store); without it, a folder
-    with metrics or a checkpoint counts as running (possibly interrupted) and one with a spec only as pending.
-    """
-    try:
-        from dfqbench.launch.state import run_state
-    except ImportError:
-        return None
-    return run_state
-
-
 def _scan_folder(folder: Path, scan: Scan) -> None:
     record_path = folder / "record.json"
     data, why = _read_json(record_path)
@@ -175,18 +160,9 @@ def _scan_folder(folder: Path, scan: Scan) -> None:
     spec, _ = _read_json(folder / "spec.json")
     spec = spec if isinstance(spec, dict) else None
     started = (folder / "metrics.jsonl").exists() or (folder / "checkpoint.pt").exists()
-    launch_state = _launch_run_state()
-    if launch_state is not None:  # the launcher's lease-aware states, as `dfqbench status` shows them
-        state = launch_state(folder)
-        name = "started" if state.state == "pending" and started else state.state
-        scan.unfinished.append(Unfinished(folder, name, spec, state.reason or ""))
-        return
-    error, _ = _read_json(folder / "error.json")
-    if error is not None:
-        message = error.get("message", "") if isinstance(error, dict) else ""
-        scan.unfinished.append(Unfinished(folder, "failed", spec, message))
-    else:
-        scan.unfinished.append(Unfinished(folder, "started" if started else "pending", spec))
+    state = run_state(folder)  # the launcher's lease-aware states, as `dfqbench status` shows them
+    name = "started" if state.state == "pending" and started else state.state
+    scan.unfinished.append(Unfinished(folder, name, spec, state.reason or ""))
 
 
 def scan_results(root: str | os.PathLike | None) -> Scan:

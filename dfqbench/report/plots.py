@@ -30,7 +30,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dfqbench.report.ablation import is_full  # noqa: E402
 from dfqbench.report.cells import (bits_sort_key, choose_configuration, group_by, is_papers_teacher,  # noqa: E402
-                                   method_label, method_sort_key)
+                                   method_label, method_sort_key, record_key)
 from dfqbench.report.load import RunRecord, read_metrics  # noqa: E402
 from dfqbench.report.published import Published  # noqa: E402
 
@@ -289,7 +289,7 @@ def make_plots(records: list[RunRecord], published: Published, metric: str, fold
     folder.mkdir(parents=True, exist_ok=True)
     records = [r for r in select_cells(records, list(cells)) if is_full(r.spec.get("method_config", {}))]
     records = [r for r in records if r.metric(metric) is not None or r.record.get("top1_per_epoch")]
-    records = shown_records(records, lambda r: (r.protocol, r.model, r.teacher, r.bits, r.method))
+    records = shown_records(records, record_key)
     written: list[Path] = []
     for protocol, proto_records in sorted(group_by(records, lambda r: r.protocol).items()):
         models = group_by(proto_records, lambda r: (r.model, r.teacher))

@@ -14,8 +14,6 @@ from typing import Iterable
 
 from dfqbench.report.model import SUPERSCRIPT_LETTERS, SUPERSCRIPTS, Table, Text
 
-FORMATS = ("markdown", "latex", "csv")
-
 
 # -- markdown ------------------------------------------------------------------------------------------
 def _md_escape(text: str) -> str:

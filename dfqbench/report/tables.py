@@ -41,13 +41,25 @@ def fmt_delta(x: float | None) -> str:
     return "–" if x is None else f"{x:+.2f}".replace("-", "−")
 
 
-def fmt_ours(cell: Cell, notes: Footnotes) -> str:
+def fmt_ours(cell: Cell, notes: Footnotes, label: str, metric: str | None = None) -> str:
+    """Our cell text with its footnote marks: other configurations, (with ``metric``) finished runs without
+    that metric, diverged runs; ``label`` names the cell in the footnotes."""
     s = cell.summary
     if s is None:
         states = cell.state_text()
-        return f"–{notes.mark(MISSING_NOTE)}" + (f" ({states})" if states else "")
-    text = fmt_number(s.mean) + (f" ± {fmt_number(s.std)}" if s.std is not None else "") + f" (n={s.n})"
-    return text + (f"; +{cell.state_text()}" if cell.states else "")
+        text = f"–{notes.mark(MISSING_NOTE)}" + (f" ({states})" if states else "")
+    else:
+        text = fmt_number(s.mean) + (f" ± {fmt_number(s.std)}" if s.std is not None else "") + f" (n={s.n})"
+        text += f"; +{cell.state_text()}" if cell.states else ""
+    if cell.others:
+        text += notes.mark(f"{label}: shown the configuration with the most finished seeds; not shown: "
+                           f"{'; '.join(cell.others)}.")
+    if metric is not None and cell.no_metric:
+        text += notes.mark(f"{cell.no_metric} finished run(s) without a {metric} top-1 (never evaluated, or "
+                           "training diverged before the last epoch).")
+    if cell.diverged:
+        text += notes.mark(cell.diverged_note(label))
+    return text
 
 
 def fmt_published(value: PublishedValue | None) -> str:
@@ -180,15 +192,7 @@ def _main_table(layout: PublishedTable, published: Published, protocol: str, rec
                 continue
             cell = make_cell(by_cell.get((protocol, model, teacher, bits, method), []),
                              unfinished_by_cell.get((protocol, model, teacher, bits, method), []), metric)
-            ours = fmt_ours(cell, notes)
-            if cell.others:
-                ours += notes.mark(f"{method_label(method)} {bits.upper()} ({model}): shown the configuration with "
-                                   f"the most finished seeds; not shown: {'; '.join(cell.others)}.")
-            if cell.no_metric:
-                ours += notes.mark(f"{cell.no_metric} finished run(s) without a {metric} top-1 (never evaluated, or "
-                                   "training diverged before the last epoch).")
-            if cell.diverged:
-                ours += notes.mark(cell.diverged_note(f"{method_label(method)} {bits.upper()} ({model})"))
+            ours = fmt_ours(cell, notes, f"{method_label(method)} {bits.upper()} ({model})", metric)
             diff, kind = delta(cell, paper, paper_row.fp if paper_row else None, papers_teacher)
             cells.append([ours, fmt_published(paper), fmt_delta(diff)])
             means.append(cell.summary.mean if cell.summary else None)
@@ -293,12 +297,7 @@ def _ablation_table(key: tuple[str, str, str, str | None], records: list[tuple[R
         for bits in bits_list:
             cell = make_cell([r for r, _ in by_cell.get((terms, bits), [])],
                              [u for u, _ in unf_by_cell.get((terms, bits), [])], metric)
-            ours = fmt_ours(cell, notes)
-            if cell.others:
-                ours += notes.mark(f"{terms_label(terms)} {bits.upper()}: shown the configuration with the most "
-                                   f"finished seeds; not shown: {'; '.join(cell.others)}.")
-            if cell.diverged:
-                ours += notes.mark(cell.diverged_note(f"{terms_label(terms)} {bits.upper()}"))
+            ours = fmt_ours(cell, notes, f"{terms_label(terms)} {bits.upper()}")
             paper = pub_values.get(bits)
             diff, kind = delta(cell, paper, paper_fp, papers_teacher)
             row_cells.append([ours, fmt_published(paper), fmt_delta(diff)])
@@ -320,9 +319,6 @@ def _ablation_table(key: tuple[str, str, str, str | None], records: list[tuple[R
                      f"column in bold. {counts_text([r for r, _ in records], [u for u, _ in unfinished])}")
     table.notes = notes.lines() + (list(pub.notes) if pub else [])
     return table
-
-
-TABLES = ("table1", "qimera_t2", "ablation")
 
 
 def build_tables(scan: Scan, published: Published, which: str = "all", metric: str = "best", all_rows: bool = False,
