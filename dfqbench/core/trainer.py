@@ -238,6 +238,11 @@ class Trainer:
         with probing(self.quantizers, self.generator, self.student):
             return self.teacher(x), self.student(x)
 
+    def _probe_student(self, x: torch.Tensor) -> torch.Tensor:
+        """Student logits on x with no side effect on the run (where the teacher's are already known)."""
+        with probing(self.quantizers, self.generator, self.student):
+            return self.student(x)
+
     def _teacher_pass(self, x: torch.Tensor, bns: bool = False) -> tuple[torch.Tensor, Features, torch.Tensor | None]:
         """Teacher logits, its features (``uses_features`` methods) and, if asked, the BNS loss of this forward."""
         if bns:
@@ -284,10 +289,10 @@ class Trainer:
         method, cfg, num_classes = self.method, self.cfg, self.method.num_classes
         sample = method.sample(cfg.batch_size, self.device)
         x = self._generate(sample)
-        t, t_feats, bns = self._teacher_pass(x, bns=True)
+        t, t_feats, bns = self._teacher_pass(x, bns=method.trains_generator)  # L_BNS only feeds the G step
         s_g, s_feats = self._student_pass(x) if method.student_in_generator_loss else (None, None)
         if log:  # R(θ_g, θ_q): the batch before the G step
-            s_before = s_g.detach() if s_g is not None else self._probe(x.detach())[1]
+            s_before = s_g.detach() if s_g is not None else self._probe_student(x.detach())
             r_before = game_value(t.detach(), s_before)
         if method.trains_generator:
             self._generator_update(StepContext(x, sample, t, s_g, bns, num_classes, epoch, t_feats, s_feats))
@@ -307,7 +312,7 @@ class Trainer:
             self._q_step(epoch, train_q, q_sample, xq, tq, tq_feats)
 
         if log:  # R(θ_g*, θ_q*) and the Balance Gap (AdaSG Definition 3)
-            s_after_q = self._probe(x_after)[1]
+            s_after_q = self._probe_student(x_after)
             r_after_q = game_value(t_after, s_after_q)
             self.window.point({
                 "H_g": h_after_g, "H_q": disagreement_entropy(t_after, s_after_q).mean(),
@@ -324,10 +329,10 @@ class Trainer:
             q_sample, xq, tq, tq_feats = self._fresh_q_batch()
             if log and step == 0:  # R(θ_g, θ_q) on the first Q batch, before any Q step
                 probe_sample, x_probe, t_probe = q_sample, xq, tq
-                r_before = game_value(t_probe, self._probe(x_probe)[1])
+                r_before = game_value(t_probe, self._probe_student(x_probe))
             self._q_step(epoch, train_q, q_sample, xq, tq, tq_feats)
         if log:  # R(θ_g, θ_q*): G has not moved, so the same x
-            s_after_q = self._probe(x_probe)[1]
+            s_after_q = self._probe_student(x_probe)
             h_after_q = disagreement_entropy(t_probe, s_after_q).mean()
             r_after_q = game_value(t_probe, s_after_q)
 
