@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.log_every < 1:
+        raise DfqbenchError(f"invalid --log-every {args.log_every}: must be >= 1")
     if args.grid is not None:  # before the imports below: a dry run from the plan cache never imports torch
         return run_grid(args)
     from dfqbench.core.progress import make_progress
@@ -61,8 +63,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     missing = [flag for flag in ("method", "model", "bits") if getattr(args, flag) is None]
     if missing:
         raise DfqbenchError(f"--{missing[0]} is required (or run a grid with --grid NAME|FILE)")
-    if args.log_every < 1:
-        raise DfqbenchError(f"invalid --log-every {args.log_every}: must be >= 1")
     request = RunRequest(
         method=args.method, model=args.model, bits=args.bits, seed=args.seed or 0, protocol=args.protocol or "paper",
         overrides=list(args.overrides), weights=args.weights, weights_dir=args.weights_dir,

@@ -99,6 +99,12 @@ class RunFolder:
             return None
         return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
 
+    def checkpoint_epoch(self) -> int | None:
+        """The last checkpointed epoch, read with the file memory-mapped (its tensors are not loaded)."""
+        if not self.checkpoint_path.exists():
+            return None
+        return torch.load(self.checkpoint_path, map_location="cpu", mmap=True, weights_only=False)["epoch"]
+
     def write_record(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.record_path, record)
 

@@ -57,8 +57,6 @@ def results_root(text: str | None) -> Path:
 def _options(args: argparse.Namespace):
     from dfqbench.launch.plan import LaunchOptions
 
-    if args.log_every < 1:
-        raise DfqbenchError(f"invalid --log-every {args.log_every}: must be >= 1")
     return LaunchOptions(
         results=results_root(args.results), device=args.device,
         weights=_path(args.weights), weights_dir=_path(args.weights_dir), weights_norm=args.weights_norm,

@@ -88,7 +88,6 @@ class PlannedCell:
     train: dict[str, Any] | None = None
     q_steps: int | None = None
     results: Path | None = None
-    partial: bool = False
     duplicate_of: str | None = None
     decision: Decision | None = None
     request: "RunRequest | None" = None  # set by a full plan (plan_grid), None from the plan cache
@@ -184,7 +183,7 @@ def assemble(grid: Grid, options: LaunchOptions, cells: list[Cell], decisions: l
         else:
             state = run_state(options.results / "runs" / decision.run_name)
         item = PlannedCell(cell, state.state, state.reason, decision.run_name, decision.run_id, decision.train,
-                           decision.q_steps, options.results, state.partial, decision=decision)
+                           decision.q_steps, options.results, decision=decision)
         if extras is not None:
             item.request, item.spec = extras[i]
         if decision.run_id is not None:

@@ -72,7 +72,7 @@ def _reasons(cells: list[PlannedCell]) -> list[str]:
     return [f"  {n} × {reason}" for reason, n in counts.most_common()]
 
 
-def describe(plan: Plan, retry_failed: bool = False, estimate: bool = True) -> str:
+def describe(plan: Plan, retry_failed: bool = False) -> str:
     """The whole report: header, counts, matrix, estimate, and the reasons for every non-run cell."""
     grid, counts = plan.grid, plan.counts()
     lines = [f"grid {grid.name} ({grid.path})"]
@@ -91,8 +91,7 @@ def describe(plan: Plan, retry_failed: bool = False, estimate: bool = True) -> s
     lines.extend(matrix(plan))
     lines.append("")
     todo = plan.to_launch(retry_failed)
-    if estimate:
-        lines.append(f"to run: {len(todo)} runs, estimated {plan.estimate(todo).text()}")
+    lines.append(f"to run: {len(todo)} runs, estimated {plan.estimate(todo).text()}")
     for status, title in (("excluded", "excluded by the grid"), ("unsupported", "unsupported by the method"),
                           ("invalid", "invalid (the grid will not start until these are fixed or filtered out "
                                       "with --only)")):

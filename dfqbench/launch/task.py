@@ -123,9 +123,8 @@ class GridTask:
         return Outcome("done", None, ran=True)
 
     def _start_attempt(self, job_id: str, executor: str) -> dict[str, Any]:
-        checkpoint = self.folder.load_checkpoint() if self.folder.checkpoint_path.exists() else None
         attempt = {"job_id": job_id, "executor": executor, "host": socket.gethostname(), "pid": os.getpid(),
-                   "started_at": time.time(), "resumed_after_epoch": None if checkpoint is None else checkpoint["epoch"]}
+                   "started_at": time.time(), "resumed_after_epoch": self.folder.checkpoint_epoch()}
         self._write_attempts(self.read_attempts(self.folder.path) + [attempt])
         return attempt
 
