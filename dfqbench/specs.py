@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -93,13 +93,27 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=list)
 
 
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1) plus YAML 1.2's float syntax, so that 1e-4 and 1e30 are numbers."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """YAML as users write it in overrides, filters and grid files (safe; ``1e-4`` is a float)."""
+    return yaml.load(text, Loader=_Yaml12FloatLoader)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"train.epochs=3"`` → ``("train.epochs", 3)``; values are read as YAML (numbers, lists, null, bools)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise DfqbenchError(f"invalid override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = read_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -129,13 +143,6 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
         if not isinstance(value, bool):
             raise DfqbenchError(f"invalid value {value!r} for {key}: expected true or false")
         return value
-    if isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, str):
-        try:  # PyYAML (YAML 1.1) reads 1e-4 or 1e30 as strings
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if math.isfinite(number):
-            value = number
     if isinstance(current, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
         return type(current)(value) if isinstance(current, float) or float(value).is_integer() else value
     if isinstance(current, (list, tuple)):

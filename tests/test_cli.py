@@ -78,6 +78,10 @@ def test_overrides_accept_scientific_notation():
     assert out["train"] == {"lr_q": 1e-4, "epochs": 10} and isinstance(out["train"]["epochs"], int)
     with pytest.raises(DfqbenchError, match="train.epochs"):
         apply_overrides(sections, ["train.epochs=inf"])
+    from dfqbench.specs import read_yaml
+
+    assert [read_yaml(t) for t in ("1e-4", "-2.5E+3", "10", "1.5", "1e", "w4a4")] == [1e-4, -2500.0, 10, 1.5, "1e", "w4a4"]
+    assert isinstance(read_yaml("10"), int) and isinstance(read_yaml("1e1"), float)
 
 
 def test_missing_weights_and_unreadable_data_root(tmp_path, capsys):

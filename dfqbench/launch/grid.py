@@ -47,7 +47,7 @@ import yaml
 from dfqbench.errors import DfqbenchError
 from dfqbench.grids import GRID_DIR, shipped_grids
 from dfqbench.registry import unknown_choice
-from dfqbench.specs import TrainConfig, parse_override
+from dfqbench.specs import TrainConfig, parse_override, read_yaml
 
 TOP_KEYS = ("name", "description", "base", "axes", "together", "exclude", "presets")
 CELL_KEYS = ("method", "model", "bits", "seed", "protocol", "variant", "profile")
@@ -244,7 +244,7 @@ def load_grid(text: str | Path) -> Grid:
     """Read and structurally validate a grid (shipped name or file path)."""
     path = find_grid(str(text))
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise DfqbenchError(f"grid file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
     raw = _mapping(path, "the file", raw)
@@ -346,7 +346,7 @@ def parse_filters(texts: list[str] | None) -> dict[str, list[Any]]:
         key = key.strip()
         if not sep or not key or not raw.strip():
             raise DfqbenchError(f"invalid --only {text!r}: expected KEY=VALUE[,VALUE…], e.g. method=adasg bits=w3a3")
-        values = [yaml.safe_load(v.strip()) for v in raw.split(",")]
+        values = [read_yaml(v.strip()) for v in raw.split(",")]
         if key == "bits":
             values = [str(v).lower() for v in values]
         filters.setdefault(key, []).extend(values)

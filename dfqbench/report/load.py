@@ -21,6 +21,7 @@ import yaml
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.launch.state import run_state
+from dfqbench.specs import read_yaml
 
 RESULTS_ENV = "DFQBENCH_RESULTS"  # the same variable as dfqbench.store.RESULTS_ENV (kept torch-free here)
 _METRIC_FIELD = {"best": "best_top1", "final": "final_top1"}
@@ -217,7 +218,7 @@ class Where:
         parts = [raw] if raw.strip().startswith("[") else raw.split(",")  # a YAML list is one value
         for part in parts:
             try:
-                values.append(yaml.safe_load(part))
+                values.append(read_yaml(part))
             except yaml.YAMLError:
                 values.append(part)
         return cls(key.strip(), tuple(values))
