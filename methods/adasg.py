@@ -24,23 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from dfqbench.core.game_losses import (agreement_ce, bound_loss, disagreement_ce, disagreement_entropy_at,
                                        entropy_maximization_loss)
-from dfqbench.core.plugin import LossTerms, Method, Sample, StepContext, register_method
+from dfqbench.core.plugin import LossTerms, Method, StepContext, register_method
+from dfqbench.core.superposed import check_superposed_settings
 from dfqbench.errors import DfqbenchError
 from dfqbench.methods.gdfq import GDFQ
-
-# The fields an AdaSG/AdaDFQ config shares with GDFQ's generation, passed to the inner GDFQ plugin that
-# builds the generator, samples and generates: the latent size and the optional superposed sampling.
-GENERATION_FIELDS = ("latent_dim", "superposed_prob", "superposed_k", "cbn_divide_by_k")
-
-
-def generation_config(config: Any) -> Any:
-    """GDFQ's config for the generation half of an AdaSG/AdaDFQ config (validates the shared fields)."""
-    return GDFQ.config_class(**{name: getattr(config, name) for name in GENERATION_FIELDS})
-
 
 @dataclass(frozen=True)
 class GameSchedule:
@@ -78,7 +68,7 @@ def check_game_config(config: Any, weights: tuple[str, ...]) -> None:
         raise DfqbenchError(f"invalid method.temperature={config.temperature!r}: must be > 0")
     if config.latent_dim < 1:
         raise DfqbenchError(f"invalid method.latent_dim={config.latent_dim!r}: must be >= 1")
-    generation_config(config)
+    check_superposed_settings(config.superposed_prob, config.superposed_k)
 
 
 @dataclass(frozen=True)
@@ -146,25 +136,10 @@ class AdaSG(Method):
             train["eval_start_epoch"] = sched.warmup_epochs - 1
         return {"train": train, "method": cls.method_presets(dataset, model, wbits, abits), "quant": {}}
 
-    # -- generation: GDFQ's, delegated ---------------------------------------------------------------
-    def __init__(self, config: Any, num_classes: int, input_size: int, dataset: str) -> None:
-        super().__init__(config, num_classes, input_size, dataset)
-        self.generation = GDFQ(generation_config(config), num_classes, input_size, dataset)
-
-    def setup(self, teacher: nn.Module, device: torch.device) -> None:
-        self.generation.setup(teacher, device)
-
-    def build_generator(self) -> nn.Module:
-        return self.generation.build_generator()
-
-    def generator_optimizer(self, generator: nn.Module, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
-        return self.generation.generator_optimizer(generator, lr, betas)
-
-    def sample(self, batch_size: int, device: torch.device) -> Sample:
-        return self.generation.sample(batch_size, device)
-
-    def generate(self, generator: nn.Module, sample: Sample) -> torch.Tensor:
-        return self.generation.generate(generator, sample)
+    # -- generation: GDFQ's (the config carries latent_dim and the superposed-sampling fields GDFQ reads) --
+    build_generator = GDFQ.build_generator
+    sample = GDFQ.sample
+    generate = GDFQ.generate
 
     # -- objectives ----------------------------------------------------------------------------------
     def loss_weights(self) -> dict[str, float]:
