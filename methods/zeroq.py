@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dfqbench.core.distill import INITS, DistilledSet, DistillSettings, distill
+from dfqbench.core.losses import kd_kl_batchmean
 from dfqbench.core.plugin import LossTerms, Method, Sample, StepContext, register_method
 from dfqbench.errors import DfqbenchError
 from dfqbench.registry import unknown_choice
@@ -81,13 +81,6 @@ class ZeroQKDConfig(ZeroQConfig):
             raise DfqbenchError(unknown_choice("method.augment", self.augment, list(AUGMENTS)))
         if not 0.0 < self.crop_scale_min <= 1.0:
             raise DfqbenchError(f"invalid method.crop_scale_min={self.crop_scale_min!r}: must be in (0, 1]")
-
-
-def kd_kl_batchmean(teacher_logits: Tensor, student_logits: Tensor, temperature: float) -> Tensor:
-    """KL(p_T ‖ p_Q) at temperature T summed over classes, averaged over the batch (``KLDivLoss('batchmean')``)."""
-    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
 
 
 def draw_crops(batch: int, size: int, scale_min: float) -> tuple[Tensor, Tensor]:

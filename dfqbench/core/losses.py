@@ -8,6 +8,13 @@ import torch
 import torch.nn.functional as F
 
 
+def kd_kl_terms(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The (B, C) elements p_T,c · (log p_T,c − log p_Q,c) of KL(p_T ‖ p_Q) at temperature T."""
+    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    return log_p_t.exp() * (log_p_t - log_p_s)
+
+
 def kd_kl_element_mean(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(p_T ‖ p_Q) at temperature T averaged over all B·C elements, *not* over the batch.
 
@@ -15,9 +22,12 @@ def kd_kl_element_mean(teacher_logits: torch.Tensor, student_logits: torch.Tenso
     batch-mean KL divided by the number of classes C. It is written out explicitly because PyTorch is
     changing the meaning of reduction='mean' (methods.md §2.3, "reduction pitfall").
     """
-    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).mean()
+    return kd_kl_terms(teacher_logits, student_logits, temperature).mean()
+
+
+def kd_kl_batchmean(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(p_T ‖ p_Q) at temperature T summed over classes, averaged over the batch (``KLDivLoss('batchmean')``)."""
+    return kd_kl_terms(teacher_logits, student_logits, temperature).sum(dim=1).mean()
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
