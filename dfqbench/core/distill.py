@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from dfqbench.core.features import FeatureTap
 from dfqbench.errors import DfqbenchError
 from dfqbench.registry import unknown_choice
 
@@ -63,7 +64,7 @@ class ZeroQLoss:
 
     def __init__(self, teacher: nn.Module, eps: float = 1e-6) -> None:
         bns = [m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
-        convs = [m for m in teacher.modules() if isinstance(m, nn.Conv2d)][: len(bns)]
+        convs = [name for name, m in teacher.named_modules() if isinstance(m, nn.Conv2d)][: len(bns)]
         if not bns:
             raise DfqbenchError("ZeroQ distillation needs a teacher with BatchNorm2d layers; this one has none")
         if len(convs) < len(bns):
@@ -72,35 +73,23 @@ class ZeroQLoss:
         self.teacher = teacher
         self.eps = eps
         self.targets = [(bn.running_mean.detach().clone(), torch.sqrt(bn.running_var.detach() + eps)) for bn in bns]
-        self._outputs: list[Tensor | None] = [None] * len(bns)
-        self._handles = [conv.register_forward_hook(self._recorder(i)) for i, conv in enumerate(convs)]
-
-    def _recorder(self, index: int) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            self._outputs[index] = output
-
-        return hook
+        self.tap = FeatureTap(teacher, convs)
 
     def __call__(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss on images ``x`` and its four parts (BN mean/std terms summed over layers; input terms)."""
-        self._outputs = [None] * len(self.targets)
-        self.teacher(x)
+        _, outputs = self.tap(x)
         bn_mean = x.new_zeros(())
         bn_std = x.new_zeros(())
-        for output, (mean, std) in zip(self._outputs, self.targets):
-            if output is None:
-                raise RuntimeError("a hooked convolution was not called in the teacher's forward")
+        for output, (mean, std) in zip(outputs, self.targets):
             m, s = per_sample_stat_loss(output, mean, std, self.eps)
             bn_mean, bn_std = bn_mean + m, bn_std + s
-        self._outputs = [None] * len(self.targets)
         channels = x.shape[1]
         in_mean, in_std = per_sample_stat_loss(x, x.new_zeros(channels), x.new_ones(channels), self.eps)
         terms = {"bn_mean": bn_mean, "bn_std": bn_std, "input_mean": in_mean, "input_std": in_std}
         return bn_mean + bn_std + in_mean + in_std, terms
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+        self.tap.remove()
 
 
 @dataclass(frozen=True)
