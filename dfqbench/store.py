@@ -19,9 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from dfqbench.specs import RunSpec
+
+# torch is imported inside the checkpoint functions only, so that `dfqbench status`, a cached dry run and the
+# reporter can use the store's paths and atomic writes without importing it.
 
 RESULTS_ENV = "DFQBENCH_RESULTS"
 
@@ -50,6 +51,8 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -97,12 +100,16 @@ class RunFolder:
     def load_checkpoint(self) -> dict[str, Any] | None:
         if not self.checkpoint_path.exists():
             return None
+        import torch
+
         return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
 
     def checkpoint_epoch(self) -> int | None:
         """The last checkpointed epoch, read with the file memory-mapped (its tensors are not loaded)."""
         if not self.checkpoint_path.exists():
             return None
+        import torch
+
         return torch.load(self.checkpoint_path, map_location="cpu", mmap=True, weights_only=False)["epoch"]
 
     def write_record(self, record: dict[str, Any]) -> None:

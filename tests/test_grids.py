@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -325,15 +326,20 @@ def test_grid_with_invalid_cells_refuses_to_start(tmp_path, capsys):
 
 
 # -- the plan cache ------------------------------------------------------------------------------------
-def test_status_helpers_agree_with_the_store(tmp_path, monkeypatch):
-    """state.py and launch/cli.py repeat two facts of dfqbench.store so that they need not import torch."""
-    from dfqbench.launch import state
-    from dfqbench.launch.cli import results_root
-    from dfqbench.store import RunFolder, default_results_root
+def test_status_reads_the_store_without_torch(tmp_path, monkeypatch):
+    """`dfqbench status` and a cached dry run use dfqbench.store itself, which imports torch only to checkpoint."""
+    import subprocess
 
-    folder = RunFolder(tmp_path)
-    assert (folder.record_path.name, folder.error_path.name, folder.checkpoint_path.name) == \
-        (state.RECORD, state.ERROR, state.CHECKPOINT)
+    from dfqbench.launch.cli import results_root
+    from dfqbench.store import RunFolder, atomic_write_json, default_results_root
+
+    probe = "import sys, dfqbench.store, dfqbench.launch.state; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
+    folder = RunFolder(tmp_path / "run")
+    atomic_write_json(folder.error_path, {"type": "RunDiverged", "message": "nan"})
+    assert run_state(folder.path).state == "failed"
+    atomic_write_json(folder.record_path, {})
+    assert run_state(folder.path).state == "done"
     monkeypatch.setenv("DFQBENCH_RESULTS", str(tmp_path / "elsewhere"))
     assert results_root(None) == default_results_root().resolve()
     monkeypatch.delenv("DFQBENCH_RESULTS")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -49,9 +48,10 @@ def _path(text: str | None) -> str | None:
 
 
 def results_root(text: str | None) -> Path:
-    """--results, else $DFQBENCH_RESULTS, else ./results: dfqbench.store.default_results_root, repeated so that
-    `status` and a cached dry run do not import the store (and torch); tests/test_grids.py checks they agree."""
-    return Path(text or os.environ.get("DFQBENCH_RESULTS", "results")).expanduser().resolve()
+    """--results, else $DFQBENCH_RESULTS, else ./results (:func:`dfqbench.store.default_results_root`), resolved."""
+    from dfqbench.store import default_results_root
+
+    return (Path(text) if text else default_results_root()).expanduser().resolve()
 
 
 def _options(args: argparse.Namespace):

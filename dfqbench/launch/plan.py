@@ -24,6 +24,7 @@ from dfqbench.errors import DfqbenchError
 from dfqbench.launch.estimate import Estimate, formula_seconds
 from dfqbench.launch.grid import Cell, Grid, apply_filters, dataset_of, expand
 from dfqbench.launch.state import RunState, run_state
+from dfqbench.store import RunFolder
 
 if TYPE_CHECKING:
     from dfqbench.launch.identity import Teacher
@@ -157,7 +158,7 @@ def _cost_key(c: PlannedCell) -> str:
 
 def _read_record(run_dir: Path | None) -> dict[str, Any] | None:
     try:
-        return json.loads((run_dir / "record.json").read_text()) if run_dir else None
+        return RunFolder(run_dir).read_record() if run_dir else None
     except (OSError, ValueError):
         return None
 

@@ -26,13 +26,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from dfqbench.launch.grid import Cell, Grid
 from dfqbench.launch.plan import Decision, LaunchOptions, Plan, assemble, plan_grid, select_cells
+from dfqbench.store import atomic_write_bytes
 
 CACHE_ENV = "DFQBENCH_PLAN_CACHE"
 SCHEMA = 1
@@ -173,19 +173,12 @@ def remember(plan: Plan) -> None:
                 "decision": dataclasses.asdict(c.decision),
                 "teacher_stat": _stat(plan.models.get(c.cell.model, {}).get("teacher_file")),
             }
-    tmp = None
     try:
-        text = json.dumps(data)
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".plan.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, json.dumps(data).encode())
         for old in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)[:-KEEP_FILES]:
             old.unlink(missing_ok=True)
     except (OSError, TypeError, ValueError):
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        pass  # the cache is an optimisation: a failed write only means the next dry run plans in full
 
 
 def plan_dry(grid: Grid, options: LaunchOptions, filters: dict[str, list[Any]] | None = None,

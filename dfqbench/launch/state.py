@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfqbench.launch.lease import describe_lease, lease_alive, read_lease
+from dfqbench.store import RunFolder
 
 RUN_STATES = ("pending", "running", "done", "failed", "lost")
-# The file names of dfqbench.store.RunFolder (tests/test_grids.py checks they agree), repeated here so that
-# `dfqbench status` and a cached dry run read states without importing torch.
-RECORD, ERROR, CHECKPOINT = "record.json", "error.json", "checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -38,14 +36,15 @@ def error_reason(path: Path) -> str:
 
 
 def run_state(run_dir: Path) -> RunState:
-    if (run_dir / RECORD).exists():
+    folder = RunFolder(run_dir)
+    if folder.is_done():
         return RunState("done")
-    partial = (run_dir / CHECKPOINT).exists()
+    partial = folder.checkpoint_path.exists()
     lease = read_lease(run_dir)
     if lease is not None and lease_alive(lease):
         return RunState("running", describe_lease(lease), partial)
-    if (run_dir / ERROR).exists():
-        return RunState("failed", error_reason(run_dir / ERROR), partial)
+    if folder.error_path.exists():
+        return RunState("failed", error_reason(folder.error_path), partial)
     if lease is not None:
         return RunState("lost", f"died without a result: {describe_lease(lease)}", partial)
     return RunState("pending", None, partial)

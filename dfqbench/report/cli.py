@@ -7,9 +7,7 @@ Reads stored records only. Kept import-light (the heavy modules load inside :fun
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +48,6 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="OTHER_RESULTS",
                    help="compare this results folder (B) against --results (A) cell by cell instead of the tables")
     return p
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` and rename it over ``path`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def grid_selection(args: argparse.Namespace, root: Path) -> tuple[set[str], list[Any], list[str]]:
@@ -125,7 +110,9 @@ def run_report(args: argparse.Namespace) -> int:
                             + (" …" if len(scan.unreadable) > 5 else ""))
     text = render(tables, args.format, preamble if args.format != "csv" else ())
     if args.out:
-        atomic_write_text(Path(args.out), text)
+        from dfqbench.store import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.out), text.encode("utf-8"))  # never half-written
         print(f"wrote {args.out} ({len(tables)} table{'s' if len(tables) != 1 else ''}, {args.format}); "
               f"{scan.status_line()}")
     else:

@@ -21,15 +21,15 @@ import yaml
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.launch.state import run_state
+from dfqbench.store import RESULTS_ENV, default_results_root
 from dfqbench.specs import read_yaml
 
-RESULTS_ENV = "DFQBENCH_RESULTS"  # the same variable as dfqbench.store.RESULTS_ENV (kept torch-free here)
 _METRIC_FIELD = {"best": "best_top1", "final": "final_top1"}
 
 
 def results_root(path: str | os.PathLike | None) -> Path:
     """``--results`` if given, else ``$DFQBENCH_RESULTS``, else ``./results`` (as for ``dfqbench run``)."""
-    return Path(path) if path is not None else Path(os.environ.get(RESULTS_ENV, "results"))
+    return Path(path) if path is not None else default_results_root()
 
 
 def teacher_key(teacher: dict[str, Any]) -> str:
