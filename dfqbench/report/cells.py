@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, TypeVar
 
-from dfqbench.report.load import RunRecord, Unfinished, teacher_key
+from dfqbench.report.load import RunRecord, Unfinished, flatten, teacher_key
 from dfqbench.report.stats import Summary, summarize
 
 K = TypeVar("K", bound=Hashable)
@@ -50,16 +50,6 @@ def group_by(items: Iterable[Any], key: Callable[[Any], K]) -> dict[K, list[Any]
     for item in items:
         groups[key(item)].append(item)
     return groups
-
-
-def flatten(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in spec.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def spec_diff(shown: dict[str, Any], other: dict[str, Any]) -> list[str]:
@@ -123,15 +113,18 @@ def make_cell(records: list[RunRecord], unfinished: list[Unfinished], metric: st
     return cell
 
 
+def spec_key(spec: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """(protocol, model, teacher, bits, method): the table cell a run belongs to."""
+    return (spec.get("protocol", "custom"), spec["model"], teacher_key(spec["teacher"]), spec["bits"], spec["method"])
+
+
 def unfinished_key(item: Unfinished) -> tuple[str, str, str, str, str] | None:
-    """(protocol, model, teacher, bits, method) of an unfinished run, or None without a readable spec."""
-    spec = item.spec
+    """:func:`spec_key` of an unfinished run, or None without a readable spec."""
     try:
-        return (spec.get("protocol", "custom"), spec["model"], teacher_key(spec["teacher"]), spec["bits"],
-                spec["method"])
+        return spec_key(item.spec)
     except (AttributeError, KeyError, TypeError):
         return None
 
 
 def record_key(record: RunRecord) -> tuple[str, str, str, str, str]:
-    return (record.protocol, record.model, record.teacher, record.bits, record.method)
+    return spec_key(record.spec)

@@ -260,7 +260,7 @@ def filter_scan(scan: Scan, wheres: Iterable[Where] = (), run_ids: set[str] | No
     specs = [r.spec for r in scan.records] + [u.spec for u in scan.unfinished if u.spec is not None]
     for where in wheres:
         if specs and not any(where.lookup(s)[0] for s in specs):
-            keys = sorted(_dotted_keys(specs[0]))
+            keys = sorted(flatten(specs[0]))
             from dfqbench.registry import unknown_choice
 
             raise DfqbenchError(unknown_choice("--where key", where.key, keys))
@@ -276,9 +276,12 @@ def filter_scan(scan: Scan, wheres: Iterable[Where] = (), run_ids: set[str] | No
                 list(scan.unreadable))
 
 
-def _dotted_keys(spec: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
+def flatten(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested spec as ``{"dotted.key": value}`` (the keys --where and the footnotes name)."""
+    out: dict[str, Any] = {}
     for key, value in spec.items():
-        name = f"{prefix}{key}"
-        keys.extend(_dotted_keys(value, f"{name}.") if isinstance(value, dict) else [name])
-    return keys
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
