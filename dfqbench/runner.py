@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dfqbench.core.engine import resolve_engine
 from dfqbench.core.plugin import Method, load_methods
 from dfqbench.core.progress import Progress
 from dfqbench.errors import DfqbenchError
@@ -42,6 +43,7 @@ class RunRequest:
     results: str | None = None
     device: str = "auto"
     log_every: int = 50
+    engine: str = "auto"  # auto | eager | compiled (dfqbench.core.engine); recorded, not hashed, like the device
 
 
 def resolve_device(text: str) -> torch.device:
@@ -95,6 +97,7 @@ def prepare(request: RunRequest) -> "PreparedRun":
         method_cls, info.dataset, info.name, bits, request.protocol, request.overrides
     )
     device = resolve_device(request.device)
+    engine = resolve_engine(request.engine, device)
     loaded = load_pretrained(info.name, request.weights, request.weights_dir, request.weights_norm)
     test_set = load_test_set(info, request.data_root)
     spec = RunSpec(
@@ -109,7 +112,25 @@ def prepare(request: RunRequest) -> "PreparedRun":
     evaluator = Evaluator(test_set, loaded.normalization, device=device, max_images=train["eval_max_images"])
     method = method_cls(method_cls.config_class(**method_config), info.num_classes, info.input_size, info.dataset)
     return PreparedRun(spec=spec, method=method, teacher=loaded.model, student=student, evaluate=evaluator.evaluate,
-                       folder=ResultsStore(request.results).folder(spec), device=device, log_every=request.log_every)
+                       folder=ResultsStore(request.results).folder(spec), device=device, log_every=request.log_every,
+                       engine=engine)
+
+
+def out_of_memory_message(device: torch.device, exc: BaseException) -> str:
+    """One line for a run that did not fit in GPU memory: the device, what was asked and free, and the fix."""
+    import re
+
+    parts = []
+    asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(exc))
+    if asked:
+        parts.append(f"asked for {asked.group(1)}")
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+        parts.append(f"{free / 2**30:.2f} of {total / 2**30:.2f} GiB free now")
+    except Exception:  # noqa: BLE001  (no CUDA device to ask: the message goes without it)
+        pass
+    return (f"CUDA out of memory on {device}" + (f" ({'; '.join(parts)})" if parts else "")
+            + "; lower --runs-per-gpu (or the profile's runs_per_gpu) or the batch size (train.batch_size=N)")
 
 
 def run(request: RunRequest, progress: Progress) -> dict[str, Any]:
@@ -127,6 +148,11 @@ def run(request: RunRequest, progress: Progress) -> dict[str, Any]:
         record = Trainer(prepared, progress).fit()
     except KeyboardInterrupt:
         raise
+    except torch.cuda.OutOfMemoryError as exc:  # one line (error.json keeps the traceback); exit status 1
+        error = DfqbenchError(out_of_memory_message(prepared.device, exc))
+        error.exit_code = 1  # type: ignore[attr-defined]  (a run-time failure, not bad input)
+        folder.write_error(error)
+        raise error from exc
     except BaseException as exc:
         folder.write_error(exc)
         raise

@@ -7,7 +7,7 @@ along channels; both relation branches fixed at γ 0.1 (utils/loss.py L65-109, c
 g are the residual-stage outputs (ZAQ ``forward(x, out_feat=True)``; here ``features.stage1..N`` read by
 hooks, :mod:`dfqbench.core.features`). L1 is F.l1_loss's element mean.
 Loop (main.py L21-57, L160-185): per iteration 5 Q steps, each on a fresh z ~ N(0, I) batch with G(z)
-detached, then 1 G step on a fresh batch (trainer flag ``q_first``); gradients reach G through P and
+detached, then 1 G step on a fresh batch (``steps``); gradients reach G through P and
 through Q (identity STE). Q in train mode throughout (its BN uses batch statistics and its running
 statistics drift), P in eval mode. Q: SGD lr 0.1, momentum 0.9, wd 5e-4; G: Adam lr 1e-3 (0.9, 0.999);
 both ×0.1 at epochs 100 and 200; 300 epochs × 60 iterations, batch 256, no warm-up. Running min/max
@@ -173,9 +173,8 @@ class ZAQ(Method):
     version = "1"
     config_class = ZAQConfig
 
+    steps = ("Q+",) * 5 + ("G",)  # main.py train(): 5 Q steps on fresh batches, then 1 G step on a fresh batch
     student_in_generator_loss = True  # L_G reads Q(x) and its features, gradient through the STE
-    q_steps_per_iter = 5
-    q_first = True
     student_bn_train = True
     uses_features = True
     default_tracker = "minmax"

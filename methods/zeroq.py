@@ -18,7 +18,7 @@ describe for their ZeroQ rows (zysxmu/IntraQ issue #1). The fine-tuning pipeline
 20/40/60, batch 256) or 1e-6 (ImageNet, ×0.1 at 100/200/350, batch 16); 151 epochs × 200 iterations;
 the GDFQ EMA range tracker updated during epochs 0-3 with no student step. Deviation: IntraQ calibrates
 the ranges in epochs 0-3 on images of a GDFQ generator it trains there and then discards; here the
-ranges are calibrated on the distilled set itself (``trains_generator = False``).
+ranges are calibrated on the distilled set itself (no generator step: ``steps = ("Q+",)``).
 Measured instability of the faithful values (not a dfqbench defect as far as we can tell): for large T,
 T²·KL_T ≈ ‖centred(s − t)‖²/(2C), so α = 20 makes L_Q a logit regression with ~100× the curvature of
 GDFQ's element-mean KD; with SGD-Nesterov at lr 1e-4 and BN in eval mode (IntraQ ``trainer_direct.py``
@@ -133,7 +133,7 @@ def resized_crop(x: Tensor, boxes: Tensor, flips: Tensor) -> Tensor:
 class _DistilledDataMethod(Method):
     """Shared by both variants: distil in :meth:`setup`, serve the fixed set, train no generator."""
 
-    trains_generator = False
+    steps = ("Q+",)  # a student step (or, in warm-up, a calibration pass) on the next distilled batch; no G
     shuffle: bool = False
 
     def __init__(self, config: Any, num_classes: int, input_size: int, dataset: str) -> None:

@@ -131,7 +131,7 @@ def test_soft_targets_replace_the_one_hot():
     assert gl.disagreement_ce(t, s, y, soft).item() == pytest.approx(ref(diff), rel=1e-6)
     assert gl.agreement_ce(t, s, y, soft).item() == pytest.approx(ref(summ), rel=1e-6)
     # the plugin uses the soft targets when the sample carries them
-    ctx = StepContext(torch.zeros(3, 3, 8, 8), Sample(torch.zeros(3, 100), y, soft), t, s, torch.tensor(0.0), 3, 0)
+    ctx = StepContext(torch.zeros(3, 3, 8, 8), Sample(torch.zeros(3, 100), y, soft), t, s, torch.tensor(0.0), 3)
     terms = _method("adasg", 3).generator_loss(ctx)[1]
     assert terms["ds"].item() == pytest.approx(ref(diff), rel=1e-6)
 
@@ -142,7 +142,7 @@ def _ctx(batch: int = 16, num_classes: int = 10, seed: int = 0, grad: bool = Fal
     s = (torch.randn(batch, num_classes, generator=gen) * 3).requires_grad_(grad)
     y = torch.randint(0, num_classes, (batch,), generator=gen)
     bns = torch.tensor(0.7, requires_grad=grad)
-    return StepContext(torch.zeros(batch, 3, 32, 32), Sample(torch.zeros(batch, 100), y), t, s, bns, num_classes, 0)
+    return StepContext(torch.zeros(batch, 3, 32, 32), Sample(torch.zeros(batch, 100), y), t, s, bns, num_classes)
 
 
 @pytest.mark.parametrize("batch", [16, 5])
@@ -319,18 +319,18 @@ def test_generator_gradient_passes_through_the_quantized_student(name, tiny_requ
     set_range_update(trainer.student, True)
     sample = method.sample(6, trainer.device)
     x = method.generate(trainer.generator, sample)
-    trainer.bns.start()
+    trainer.step.bns.start()
     t = trainer.teacher(x)
-    bns = trainer.bns.stop()
+    bns = trainer.step.bns.stop()
     s = trainer.student(x)
     set_range_update(trainer.student, False)
     params = [p for p in trainer.generator.parameters()]
-    through_q = torch.autograd.grad(method.generator_loss(StepContext(x, sample, t, s, bns, 10, 0))[0], params,
+    through_q = torch.autograd.grad(method.generator_loss(StepContext(x, sample, t, s, bns, 10))[0], params,
                                     retain_graph=True)
-    without_q = torch.autograd.grad(method.generator_loss(StepContext(x, sample, t, s.detach(), bns, 10, 0))[0],
+    without_q = torch.autograd.grad(method.generator_loss(StepContext(x, sample, t, s.detach(), bns, 10))[0],
                                     params, retain_graph=True)
     assert any(not torch.allclose(a, b) for a, b in zip(through_q, without_q))
-    student_grads = torch.autograd.grad(method.generator_loss(StepContext(x, sample, t, s, bns, 10, 0))[0],
+    student_grads = torch.autograd.grad(method.generator_loss(StepContext(x, sample, t, s, bns, 10))[0],
                                         [p for p in trainer.student.parameters()], allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in student_grads)
 
@@ -381,8 +381,8 @@ def test_superposed_sampling_switch_feeds_soft_targets_to_the_game_terms(name, t
     x = trainer.method.generate(trainer.generator, sample)
     with torch.no_grad():
         t, s = trainer.teacher(x), trainer.student(x)
-    terms = trainer.method.generator_loss(StepContext(x, sample, t, s, torch.tensor(0.0), 10, 0))[1]
+    terms = trainer.method.generator_loss(StepContext(x, sample, t, s, torch.tensor(0.0), 10))[1]
     assert terms["ds"].item() == pytest.approx(gl.disagreement_ce(t, s, sample.labels, sample.targets).item())
     assert terms["ds"].item() != pytest.approx(gl.disagreement_ce(t, s, sample.labels).item())
-    trainer._iteration(0, log=True)  # one full iteration of the loop with superposed batches
+    trainer.train_iteration(0, log=True)  # one full iteration of the loop with superposed batches
     assert all(math.isfinite(v) for v in trainer.window.flush().values())

@@ -63,7 +63,7 @@ def test_gdfq_generator_loss_is_ce_plus_tenth_bns():
     t = torch.tensor([[2.0, 0.0] + [0.0] * 8, [0.0, 1.0] + [0.0] * 8])
     y = torch.tensor([0, 1])
     bns = torch.tensor(3.0)
-    ctx = StepContext(torch.zeros(2, 3, 32, 32), Sample(torch.zeros(2, 100), y), t, None, bns, 10, 0)
+    ctx = StepContext(torch.zeros(2, 3, 32, 32), Sample(torch.zeros(2, 100), y), t, None, bns, 10)
     loss, terms = m.generator_loss(ctx)
     assert loss.item() == pytest.approx(F.cross_entropy(t, y).item() + 0.3)
     assert set(terms) == {"ce", "bns"}
@@ -74,7 +74,7 @@ def test_gdfq_student_loss_kd_element_mean_times_t_squared_plus_ce():
     torch.manual_seed(1)
     t, s = torch.randn(4, 10) * 5, torch.randn(4, 10) * 5
     y = torch.tensor([1, 2, 3, 4])
-    ctx = StepContext(torch.zeros(4, 3, 32, 32), Sample(torch.zeros(4, 100), y), t, s, None, 10, 5)
+    ctx = StepContext(torch.zeros(4, 3, 32, 32), Sample(torch.zeros(4, 100), y), t, s, None, 10)
     loss, terms = m.student_loss(ctx)
     p_t, p_s = torch.softmax(t / 20, 1), torch.softmax(s / 20, 1)
     kl_el = (p_t * (p_t.log() - p_s.log())).sum() / (4 * 10)  # nn.KLDivLoss() default: element mean

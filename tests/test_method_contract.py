@@ -1,6 +1,6 @@
 """The contract every registered method plugin keeps, checked on the tiny BN network (issue 3, item 6).
 
-For each method: it builds from its own presets; two iterations of its loop (its G steps and Q steps) give
+For each method: it builds from its own presets; two iterations of its public step (its G steps and Q steps) give
 finite losses; gradients reach the generator (when the method trains one) and the quantized student (when
 its schedule fine-tunes); the teacher is unchanged; the same seed repeats bit for bit.
 """
@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from dfqbench.core.diagnostics import WindowMeans
 from dfqbench.core.plugin import load_methods
 from dfqbench.core.trainer import Trainer
 from dfqbench.quant import set_range_update
@@ -35,15 +36,19 @@ def _fine_tunes(trainer: Trainer) -> bool:
 
 
 def _two_iterations(trainer: Trainer) -> dict[str, float]:
-    """Two logged iterations of the method's loop in its first fine-tuning epoch (or its only epoch)."""
+    """Two iterations of the method's public step (:meth:`TrainStep.iteration`) in its first fine-tuning epoch
+    (or its only epoch), with the diagnostics probe between the steps; the logged terms and point values."""
     epoch = min(trainer.cfg.warmup_epochs, trainer.cfg.epochs - 1)
     trainer.generator.train()
     trainer.student.train(trainer.method.student_bn_train)
     set_range_update(trainer.student, epoch < trainer.cfg.range_update_epochs)
+    window = WindowMeans()
     for _ in range(2):
-        trainer._iteration(epoch, log=True)
+        for prefix, terms in trainer.step.iteration(epoch >= trainer.cfg.warmup_epochs, trainer.probe):
+            window.add(prefix, terms)
+        window.point(trainer.probe.values())
     set_range_update(trainer.student, False)
-    return trainer.window.flush()
+    return window.flush()
 
 
 def _grads(module: torch.nn.Module) -> list[torch.Tensor]:

@@ -239,7 +239,7 @@ def test_teacher_init_rejects_a_latent_dim_other_than_the_feature_size(tmp_path)
 def _ctx(t, s, targets, bns=None, labels=None):
     labels = targets.argmax(1) if labels is None else labels
     return StepContext(torch.zeros(len(t), 3, 8, 8), Sample(torch.zeros(len(t), 4), labels, targets), t, s, bns,
-                       t.shape[1], 5)
+                       t.shape[1])
 
 
 def test_generator_loss_is_soft_ce_plus_tenth_bns_by_hand():
@@ -309,7 +309,7 @@ def test_gdfq_default_samples_and_losses_as_before():
     torch.manual_seed(1)
     assert torch.equal(a, gen(s.z, s.labels))
     t, q = torch.randn(5, 10), torch.randn(5, 10)
-    ctx = StepContext(a, s, t, q, torch.tensor(1.0), 10, 5)
+    ctx = StepContext(a, s, t, q, torch.tensor(1.0), 10)
     assert torch.equal(m.generator_loss(ctx)[1]["ce"], F.cross_entropy(t, s.labels))
     assert torch.equal(m.student_loss(ctx)[1]["ce"], F.cross_entropy(q, s.labels))
 
@@ -324,7 +324,7 @@ def test_gdfq_superposed_mixes_conditioned_inputs_before_the_trunk():
     latent = sum(w[:, k:k + 1] * gen.label_emb(y[:, k]) * s.z[:, k] for k in range(3))
     assert torch.allclose(m.generate(gen, s), gen.trunk(latent), atol=1e-5)
     t = torch.randn(4, 10)
-    ce = m.generator_loss(StepContext(torch.zeros(1), s, t, None, torch.tensor(0.0), 10, 0))[1]["ce"]
+    ce = m.generator_loss(StepContext(torch.zeros(1), s, t, None, torch.tensor(0.0), 10))[1]["ce"]
     assert ce.item() == pytest.approx(-(s.targets * torch.log_softmax(t, 1)).sum().item() / 4, rel=1e-6)
 
 

@@ -118,9 +118,9 @@ def test_channel_normalize_faithful_gradient_explodes_at_zero_vectors_and_safe_v
     assert zaq_module.scrm_loss([fq], [fp], safe_normalize=True).item() == pytest.approx(_hand_scrm(FQ, FP), rel=1e-12)
 
 
-def _ctx(t, s, tf, sf, epoch=0):
+def _ctx(t, s, tf, sf):
     return StepContext(torch.zeros(t.shape[0], 3, 8, 8), Sample(torch.zeros(t.shape[0], 256), torch.zeros(
-        t.shape[0], dtype=torch.long)), t, s, None, 10, epoch, tf, sf)
+        t.shape[0], dtype=torch.long)), t, s, None, 10, tf, sf)
 
 
 def test_student_loss_is_l1_plus_alpha_scrm():
@@ -268,12 +268,15 @@ def test_five_q_steps_then_one_g_step_on_fresh_batches_with_q_in_train_mode(tiny
     orig_sample, orig_gen_loss, orig_q_loss = method.sample, method.generator_loss, method.student_loss
     method.sample = lambda b, d: drawn.append(orig_sample(b, d)) or drawn[-1]
 
+    def _index(sample):  # which drawn sample a step trains on (samples are drawn up front, in step order)
+        return next(i for i, d in enumerate(drawn) if d is sample)
+
     def gen_loss(ctx):
-        events.append(("G ctx", ctx.sample is drawn[-1], ctx.x.requires_grad, trainer.student.training))
+        events.append(("G ctx", _index(ctx.sample), ctx.x.requires_grad, trainer.student.training))
         return orig_gen_loss(ctx)
 
     def q_loss(ctx):
-        events.append(("Q ctx", ctx.sample is drawn[-1], ctx.x.requires_grad, trainer.student.training))
+        events.append(("Q ctx", _index(ctx.sample), ctx.x.requires_grad, trainer.student.training))
         return orig_q_loss(ctx)
 
     method.generator_loss, method.student_loss = gen_loss, q_loss
@@ -285,14 +288,18 @@ def test_five_q_steps_then_one_g_step_on_fresh_batches_with_q_in_train_mode(tiny
     trainer.generator.train()
     trainer.student.train(method.student_bn_train)
     for _ in range(2):
-        trainer._iteration(0, log=False)
-    q_block = [("Q ctx", True, False, True), "q"] * 5
-    assert events == (q_block + [("G ctx", True, True, True), "g"]) * 2
+        trainer.train_iteration(0, log=False)
+    expected = []
+    for it in range(2):
+        for k in range(5):
+            expected += [("Q ctx", 6 * it + k, False, True), "q"]
+        expected += [("G ctx", 6 * it + 5, True, True), "g"]
+    assert events == expected
     assert len(drawn) == 12 and len({id(s.z) for s in drawn}) == 12
     assert all(not torch.equal(drawn[0].z, s.z) for s in drawn[1:])
     assert bn_modes and all(bn_modes)  # Q's BN in train mode in every Q step and in the G step
     assert not torch.equal(bn.running_mean, running_before)  # its running statistics drift to the fake data
-    assert trainer.state["images_generated"] == 2 * 6 * 8
+    assert trainer.step.images_generated == 2 * 6 * 8
 
 
 def test_tiny_run_end_to_end_with_generated_calibration_and_diagnostics(tiny_request):

@@ -153,7 +153,7 @@ def test_zeroq_kd_student_loss_is_alpha_t2_batchmean_kl():
     torch.manual_seed(1)
     t, s = torch.randn(4, 10) * 5, torch.randn(4, 10) * 5
     ctx = StepContext(torch.zeros(4, 3, 8, 8), Sample(torch.zeros(4), torch.zeros(4, dtype=torch.long)), t, s, None,
-                      10, 5)
+                      10)
     loss, terms = _method("zeroq_kd").student_loss(ctx)
     reference = nn.KLDivLoss(reduction="batchmean")(F.log_softmax(s / 20, 1), F.softmax(t / 20, 1))
     assert loss.item() == pytest.approx(20 * 400 * reference.item(), rel=1e-5)

@@ -1,8 +1,10 @@
 """The method plugin interface: what a DFQ method contributes to the shared trainer (methods.md §12.2).
 
 The trainer owns the loop; a method builds its generator, samples latents and labels, and computes its
-generator and student objectives (already signed for minimisation). Flags describe the few structural
-differences between the official loops.
+generator and student objectives (already signed for minimisation). ``steps`` says in which order one
+iteration runs its generator and student steps; a few flags say how the networks take part in them.
+Losses must be capture-safe (:mod:`dfqbench.core.step`): tensor operations only, no ``.item()``, no Python
+branch on a tensor's value, no CPU tensors created inside.
 """
 
 from __future__ import annotations
@@ -13,11 +15,23 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from dfqbench.core.features import stage_names
 from dfqbench.registry import Registry
 
 LossTerms = dict[str, torch.Tensor]
+
+G_STEP, Q_STEP, Q_FRESH_STEP = "G", "Q", "Q+"
+STEP_KINDS = (G_STEP, Q_STEP, Q_FRESH_STEP)
+
+
+def check_steps(owner: str, steps: tuple[str, ...]) -> None:
+    """A method's ``steps`` must be non-empty, of known kinds, with every "Q" preceded by a "G" (its batch)."""
+    if not steps or any(kind not in STEP_KINDS for kind in steps):
+        raise TypeError(f"{owner}.steps={steps!r}: expected a non-empty tuple of {', '.join(STEP_KINDS)}")
+    if Q_STEP in steps and (G_STEP not in steps or steps.index(Q_STEP) < steps.index(G_STEP)):
+        raise TypeError(f"{owner}.steps={steps!r}: a 'Q' step reuses the batch of an earlier 'G' step")
 
 
 @dataclass
@@ -30,9 +44,17 @@ class Sample:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+pytree.register_pytree_node(  # so engines can copy a sample's tensors into a captured step's static inputs
+    Sample, lambda s: ([s.z, s.labels, s.targets, s.extra], None), lambda children, _: Sample(*children))
+
+
 @dataclass
 class StepContext:
-    """What a loss sees: the generated batch and the networks' outputs on it."""
+    """What a loss sees: the generated batch and the networks' outputs on it.
+
+    Built inside the (possibly compiled, graph-captured) step, so it carries tensors and static settings
+    only: no epoch or other per-call Python value a loss could branch on (phase changes happen between steps).
+    """
 
     x: torch.Tensor
     sample: Sample
@@ -40,7 +62,6 @@ class StepContext:
     student_logits: torch.Tensor | None
     bns_loss: torch.Tensor | None
     num_classes: int
-    epoch: int
     # Intermediate outputs (e.g. ZAQ's stage features), collected only for methods with ``uses_features``;
     # in a Q step the teacher's are detached, in the G step both carry gradients to x.
     teacher_features: list[torch.Tensor] | None = None
@@ -55,14 +76,26 @@ class Method:
     version: ClassVar[str] = "1"  # bump when the numbers change on purpose
     config_class: ClassVar[type]  # a dataclass of the method's hyperparameters
 
-    # Structural flags of the official loops.
+    # What one training iteration does, in order (:mod:`dfqbench.core.step`): "G" is a generator step on a
+    # fresh batch, "Q" a student step on the batch of the G step before it (GDFQ's order: ("G", "Q")), "Q+"
+    # a student step on a fresh batch generated without gradients (ZAQ: ("Q+",) * 5 + ("G",); ZeroQ's
+    # calibration on distilled data: ("Q+",)). A method without "G" trains no generator.
+    steps: ClassVar[tuple[str, ...]] = ("G", "Q")
+    # Derived from ``steps`` when the class is defined (read-only conveniences).
+    trains_generator: ClassVar[bool] = True
+    q_steps_per_iter: ClassVar[int] = 1
+
+    # How the networks take part in the steps.
     student_in_generator_loss: ClassVar[bool] = False  # the G loss needs Q's forward (gradient through Q)
-    q_steps_per_iter: ClassVar[int] = 1  # Q steps per G step; steps after the first use fresh batches
     student_bn_train: ClassVar[bool] = False  # Q's BN in train mode (ZAQ); else frozen statistics (GDFQ)
-    default_tracker: ClassVar[str] = "ema_gdfq"
-    trains_generator: ClassVar[bool] = True  # False: no G step (e.g. ZeroQ's fixed distilled batch)
     uses_features: ClassVar[bool] = False  # collect teacher/student outputs of :meth:`feature_layers` for the losses
-    q_first: ClassVar[bool] = False  # per iteration: the Q steps (each on a fresh batch), then G on a fresh batch (ZAQ)
+    default_tracker: ClassVar[str] = "ema_gdfq"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_steps(cls.__name__, cls.steps)
+        cls.trains_generator = G_STEP in cls.steps
+        cls.q_steps_per_iter = sum(kind != G_STEP for kind in cls.steps)
 
     def __init__(self, config: Any, num_classes: int, input_size: int, dataset: str) -> None:
         self.config = config

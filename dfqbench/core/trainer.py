@@ -1,20 +1,17 @@
-"""The one training loop shared by every generator-based DFQ method (GDFQ trainer.py, methods.md §2.4, §11).
+"""The one training loop shared by every DFQ method (GDFQ trainer.py, methods.md §2.4, §11).
 
-Diagnostics, on every ``log_every``-th iteration, on one fixed (z, y) and with probe forwards that change
-nothing (methods.md §4.4; a documented re-implementation choice): R = E[1 − H(p_ds)/log C] before the G
-step, after it (x regenerated from the same z, y) and after the Q step, with Δ_g, Δ_q and the Balance Gap;
-H_g and H_q are the disagreement entropy H(softmax(t − s)) after the generation step and after the
-calibration (Q) step, the two curves of AdaSG's Figure 6. Loss terms are means over the logging window.
+The loop owns the schedule; one iteration is :meth:`dfqbench.core.step.TrainStep.iteration` (the method's
+G and Q steps in its order, see :mod:`dfqbench.core.step`), run by the run's engine (eager, or compiled and
+on CUDA graph-replayed: :mod:`dfqbench.core.engine`). Phase changes happen between steps: per epoch the
+generator's and the student's train/eval modes, the activation-range window and, after the epoch, the
+learning-rate milestones; the warm-up epochs run the Q steps without an SGD step.
 
-Per iteration (GDFQ order): sample (z, y) → x = G(z, y) → teacher forward with BN hooks → generator loss,
-Adam step → student forward on x.detach() → student loss and SGD step once the warm-up epochs are over
-(further Q steps, if any, on fresh batches). Methods with ``q_first`` (ZAQ ``main.py`` train()) reverse
-this: ``q_steps_per_iter`` Q steps, each on a fresh batch with G(z) detached, then one G step on a fresh
-batch; their diagnostics use the first Q batch's z: R_before before the Q steps, R_after_q after them
-(same x, G unchanged), R_after_g after the G step (x regenerated from that z), with Δ_q = R_before −
-R_after_q, Δ_g = R_after_g − R_after_q and BG = R_after_g − R_before = Δ_g − Δ_q; H_q and H_g are
-measured right after the Q and the G step as before. Methods with ``uses_features`` also get the
-outputs of their ``feature_layers`` for teacher and student (:class:`~dfqbench.core.features.FeatureTap`).
+Diagnostics, on every ``log_every``-th iteration (:class:`~dfqbench.core.probe.GameProbe`, called between the
+steps; methods.md §4.4): R = E[1 − H(p_ds)/log C] before the steps, after the G step and after the Q steps,
+with Δ_g, Δ_q and the Balance Gap, and the disagreement entropy after the G step (H_g) and after the Q
+steps (H_q), AdaSG's Figure 6. Loss terms are summed on the device and read once per logging window, where
+the divergence check happens. Methods with ``uses_features`` also get the outputs of their
+``feature_layers`` for teacher and student (:class:`~dfqbench.core.features.FeatureTap`).
 
 Activation ranges update during epochs [0, range_update_epochs) and are frozen after each epoch's
 training, so evaluation never moves them. calibrated_top1 is Q with its pretrained weights and
@@ -43,22 +40,15 @@ import torch
 from torch import nn
 
 from dfqbench.core.diagnostics import WindowMeans, non_finite, probing
-from dfqbench.core.features import FeatureTap
-from dfqbench.core.hooks import BNStatisticsLoss
-from dfqbench.core.losses import disagreement_entropy, game_value
-from dfqbench.core.plugin import Method, Sample, StepContext
+from dfqbench.core.engine import make_engine
+from dfqbench.core.plugin import Method
+from dfqbench.core.probe import GameProbe
 from dfqbench.core.progress import Progress
+from dfqbench.core.step import TrainStep
 from dfqbench.errors import RunDiverged
 from dfqbench.quant import activation_quantizers, set_range_update
 from dfqbench.specs import RunSpec, TrainConfig
 from dfqbench.store import RunFolder, git_state, package_versions
-
-
-Features = list[torch.Tensor] | None  # a uses_features method's per-layer outputs, else None
-
-
-def _detached(features: Features) -> Features:
-    return None if features is None else [f.detach() for f in features]
 
 
 @dataclass
@@ -73,6 +63,7 @@ class PreparedRun:
     folder: RunFolder
     device: torch.device
     log_every: int = 50
+    engine: str = "eager"  # eager | compiled (resolved; dfqbench.core.engine)
 
 
 def seed_everything(seed: int) -> None:
@@ -124,16 +115,11 @@ class Trainer:
         )
         self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, list(self.cfg.milestones_g), self.cfg.lr_gamma)
         self.sched_q = torch.optim.lr_scheduler.MultiStepLR(self.opt_q, list(self.cfg.milestones_q), self.cfg.lr_gamma)
-        self.bns = BNStatisticsLoss(self.teacher)
-        self.teacher_tap: FeatureTap | None = None
-        self.student_tap: FeatureTap | None = None
-        if self.method.uses_features:
-            layers = self.method.feature_layers(self.teacher)
-            self.teacher_tap = FeatureTap(self.teacher, layers)
-            self.student_tap = FeatureTap(self.student, layers)
-        if self.method.q_first and self.method.q_steps_per_iter < 1:
-            raise ValueError(f"method {self.method.name!r}: q_first needs q_steps_per_iter >= 1")
+        self.engine = make_engine(run.engine, self.device)
+        self.step = TrainStep(self.method, self.generator, self.teacher, self.student, self.opt_g, self.opt_q,
+                              self.cfg.batch_size, self.device, self.engine)
         self.quantizers = activation_quantizers(self.student)
+        self.probe = GameProbe(self.method, self.generator, self.teacher, self.student, self.quantizers)
         self.window = WindowMeans()
         self.metrics: list[dict[str, Any]] = []
         self.state: dict[str, Any] = {
@@ -162,6 +148,7 @@ class Trainer:
         self.opt_q.load_state_dict(ckpt["opt_q"])
         self.sched_g.load_state_dict(ckpt["sched_g"])
         self.sched_q.load_state_dict(ckpt["sched_q"])
+        self.engine.prepare(self.student, [self.opt_g, self.opt_q])  # loaded optimizer options, e.g. capturable
         set_rng_state(ckpt["rng"])
         self.state = ckpt["state"]
         self.start_epoch = ckpt["epoch"] + 1
@@ -202,6 +189,7 @@ class Trainer:
                 self.sched_q.step()
             self.state["elapsed_s"] += time.perf_counter() - started
             started = time.perf_counter()
+            self._count_compile_time()
             self.run.folder.write_metrics(self.metrics)
             self.run.folder.save_checkpoint(self._checkpoint(epoch))
             self.progress.end_epoch(epoch, top1, self._best()[0])
@@ -210,12 +198,19 @@ class Trainer:
         return self._record()
 
     def _train_epoch(self, epoch: int) -> None:
+        generated_before = self.step.images_generated
+        try:
+            self._train_epoch_iterations(epoch)
+        finally:
+            self.state["images_generated"] += self.step.images_generated - generated_before
+
+    def _train_epoch_iterations(self, epoch: int) -> None:
         self.generator.train()
         self.student.train(self.method.student_bn_train)
         set_range_update(self.student, epoch < self.cfg.range_update_epochs)
         for it in range(self.cfg.iters_per_epoch):
             log = (it + 1) % self.run.log_every == 0 or it + 1 == self.cfg.iters_per_epoch
-            self._iteration(epoch, log)
+            self.train_iteration(epoch, log)
             if log:
                 values = self.window.flush()
                 bad = non_finite(values)
@@ -228,132 +223,13 @@ class Trainer:
                 self.progress.iteration(epoch, it, None)
         set_range_update(self.student, False)
 
-    def _generate(self, sample: Sample) -> torch.Tensor:
-        x = self.method.generate(self.generator, sample)
-        self.state["images_generated"] += x.shape[0]
-        return x
-
-    def _probe(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher and student logits on x with no side effect on the run."""
-        with probing(self.quantizers, self.generator, self.student):
-            return self.teacher(x), self.student(x)
-
-    def _probe_student(self, x: torch.Tensor) -> torch.Tensor:
-        """Student logits on x with no side effect on the run (where the teacher's are already known)."""
-        with probing(self.quantizers, self.generator, self.student):
-            return self.student(x)
-
-    def _teacher_pass(self, x: torch.Tensor, bns: bool = False) -> tuple[torch.Tensor, Features, torch.Tensor | None]:
-        """Teacher logits, its features (``uses_features`` methods) and, if asked, the BNS loss of this forward."""
-        if bns:
-            self.bns.start()
-        t, feats = self.teacher_tap(x) if self.teacher_tap is not None else (self.teacher(x), None)
-        return t, feats, self.bns.stop() if bns else None
-
-    def _student_pass(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
-        """Student logits and its features (``uses_features`` methods)."""
-        return self.student_tap(x) if self.student_tap is not None else (self.student(x), None)
-
-    def _fresh_q_batch(self) -> tuple[Sample, torch.Tensor, torch.Tensor, Features]:
-        """A new sample, its generated batch and the teacher's outputs on it, all without gradients."""
-        with torch.no_grad():
-            q_sample = self.method.sample(self.cfg.batch_size, self.device)
-            xq = self._generate(q_sample)
-            tq, tq_feats, _ = self._teacher_pass(xq)
-        return q_sample, xq, tq, tq_feats
-
-    def _generator_update(self, ctx: StepContext) -> None:
-        loss_g, terms_g = self.method.generator_loss(ctx)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
-        self.window.add("g/", {"loss": loss_g, **terms_g})
-
-    def _q_step(self, epoch: int, train_q: bool, q_sample: Sample, xq: torch.Tensor, tq: torch.Tensor,
-                tq_feats: Features) -> None:
-        """One student forward on a (detached) batch, its loss, and an SGD step if Q trains this epoch."""
-        with torch.set_grad_enabled(train_q):
-            s, s_feats = self._student_pass(xq)
-            loss_q, terms_q = self.method.student_loss(
-                StepContext(xq, q_sample, tq, s, None, self.method.num_classes, epoch, tq_feats, s_feats))
-        if train_q:
-            self.opt_q.zero_grad(set_to_none=True)
-            loss_q.backward()
-            self.opt_q.step()
-        self.window.add("q/", {"loss": loss_q, **terms_q})
-
-    def _iteration(self, epoch: int, log: bool) -> None:
-        if self.method.q_first:
-            self._iteration_q_first(epoch, log)
-            return
-        method, cfg, num_classes = self.method, self.cfg, self.method.num_classes
-        sample = method.sample(cfg.batch_size, self.device)
-        x = self._generate(sample)
-        t, t_feats, bns = self._teacher_pass(x, bns=method.trains_generator)  # L_BNS only feeds the G step
-        s_g, s_feats = self._student_pass(x) if method.student_in_generator_loss else (None, None)
-        if log:  # R(θ_g, θ_q): the batch before the G step
-            s_before = s_g.detach() if s_g is not None else self._probe_student(x.detach())
-            r_before = game_value(t.detach(), s_before)
-        if method.trains_generator:
-            self._generator_update(StepContext(x, sample, t, s_g, bns, num_classes, epoch, t_feats, s_feats))
-        if log:  # R(θ_g*, θ_q): same (z, y), regenerated after the G step
-            with probing(self.quantizers, self.generator, self.student):
-                x_after = method.generate(self.generator, sample)
-            t_after, s_after = self._probe(x_after)
-            h_after_g = disagreement_entropy(t_after, s_after).mean()
-            r_after_g = game_value(t_after, s_after)
-
-        train_q = epoch >= cfg.warmup_epochs
-        for step in range(method.q_steps_per_iter):
-            if step == 0:
-                q_sample, xq, tq, tq_feats = sample, x.detach(), t.detach(), _detached(t_feats)
-            else:
-                q_sample, xq, tq, tq_feats = self._fresh_q_batch()
-            self._q_step(epoch, train_q, q_sample, xq, tq, tq_feats)
-
-        if log:  # R(θ_g*, θ_q*) and the Balance Gap (AdaSG Definition 3)
-            s_after_q = self._probe_student(x_after)
-            r_after_q = game_value(t_after, s_after_q)
-            self.window.point({
-                "H_g": h_after_g, "H_q": disagreement_entropy(t_after, s_after_q).mean(),
-                "R_before": r_before, "R_after_g": r_after_g, "R_after_q": r_after_q, "delta_g": r_after_g - r_before,
-                "delta_q": r_after_g - r_after_q, "balance_gap": r_after_q - r_before,
-            })
-
-    def _iteration_q_first(self, epoch: int, log: bool) -> None:
-        """ZAQ's order (``main.py`` train()): the Q steps, each on a fresh batch with G(z) detached, then one
-        G step on a fresh batch. Diagnostics on the first Q batch (see the module docstring)."""
-        method, cfg, num_classes = self.method, self.cfg, self.method.num_classes
-        train_q = epoch >= cfg.warmup_epochs
-        for step in range(method.q_steps_per_iter):
-            q_sample, xq, tq, tq_feats = self._fresh_q_batch()
-            if log and step == 0:  # R(θ_g, θ_q) on the first Q batch, before any Q step
-                probe_sample, x_probe, t_probe = q_sample, xq, tq
-                r_before = game_value(t_probe, self._probe_student(x_probe))
-            self._q_step(epoch, train_q, q_sample, xq, tq, tq_feats)
-        if log:  # R(θ_g, θ_q*): G has not moved, so the same x
-            s_after_q = self._probe_student(x_probe)
-            h_after_q = disagreement_entropy(t_probe, s_after_q).mean()
-            r_after_q = game_value(t_probe, s_after_q)
-
-        if method.trains_generator:
-            sample = method.sample(cfg.batch_size, self.device)
-            x = self._generate(sample)
-            t, t_feats, bns = self._teacher_pass(x, bns=True)
-            s_g, s_feats = self._student_pass(x) if method.student_in_generator_loss else (None, None)
-            self._generator_update(StepContext(x, sample, t, s_g, bns, num_classes, epoch, t_feats, s_feats))
-
-        if log:  # R(θ_g*, θ_q*): the first Q batch's z, regenerated after the G step
-            with probing(self.quantizers, self.generator, self.student):
-                x_after = method.generate(self.generator, probe_sample)
-            t_after, s_after = self._probe(x_after)
-            r_after_g = game_value(t_after, s_after)
-            delta_q, delta_g = r_before - r_after_q, r_after_g - r_after_q
-            self.window.point({
-                "H_g": disagreement_entropy(t_after, s_after).mean(), "H_q": h_after_q,
-                "R_before": r_before, "R_after_g": r_after_g, "R_after_q": r_after_q, "delta_g": delta_g,
-                "delta_q": delta_q, "balance_gap": r_after_g - r_before,
-            })
+    def train_iteration(self, epoch: int, log: bool) -> None:
+        """One iteration of epoch ``epoch``: the method's steps (with the probe between them when ``log``)."""
+        probe = self.probe if log else None
+        for prefix, terms in self.step.iteration(epoch >= self.cfg.warmup_epochs, probe):
+            self.window.add(prefix, terms)
+        if probe is not None:
+            self.window.point(probe.values())
 
     def _calibrate_on_generated_batch(self) -> float:
         """calibrated_top1 for methods without warm-up: one no-grad pass of one generated batch through Q in
@@ -361,7 +237,8 @@ class Trainer:
         then the test evaluation. Replaces ZAQ's initial test() that set the ranges on the real test set."""
         sample = self.method.sample(self.cfg.batch_size, self.device)
         with probing([], self.generator):  # no grad, and G's BN buffers stay as they are
-            x = self._generate(sample)
+            x = self.method.generate(self.generator, sample)
+        self.state["images_generated"] += x.shape[0]
         self.student.eval()
         set_range_update(self.student, self.cfg.range_update_epochs > 0)
         with torch.no_grad():
@@ -388,6 +265,16 @@ class Trainer:
         epoch = max(self.state["top1"], key=lambda e: (self.state["top1"][e], -e))
         return self.state["top1"][epoch], epoch
 
+    def _count_compile_time(self) -> None:
+        """Move the engine's compile/capture seconds into the checkpointed state (summed over sessions)."""
+        self.state["compile_s"] = self.state.get("compile_s", 0.0) + self.engine.compile_seconds
+        self.engine.compile_seconds = 0.0
+
+    def _engine_record(self) -> dict[str, Any]:
+        """The engine of the last session and the compile/capture seconds summed over all sessions."""
+        self._count_compile_time()
+        return {**self.engine.describe(), "compile_s": round(self.state["compile_s"], 2)}
+
     def _record(self) -> dict[str, Any]:
         best, best_epoch = self._best()
         last = self.cfg.epochs - 1
@@ -398,7 +285,7 @@ class Trainer:
             "top1_per_epoch": {str(k): v for k, v in sorted(self.state["top1"].items())},
             "epochs": self.cfg.epochs, "iterations": self.cfg.epochs * self.cfg.iters_per_epoch,
             "images_generated": self.state["images_generated"], "wall_time_s": round(self.state["elapsed_s"], 2),
-            "sessions": self.state["sessions"], "device": device_name(self.device),
+            "sessions": self.state["sessions"], "device": device_name(self.device), **self._engine_record(),
             "diverged": self.state.get("diverged"),
             "git": git_state(), "versions": package_versions(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -36,24 +36,43 @@ class QuantAct(nn.Module):
         for name, value in self.tracker.buffers().items():
             self.register_buffer(name, value.to(device))
 
+    fused = False  # True: run through the compiled (fused) version of :func:`quant_act_forward` (dfqbench.quant.fused)
+
     def forward(self, x: Tensor) -> Tensor:
-        batch_minmax = None
-        if self.update_ranges:
-            batch_minmax = torch.aminmax(x.detach())
-            self.tracker.update(self, *batch_minmax)
-        lo, hi = self.tracker.quant_range(self, x, batch_minmax)
-        return FakeQuantSTE.apply(x, self.abits, lo, hi)
+        if self.fused:
+            from dfqbench.quant.fused import fused_quant_act_forward
+
+            return fused_quant_act_forward(self, x)
+        return quant_act_forward(self, x)
 
     def extra_repr(self) -> str:
         return f"abits={self.abits}, {self.tracker.extra_repr()}, update_ranges={self.update_ranges}"
 
 
-def _per_channel_fake_quant(weight: Tensor, bits: int) -> Tensor:
+def quant_act_forward(act: QuantAct, x: Tensor) -> Tensor:
+    """QuantAct's forward: fold the batch min/max into the tracker (when updating), then fake-quantize x."""
+    batch_minmax = None
+    if act.update_ranges:
+        batch_minmax = torch.aminmax(x.detach())
+        act.tracker.update(act, *batch_minmax)
+    lo, hi = act.tracker.quant_range(act, x, batch_minmax)
+    return FakeQuantSTE.apply(x, act.abits, lo, hi)
+
+
+def per_channel_fake_quant(weight: Tensor, bits: int) -> Tensor:
     """Fake-quantize ``weight`` per output channel with its current detached min/max (methods.md §1.3)."""
     w = weight.detach()
     lo, hi = torch.aminmax(w.reshape(w.shape[0], -1), dim=1)
     shape = (-1,) + (1,) * (w.dim() - 1)
     return FakeQuantSTE.apply(weight, bits, lo.view(shape), hi.view(shape))
+
+
+def _weight_quantizer(fused: bool):
+    if not fused:
+        return per_channel_fake_quant
+    from dfqbench.quant.fused import fused_per_channel_fake_quant
+
+    return fused_per_channel_fake_quant
 
 
 class QuantConv2d(nn.Module):
@@ -80,9 +99,11 @@ class QuantConv2d(nn.Module):
         self.weight = conv.weight
         self.bias = conv.bias
 
+    fused = False  # True: the compiled (fused) per-channel fake-quant (dfqbench.quant.fused)
+
     def quantized_weight(self) -> Tensor:
         """The fake-quantized weight used by the forward (straight-through to ``weight``)."""
-        return _per_channel_fake_quant(self.weight, self.wbits)
+        return _weight_quantizer(self.fused)(self.weight, self.wbits)
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.quantized_weight()
@@ -110,9 +131,11 @@ class QuantLinear(nn.Module):
         self.weight = linear.weight
         self.bias = linear.bias
 
+    fused = False  # True: the compiled (fused) per-channel fake-quant (dfqbench.quant.fused)
+
     def quantized_weight(self) -> Tensor:
         """The fake-quantized weight used by the forward (straight-through to ``weight``)."""
-        return _per_channel_fake_quant(self.weight, self.wbits)
+        return _weight_quantizer(self.fused)(self.weight, self.wbits)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)

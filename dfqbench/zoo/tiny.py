@@ -80,6 +80,9 @@ def build_tiny(seed: int = 0, num_classes: int = TINY_NUM_CLASSES) -> TinyNet:
             feats = net.features(_normalize(_random_images(512, torch.default_generator))).flatten(1)
             net.output.weight.div_(feats.std(0).clamp_min(1e-3))
             net.output.bias.copy_(-net.output.weight @ feats.mean(0))
+        for module in net.modules():  # back to PyTorch's default, as in pytorchcv's models: a student whose BN
+            if isinstance(module, nn.BatchNorm2d):  # trains (ZAQ) then updates its statistics without a host sync
+                module.momentum = 0.1
     finally:
         torch.set_rng_state(rng_state)
     return net

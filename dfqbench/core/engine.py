@@ -1,0 +1,237 @@
+"""How a run executes its training step: ``eager`` PyTorch, or ``compiled`` (torch.compile + CUDA graphs).
+
+The engine changes how the step's kernels are launched, never what the step computes, so it is recorded
+in ``record.json`` but is not part of the run hash (like the device). ``auto`` picks ``compiled`` on CUDA
+(the eager loop is host-bound there: thousands of small kernels per iteration launched one by one from
+Python) and ``eager`` on the CPU, where ``benchmarks/bench_step.py`` shows compilation does not pay for itself
+within a run (see the README's engine section for the measured figures).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Any, Callable, Hashable
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from dfqbench.errors import DfqbenchError
+from dfqbench.registry import unknown_choice
+
+ENGINES = ("auto", "eager", "compiled")
+CUDA_GRAPHS_ENV = "DFQBENCH_CUDA_GRAPHS"
+
+
+def check_engine(name: object) -> str:
+    """``name`` if it is one of :data:`ENGINES`, else a one-line DfqbenchError naming the choices."""
+    if not isinstance(name, str) or name not in ENGINES:
+        raise DfqbenchError(unknown_choice("engine", name, list(ENGINES)))
+    return name
+
+
+def resolve_engine(name: str, device: torch.device) -> str:
+    """The concrete engine (``eager`` or ``compiled``) for a requested one on ``device``."""
+    if check_engine(name) != "auto":
+        return name
+    return "compiled" if device.type == "cuda" else "eager"
+
+
+class Engine:
+    """Runs a :class:`~dfqbench.core.step.TrainStep`: ``prepare`` adapts the student and the optimizers once;
+    ``run(phase, body, *inputs)`` executes one whole step (forward, backward, optimizer step)."""
+
+    name = "eager"
+
+    def __init__(self) -> None:
+        self.compile_seconds = 0.0  # time spent in first calls that compiled or captured
+
+    def prepare(self, student: nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
+        """Adapt the student (fused quantizers) and optimizer options (capturable state) to the engine."""
+
+    def run(self, phase: Hashable, body: Callable[..., Any], *inputs: Any) -> Any:
+        return body(*inputs)
+
+    def describe(self) -> dict[str, Any]:
+        """What the record says about the engine."""
+        return {"engine": self.name, "compile_s": round(self.compile_seconds, 2)}
+
+
+class EagerEngine(Engine):
+    """Plain PyTorch: every operation dispatched from Python as written."""
+
+
+class CompiledEngine(Engine):
+    """The student's quantizers compiled by inductor into fused kernels (:mod:`dfqbench.quant.fused`,
+    bit-identical to eager) and, on CUDA with ``cuda_graphs``, each whole step (forward, backward, optimizer
+    step) captured once per phase and input structure as a CUDA graph and replayed (:class:`StepGraphs`):
+    one launch per step instead of thousands. Everything else runs the eager kernels, so the compiled
+    engine computes exactly what the eager one computes (up to Adam's capturable arithmetic on CUDA).
+
+    Why not compile the whole step with inductor: its fused BatchNorm, softmax and reductions round
+    differently from eager by an ulp, and Adam's first steps (≈ lr·sign(g)) turn ulp-level gradient
+    differences into lr-sized weight differences within an iteration, so runs would stop being comparable
+    across engines. The step is still traceable as one graph (tests/test_engine.py compiles it with
+    ``fullgraph=True``), which is what guarantees it has no host synchronisation.
+    """
+
+    name = "compiled"
+
+    def __init__(self, device: torch.device, cuda_graphs: bool | None = None, warmup_calls: int = 2) -> None:
+        super().__init__()
+        configure_inductor_numerics()
+        self.device = device
+        if cuda_graphs is None:  # DFQBENCH_CUDA_GRAPHS=0 keeps the fused quantizers but launches steps uncaptured
+            cuda_graphs = device.type == "cuda" and os.environ.get(CUDA_GRAPHS_ENV, "1") != "0"
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self.graphs = StepGraphs(device, warmup_calls) if self.cuda_graphs else None
+        self._seen: set[Hashable] = set()
+
+    def prepare(self, student: nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
+        from dfqbench.quant.fused import set_fused_fake_quant
+
+        set_fused_fake_quant(student, True)
+        if self.device.type != "cuda":
+            return
+        for opt in optimizers:  # Adam/AdamW keep their step count on the device, as capture requires
+            for group in opt.param_groups:
+                if "capturable" not in group:
+                    continue
+                group["capturable"] = True
+                for param in group["params"]:  # state loaded from an eager run's checkpoint has a CPU count
+                    state = opt.state.get(param, {})
+                    if isinstance(state.get("step"), torch.Tensor):
+                        state["step"] = state["step"].to(param.device)
+
+    def run(self, phase: Hashable, body: Callable[..., Any], *inputs: Any) -> Any:
+        key = (phase, input_signature(inputs))
+        first = key not in self._seen
+        started = time.perf_counter()
+        result = self.graphs.run(key, body, inputs) if self.graphs is not None else body(*inputs)
+        if first:
+            self._seen.add(key)
+            self.compile_seconds += time.perf_counter() - started
+        elif self.graphs is not None and self.graphs.just_captured:
+            self.compile_seconds += time.perf_counter() - started
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["cuda_graphs"] = self.cuda_graphs
+        if self.graphs is not None:
+            info["graphs_captured"] = sum(entry is not None for entry in self.graphs.entries.values())
+            if self.graphs.failures:
+                info["graph_failures"] = self.graphs.failures
+        return info
+
+
+def make_engine(name: str, device: torch.device) -> Engine:
+    """The engine called ``name`` (``eager`` or ``compiled``; resolve ``auto`` first) for ``device``."""
+    if name == "compiled":
+        return CompiledEngine(device)
+    if name == "eager":
+        return EagerEngine()
+    raise DfqbenchError(unknown_choice("engine", name, ["eager", "compiled"]))
+
+
+def configure_inductor_numerics() -> None:
+    """Eager-equal arithmetic in inductor's generated kernels, where this torch version has the switches."""
+    import torch._dynamo
+    import torch._inductor.config as inductor
+
+    if hasattr(inductor, "emulate_precision_casts"):  # also turns off Triton's FMA contraction
+        inductor.emulate_precision_casts = True
+    numerics = getattr(inductor, "eager_numerics", None)
+    if numerics is not None and hasattr(numerics, "division_rounding"):
+        numerics.division_rounding = True  # div_rn instead of Triton's approximate division
+    cpp = getattr(inductor, "cpp", None)
+    if cpp is not None and hasattr(cpp, "enable_floating_point_contract_flag"):
+        cpp.enable_floating_point_contract_flag = "off"
+    # One recompilation per phase and sample structure (ranges on/off, warm-up, superposed batches, ...).
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+
+
+def input_signature(inputs: Any) -> tuple[Any, ...]:
+    """The structure of a step's inputs: shapes, dtypes and devices of the tensors, values of everything else."""
+    leaves, spec = pytree.tree_flatten(inputs)
+    return (str(spec),) + tuple(
+        (tuple(leaf.shape), leaf.dtype, leaf.device.type) if isinstance(leaf, torch.Tensor) else repr(leaf)
+        for leaf in leaves)
+
+
+class StepGraphs:
+    """Whole-step CUDA graphs, one per (phase, input structure) key.
+
+    The first ``warmup_calls`` calls of a key run the step normally on a side stream (they are real steps:
+    they compile, create optimizer state and pick kernels); the next call captures the step into a graph
+    whose inputs are static copies and then replays it; later calls copy their inputs into those copies
+    and replay. Replay runs exactly the captured kernels, so it computes what the uncaptured step computes.
+    A step's outputs are the graph's static tensors, overwritten by its next replay.
+    """
+
+    def __init__(self, device: torch.device, warmup_calls: int = 2) -> None:
+        self.device = device
+        self.warmup_calls = warmup_calls
+        self.entries: dict[Hashable, _CapturedStep | None] = {}  # None: capture failed, the step runs uncaptured
+        self.failures: list[str] = []
+        self._calls: dict[Hashable, int] = {}
+        self.just_captured = False
+
+    def run(self, key: Hashable, body: Callable[..., Any], inputs: tuple[Any, ...]) -> Any:
+        self.just_captured = False
+        if key in self.entries:
+            entry = self.entries[key]
+            return entry.replay(inputs) if entry is not None else body(*inputs)
+        calls = self._calls.get(key, 0)
+        if calls < self.warmup_calls:
+            self._calls[key] = calls + 1
+            return self._side_stream(body, inputs)
+        self.just_captured = True
+        try:
+            entry = _CapturedStep(body, inputs, self.device)
+        except RuntimeError as exc:  # a step that cannot be captured still runs, uncaptured (and is reported)
+            message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            warnings.warn(f"CUDA graph capture failed; this step runs uncaptured: {message}", RuntimeWarning)
+            self.failures.append(message)
+            self.entries[key] = None
+            torch.cuda.synchronize(self.device)
+            return body(*inputs)
+        self.entries[key] = entry
+        return entry.replay(inputs)
+
+    def _side_stream(self, body: Callable[..., Any], inputs: tuple[Any, ...]) -> Any:
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            result = body(*inputs)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.synchronize(self.device)
+        return result
+
+
+class _CapturedStep:
+    """One captured step: static input copies, the graph and its static outputs."""
+
+    def __init__(self, body: Callable[..., Any], inputs: tuple[Any, ...], device: torch.device) -> None:
+        leaves, self.spec = pytree.tree_flatten(inputs)
+        # On the device: a captured step cannot copy from host memory (e.g. ZeroQ-KD's crop boxes)
+        self.static = [leaf.detach().to(device, copy=True) if isinstance(leaf, torch.Tensor) else leaf
+                       for leaf in leaves]
+        static_inputs = pytree.tree_unflatten(self.static, self.spec)
+        self.graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(device)
+        with torch.cuda.graph(self.graph):
+            self.outputs = body(*static_inputs)
+        torch.cuda.synchronize(device)
+
+    def replay(self, inputs: tuple[Any, ...]) -> Any:
+        leaves, _ = pytree.tree_flatten(inputs)
+        for static, leaf in zip(self.static, leaves):
+            if isinstance(leaf, torch.Tensor) and leaf.data_ptr() != static.data_ptr():
+                static.copy_(leaf, non_blocking=True)
+        self.graph.replay()
+        return self.outputs
