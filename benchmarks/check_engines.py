@@ -8,7 +8,9 @@
    without CUDA graphs (``DFQBENCH_CUDA_GRAPHS=0``) and, on CUDA, with them. Reports the largest relative
    difference of any logged loss term or diagnostic; graph replay against the uncaptured compiled engine
    must be 0 (the same kernels), compiled against eager is 0 on the CPU and differs on CUDA only through
-   Adam's capturable arithmetic.
+   Adam's capturable arithmetic. On CUDA the uncaptured compiled engine also runs twice: kernels with atomic
+   accumulation (e.g. F.interpolate's backward) make two identical runs differ, and that difference is the
+   floor a graph-replay difference is judged against.
 
     python benchmarks/check_engines.py [--device cuda] [--methods gdfq,adasg] [--iters 10] [--model tiny_cifar10]
 
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny_cifar10")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    torch.backends.cudnn.deterministic = True  # fewer run-to-run differences that are not the engine's
     ok = True
     for row in check_fake_quant(device):
         ok &= row["activation_mismatches"] == 0 and row["weight_mismatches"] == 0 and row["ste_gradient_is_identity"]
@@ -117,10 +120,13 @@ def main(argv: list[str] | None = None) -> int:
             row = {"check": "engines", "method": method, "device": str(device), "iterations": len(eager),
                    "compiled_vs_eager_max_rel": largest_difference(eager, compiled)[0]}
             if device.type == "cuda":
+                again, _ = run_method(method, "compiled", False, args)
                 graphed, info = run_method(method, "compiled", True, args)
+                floor = largest_difference(compiled, again)[0]
                 diff, where = largest_difference(compiled, graphed)
-                row.update(graphs_vs_uncaptured_max_rel=diff, first_difference=where, **info)
-                ok &= diff == 0.0 and not info.get("graph_failures")
+                row.update(uncaptured_rerun_max_rel=floor, graphs_vs_uncaptured_max_rel=diff, first_difference=where,
+                           **info)
+                ok &= diff <= floor and not info.get("graph_failures")
             else:
                 ok &= row["compiled_vs_eager_max_rel"] == 0.0
         except Exception as exc:  # noqa: BLE001  (report and go on to the next method)

@@ -10,10 +10,12 @@
 # 3. bench_packed: AdaSG W3A3 iterations/s with 1, 2, 4, 8 processes on the GPU (compiled engine).
 # 4. quick runs: every method, eager and compiled (7 runs packed on the GPU at once, --runs-per-gpu 7).
 # 5. paper_adasg: the paper-protocol AdaSG W3A3 run for PAPER_SECONDS (default 120), its iterations/s.
-# Each part has its own time limit and log in $OUT; a failing part does not stop the others.
+# Each part has its own time limit and log in $OUT; a failing part does not stop the others. PARTS="check bench"
+# runs a subset (e.g. to split the check over two sessions of a time-limited machine).
 set -uo pipefail
 OUT=${OUT:-gpu_check_out}
 PAPER_SECONDS=${PAPER_SECONDS:-120}
+PARTS=${PARTS:-check bench packed quick paper}  # a subset runs only those parts
 ITERS=${ITERS:-30}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -31,14 +33,19 @@ part() {  # part NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/NAM
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 
-part check_engines 75 python benchmarks/check_engines.py --iters 6
-part bench_step 150 python benchmarks/bench_step.py --iters "$ITERS" --warmup 5 --json "$OUT/bench_step.jsonl"
-OMP_NUM_THREADS=1 part bench_packed 100 python benchmarks/bench_step.py --methods "" --packed 1,2,4,8 \
+want() { [[ " $PARTS " == *" $1 "* ]]; }
+
+want check && CUBLAS_WORKSPACE_CONFIG=:4096:8 part check_engines 110 python benchmarks/check_engines.py --iters 5 \
+  --methods "${CHECK_METHODS:-gdfq,qimera,adasg,zaq,zeroq_kd}"
+want bench && part bench_step 150 python benchmarks/bench_step.py --iters "$ITERS" --warmup 5 --json "$OUT/bench_step.jsonl"
+want packed && OMP_NUM_THREADS=1 part bench_packed 100 python benchmarks/bench_step.py --methods "" --packed 1,2,4,8 \
   --packed-method adasg --iters 150 --warmup 5 --json "$OUT/bench_packed.jsonl"
-for engine in eager compiled; do
-  OMP_NUM_THREADS=2 TAIL=12 part "quick_$engine" 90 dfqbench run --grid benchmarks/gpu_check.yaml --engine "$engine" \
-    --runs-per-gpu 7 --results "$OUT/quick_$engine"
-done
-part paper_adasg $((PAPER_SECONDS + 30)) timeout -s INT "$PAPER_SECONDS" dfqbench run --method adasg \
+if want quick; then
+  for engine in eager compiled; do
+    OMP_NUM_THREADS=2 TAIL=12 part "quick_$engine" 90 dfqbench run --grid benchmarks/gpu_check.yaml --engine "$engine" \
+      --runs-per-gpu 7 --results "$OUT/quick_$engine"
+  done
+fi
+want paper && part paper_adasg $((PAPER_SECONDS + 30)) timeout -s INT "$PAPER_SECONDS" dfqbench run --method adasg \
   --model resnet20_cifar10 --bits w3a3 --protocol paper --engine compiled --plain --results "$OUT/paper_adasg"
 python benchmarks/summarize_gpu_check.py "$OUT" | tee "$OUT/summary.md"

@@ -1,7 +1,9 @@
 """The ``dfqbench`` command: ``run`` one cell, ``list methods|models``.
 
 Bad input prints one line (``dfqbench: error: …``) naming the bad value and the valid choices or the fix,
-and exits with status 2; nothing is written to the results folder.
+and exits with status 2; nothing is written to the results folder. A run that runs out of CUDA memory also
+prints one line (the device and the fix: fewer runs per GPU or a smaller batch) but exits with status 1, and
+its ``error.json`` is written like any failed run's.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="test data root (env DFQBENCH_DATA); CIFAR-10 as cifar10-test/ ImageFolder")
     run.add_argument("--results", help="results folder (env DFQBENCH_RESULTS; default ./results)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--engine", default="auto", metavar="auto|eager|compiled",
+                     help="how the training step runs: eager PyTorch or compiled (torch.compile + CUDA graphs); "
+                          "auto (default) is compiled on CUDA, eager on CPU. Recorded, not part of the run hash")
     run.add_argument("--log-every", type=int, default=50, help="iterations between logged diagnostics")
     run.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -55,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.log_every < 1:
         raise DfqbenchError(f"invalid --log-every {args.log_every}: must be >= 1")
+    from dfqbench.core.engine_names import check_engine  # torch-free: a cached dry run must not import torch
+
+    check_engine(args.engine)
     if args.grid is not None:  # before the imports below: a dry run from the plan cache never imports torch
         return run_grid(args)
     from dfqbench.core.progress import make_progress
@@ -67,7 +75,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         method=args.method, model=args.model, bits=args.bits, seed=args.seed or 0, protocol=args.protocol or "paper",
         overrides=list(args.overrides), weights=args.weights, weights_dir=args.weights_dir,
         weights_norm=args.weights_norm, data_root=args.data_root, results=args.results, device=args.device,
-        log_every=args.log_every,
+        log_every=args.log_every, engine=args.engine,
     )
     progress = make_progress(force_plain=args.plain)
     record = run(request, progress)
@@ -132,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "status": run_status}[args.command](args)
     except DfqbenchError as exc:
         print(f"dfqbench: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # 2: bad input; a run that failed at run time (CUDA OOM) sets 1
     except KeyboardInterrupt:
         print("dfqbench: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

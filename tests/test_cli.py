@@ -160,3 +160,63 @@ def test_sigkill_mid_run_then_same_command_resumes(tmp_path):
     record = json.loads((folder / "record.json").read_text())
     assert record["sessions"] == 2
     assert sorted(map(int, record["top1_per_epoch"])) == [0, 1, 2, 3, 4, 5]
+
+
+def test_engine_flag_is_checked_first_and_reaches_the_request(tmp_path, capsys, monkeypatch):
+    """--engine: a bad value is one line, exit 2, nothing written (single runs and grids, dry runs too); a good
+    one reaches the RunRequest of a single run."""
+    import dfqbench.runner
+
+    for args in (TINY_ARGS, ["run", "--grid", "smoke", "--device", "cpu"], ["run", "--grid", "smoke", "--dry-run"]):
+        code, _, err = _run_cli(args + ["--engine", "compild", "--results", str(tmp_path / "res")], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, err
+        assert "unknown engine 'compild'; did you mean 'compiled'?" in lines[0] and "auto, eager, compiled" in lines[0]
+    assert not (tmp_path / "res").exists()
+
+    seen = []
+
+    def fake_run(request, progress):
+        seen.append(request)
+        raise DfqbenchError("stop here")
+
+    monkeypatch.setattr(dfqbench.runner, "run", fake_run)
+    assert main(TINY_ARGS + ["--engine", "eager", "--results", str(tmp_path / "res")]) == 2
+    assert main(TINY_ARGS + ["--results", str(tmp_path / "res")]) == 2
+    assert [r.engine for r in seen] == ["eager", "auto"]
+
+
+def test_cuda_out_of_memory_is_one_line_exit_1_and_recorded(tmp_path, capsys, monkeypatch):
+    """A run that does not fit in GPU memory (simulated: the trainer raises torch.cuda.OutOfMemoryError) prints
+    one line naming the device and the fix, exits 1, and leaves error.json with the message and the traceback;
+    in a grid the run's reason is that line."""
+    import torch
+
+    from dfqbench.core import trainer
+    from dfqbench.launch.grid import load_grid
+    from dfqbench.launch.plan import LaunchOptions, plan_grid
+    from dfqbench.launch.state import run_state
+    from dfqbench.launch.task import GridTask
+
+    def no_memory(self):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total "
+                                          "capacity of 79.19 GiB of which 3.06 MiB is free.")
+
+    monkeypatch.setattr(trainer.Trainer, "fit", no_memory)
+    results = tmp_path / "res"
+    code, _, err = _run_cli(TINY_ARGS + ["--results", str(results)] + TINY_OVERRIDES, capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, err
+    assert lines[0].startswith("dfqbench: error: CUDA out of memory on cpu (asked for 20.00 MiB); lower "
+                               "--runs-per-gpu") and "train.batch_size" in lines[0]
+    (folder,) = (results / "runs").iterdir()
+    error = json.loads((folder / "error.json").read_text())
+    assert error["type"] == "DfqbenchError" and error["message"] == lines[0].removeprefix("dfqbench: error: ")
+    assert "OutOfMemoryError: CUDA out of memory. Tried to allocate" in error["traceback"]
+
+    plan = plan_grid(load_grid("smoke"), LaunchOptions(results=tmp_path / "grid", device="cpu"), {"bits": ["w3a3"]},
+                     [0])
+    (cell,) = plan.to_launch()
+    outcome = GridTask(cell.request, cell.spec, "smoke").execute("local-test", "local")
+    assert outcome.status == "failed" and outcome.reason.startswith("DfqbenchError: CUDA out of memory on cpu")
+    assert run_state(cell.run_dir).state == "failed"

@@ -417,3 +417,31 @@ def test_cached_plan_notices_a_downloaded_pytorchcv_teacher(tmp_path, monkeypatc
     assert cached_plan(grid, opts) is None
     second = plan_dry(grid, opts)
     assert second.runs()[0].run_name and cached_plan(grid, opts).runs()[0].run_name == second.runs()[0].run_name
+
+
+def test_engine_reaches_every_run_request_but_not_run_ids_or_the_plan_cache(tmp_path):
+    """--engine is a launch option: in each cell's RunRequest and in the GridTask JSON a worker or a Slurm task
+    gets (a task JSON from before the field loads with "auto"), never in a run id or the plan cache's key."""
+    from dfqbench.launch.plancache import cached_plan, plan_dry
+    from dfqbench.launch.summary import describe
+    from dfqbench.launch.task import GridTask
+
+    grid = load_grid(write(tmp_path, TINY_BASE + "axes:\n  bits: [w4a4, w3a3]\n"))
+    auto = LaunchOptions(results=tmp_path / "results", device="cpu")
+    eager = LaunchOptions(results=tmp_path / "results", device="cpu", engine="eager")
+    plans = [plan_grid(grid, opts) for opts in (auto, eager)]
+    assert [c.request.engine for c in plans[0].runs()] == ["auto", "auto"]
+    assert [c.request.engine for c in plans[1].runs()] == ["eager", "eager"]
+    assert [c.run_id for c in plans[0].runs()] == [c.run_id for c in plans[1].runs()]
+
+    cell = plans[1].runs()[0]
+    task = GridTask(cell.request, cell.spec, grid.name)
+    again = GridTask.from_json(task.to_json())
+    assert again.request == cell.request and again.request.engine == "eager" and again.spec.run_id == cell.run_id
+    old = json.loads(task.to_json())
+    del old["request"]["engine"]
+    assert GridTask.from_json(json.dumps(old)).request.engine == "auto"
+
+    dry = plan_dry(grid, auto)
+    cached = cached_plan(grid, eager)  # the same cache file and cells: a dry run does not depend on the engine
+    assert cached is not None and describe(cached) == describe(dry)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from dfqbench.cli import main
-from dfqbench.launch.local import worker_env
+from dfqbench.launch import local
+from dfqbench.launch.local import default_jobs, gpu_for_slot, worker_env
 from dfqbench.launch.manifest import read_manifests
 from dfqbench.launch.state import run_state
 from dfqbench.launch.status import status_report
@@ -210,3 +211,52 @@ def test_worker_environment_per_slot(monkeypatch):
     env = worker_env(slot=0, jobs=2, device="cpu", gpus=[], plain=False)
     assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2)) and "CUDA_VISIBLE_DEVICES" not in env or \
         env.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_runs_per_gpu_slots_share_gpus_in_order(monkeypatch):
+    """--runs-per-gpu N: slots 0..N-1 on the first GPU, N..2N-1 on the next, wrapping; N=1 is slot mod #GPUs."""
+    gpus = ["0", "5"]
+    assert [gpu_for_slot(i, gpus, 2) for i in range(6)] == ["0", "0", "5", "5", "0", "0"]
+    assert [gpu_for_slot(i, gpus, 1) for i in range(5)] == [gpus[i % 2] for i in range(5)]
+    assert gpu_for_slot(3, [], 2) is None
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = os.cpu_count() or 1
+    for slot, gpu in enumerate(["0", "0", "5", "5"]):
+        env = worker_env(slot, jobs=4, device="cuda", gpus=gpus, plain=True, runs_per_gpu=2)
+        assert env["CUDA_VISIBLE_DEVICES"] == gpu and env["OMP_NUM_THREADS"] == str(max(1, cores // 4))
+    one = worker_env(0, jobs=1, device="auto", gpus=["3"], plain=True)  # one GPU worker: torch's own default
+    assert one["CUDA_VISIBLE_DEVICES"] == "3" and one.get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")
+    cpu = worker_env(1, jobs=2, device="cpu", gpus=gpus, plain=False, runs_per_gpu=2, extra={"X_EXTRA": "1"})
+    assert cpu.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES") and cpu["X_EXTRA"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's setting wins
+    assert worker_env(0, jobs=4, device="cuda", gpus=gpus, plain=True, runs_per_gpu=2)["OMP_NUM_THREADS"] == "7"
+
+    monkeypatch.setattr(local, "visible_gpus", lambda: gpus)
+    assert default_jobs("auto", 3) == 6 and default_jobs("cuda") == 2 and default_jobs("cpu", 3) == 1
+    monkeypatch.setattr(local, "visible_gpus", lambda: [])
+    assert default_jobs("auto", 3) == 1  # no GPUs: --runs-per-gpu changes nothing, --jobs sets the processes
+
+
+def test_runs_per_gpu_workers_run_at_once_with_the_same_results(tmp_path, capsys):
+    """--runs-per-gpu 2 --jobs 2 on CPU: the two runs train at the same time, each in its own worker process,
+    and their records hold the same numbers as the same runs made one after the other."""
+    packed, alone = tmp_path / "packed", tmp_path / "alone"
+    base = ["run", "--grid", "smoke", "--device", "cpu", "--only", "bits=w4a4"]
+    procs = [cli(base + ["--results", str(packed), "--runs-per-gpu", "2", "--jobs", "2"]),
+             cli(base + ["--results", str(alone), "--jobs", "1"])]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert "2 done, 0 failed" in outputs[0] and "(slot 1)" in outputs[0]
+    folders = runs(packed)
+    assert len(folders) == 2 and folders.keys() == runs(alone).keys()
+    spans = [(a["started_at"], a["ended_at"], a["pid"]) for f in folders.values() for a in attempts(f)]
+    assert len(spans) == 2 and spans[0][2] != spans[1][2]  # one worker process per run
+    assert max(s[0] for s in spans) < min(s[1] for s in spans), spans  # the two attempts overlap in time
+    timing = {"wall_time_s", "finished_at"}
+    for name, folder in folders.items():
+        a, b = record(folder), record(runs(alone)[name])
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    manifest = read_manifests(packed, "smoke")[0]
+    assert manifest["jobs"] == 2 and manifest["runs_per_gpu"] == 2
+    assert main(base + ["--results", str(packed), "--runs-per-gpu", "0"]) == 2
+    assert "invalid --runs-per-gpu 0: must be >= 1" in capsys.readouterr().err

@@ -100,6 +100,7 @@ def start_now(job_id: str) -> None:
     """Start a requeued job now: Slurm holds a requeued job back ~2 min (its BeginTime); the wait proves
     nothing here, so the test moves the start time (an ordinary `scontrol update`)."""
     wait(lambda: job_state(job_id).startswith("PENDING"), 60, f"job {job_id} to be requeued", squeue)
+    time.sleep(2)  # slurmd kills a job started in the second its old credential was revoked ("credential revoked")
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
 
 
@@ -209,3 +210,86 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path, partition, capsys):
     assert epochs == list(range(40))
     assert main(["status", "--grid", "long", "--results", str(results)]) == 0
     assert capsys.readouterr().out.splitlines()[1].split() == ["long", "1", "0", "0", "1", "0", "0"]
+
+
+def test_runs_per_gpu_trains_two_runs_at_once_in_one_array_task(tmp_path, partition, capsys):
+    """A profile with runs_per_gpu: 2 (gpus: 0, CPU): smoke's 2 w4a4 runs go into one array task, which trains
+    them at the same time, each in its own worker process; both finish with whole records, their attempts
+    name the task's job, and the manifest has one entry per run."""
+    results = tmp_path / "results"
+    profiles = profiles_file(tmp_path, partition, gpus=0, cpus=2, runs_per_gpu=2)
+    assert main(["run", "--grid", "smoke", "--only", "bits=w4a4", "--executor", "slurm", "--profiles", str(profiles),
+                 "--device", "cpu", "--results", str(results)]) == 0
+    assert "submitted 2 runs as Slurm job" in capsys.readouterr().out
+    manifest = read_manifests(results, "smoke")[0]
+    assert len(manifest["runs"]) == 2 and len({r["job_id"] for r in manifest["runs"]}) == 1
+    job = manifest["runs"][0]["job_id"]
+
+    def both_done() -> bool:
+        return status_report(results, "smoke")[1]["smoke"]["done"] == 2
+
+    wait(both_done, 300, "the 2 packed runs to finish", lambda: squeue() + status_report(results, "smoke", True)[0])
+    spans = []
+    for folder in runs(results).values():
+        wait(lambda: not (folder / "lease.json").exists(), 30, "the attempt to end and its lease to go")
+        record = json.loads((folder / "record.json").read_text())
+        assert record["run_id"] == json.loads((folder / "spec.json").read_text())["run_id"] and record["sessions"] == 1
+        attempts = GridTask.read_attempts(folder)
+        assert [(a["executor"], a["job_id"], a["outcome"]) for a in attempts] == [("slurm", job, "done")]
+        assert (folder / "worker.log").exists()
+        spans += [(a["started_at"], a["ended_at"], a["pid"]) for a in attempts]
+    assert len(spans) == 2 and spans[0][2] != spans[1][2]
+    assert max(s[0] for s in spans) < min(s[1] for s in spans), spans  # trained at the same time
+
+
+PACKED = """
+base:
+  method: gdfq
+  model: tiny_cifar10
+  bits: w4a4
+  protocol: quick
+  train.epochs: 10
+  train.iters_per_epoch: 20
+  train.batch_size: 8
+  train.warmup_epochs: 1
+  train.range_update_epochs: 1
+axes:
+  seed: [0, 1]
+"""
+
+
+def test_preempted_task_of_packed_runs_requeues_and_both_resume(tmp_path, partition, capsys):
+    """USR2 (preemption / time limit) to an array task training 2 runs: its workers ignore the signal, the task
+    stops them (each ends its attempt as interrupted and releases its lease) and requeues itself with both runs;
+    the requeued task resumes each from its last epoch checkpoint, every epoch logged exactly once."""
+    grid = tmp_path / "packed.yaml"
+    grid.write_text(PACKED)
+    results = tmp_path / "results"
+    profiles = profiles_file(tmp_path, partition, gpus=0, cpus=2, runs_per_gpu=2)
+    assert main(["run", "--grid", str(grid), "--executor", "slurm", "--profiles", str(profiles), "--device", "cpu",
+                 "--results", str(results)]) == 0
+    assert "submitted 2 runs as Slurm job" in capsys.readouterr().out
+    job = read_manifests(results, "packed")[0]["runs"][0]["job_id"]
+    folders = lambda: list(runs(results).values())  # noqa: E731
+    diagnose = lambda: squeue() + "".join((f / "attempts.json").read_text() for f in folders()  # noqa: E731
+                                          if (f / "attempts.json").exists())
+
+    wait(lambda: len(folders()) == 2 and all(epochs_logged(f) >= 3 for f in folders()), 180, "3 epochs each", diagnose)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    wait(lambda: all(GridTask.read_attempts(f)[0].get("outcome") == "interrupted" for f in folders()), 60,
+         "both attempts to end as interrupted", diagnose)
+    for folder in folders():
+        state = run_state(folder)
+        assert state.state == "pending" and state.partial and not (folder / "error.json").exists()
+    start_now(job)
+
+    wait(lambda: all((f / "record.json").exists() for f in folders()), 300, "both runs to finish", diagnose)
+    for folder in folders():
+        wait(lambda: not (folder / "lease.json").exists(), 30, "the lease to be released", diagnose)
+        assert json.loads((folder / "record.json").read_text())["sessions"] == 2
+        history = GridTask.read_attempts(folder)
+        assert [(a["job_id"], a["outcome"]) for a in history] == [(job, "interrupted"), (job, "done")]
+        assert history[1]["resumed_after_epoch"] >= 1
+        epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()
+                  if '"type": "epoch"' in line]
+        assert epochs == list(range(10))

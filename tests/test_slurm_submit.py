@@ -158,3 +158,64 @@ def test_shipped_profiles_cover_every_shipped_paper_grid():
         chosen = {profiles.for_cell(c, None).name for c in plan.runs()}
         assert chosen <= {"cifar", "imagenet", "imagenet_large"} and chosen
     assert profiles.get("test").partition == "debug"
+
+
+def test_runs_per_gpu_packs_runs_into_array_tasks(tmp_path, fake_slurm, capsys):
+    """A profile's runs_per_gpu: 2 puts 2 runs in each array task (smoke with seeds 0-2: 6 runs in 3 tasks);
+    the manifest keeps one entry per run, with its array task's job id; --runs-per-gpu overrides the profile."""
+    import pickle
+
+    from dfqbench.launch.task import SlurmTaskGroup
+
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("profiles: {p: {cpus: 4, array_parallelism: 8, runs_per_gpu: 2}}\nselect: [{profile: p}]\n")
+    base = ["run", "--grid", "smoke", "--seeds", "0-2", "--executor", "slurm", "--profiles", str(profiles),
+            "--device", "cpu"]
+    assert main(base + ["--results", str(tmp_path / "r")]) == 0
+    assert "submitted 6 runs as Slurm job 100 (array 0-2), 2 runs per array task, profile p" in capsys.readouterr().out
+    assert [re.findall(r"^#SBATCH --array=(\S+)$", s, re.MULTILINE) for s in scripts(fake_slurm)] == [["0-2%3"]]
+    manifest = read_manifests(tmp_path / "r", "smoke")[0]
+    assert [r["job_id"] for r in manifest["runs"]] == ["100_0", "100_0", "100_1", "100_1", "100_2", "100_2"]
+    assert len({r["run_id"] for r in manifest["runs"]}) == 6
+    pickles = sorted((tmp_path / "r" / "slurm" / "smoke" / "p").glob("*_submitted.pkl"))
+    groups = [pickle.loads(p.read_bytes()).function for p in pickles]
+    assert len(groups) == 3 and all(isinstance(g, SlurmTaskGroup) and len(g.tasks) == 2 for g in groups)
+    assert sorted(t.spec.run_id for g in groups for t in g.tasks) == sorted(r["run_id"] for r in manifest["runs"])
+
+    assert main(base + ["--results", str(tmp_path / "r3"), "--runs-per-gpu", "3"]) == 0
+    assert "submitted 6 runs as Slurm job 101 (array 0-1), 3 runs per array task" in capsys.readouterr().out
+    assert main(base + ["--results", str(tmp_path / "r1"), "--runs-per-gpu", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "submitted 6 runs as Slurm job 102 (array 0-5), profile p" in out and "per array task" not in out
+
+    profiles.write_text("profiles: {p: {cpus: 1, runs_per_gpu: 0}}\nselect: [{profile: p}]\n")
+    with pytest.raises(DfqbenchError, match=r"profiles.p.runs_per_gpu must be an integer >= 1, not 0"):
+        load_profiles(str(profiles))
+
+
+def test_task_group_checkpoint_stops_its_workers_and_requeues_the_same_runs(tmp_path):
+    """What submitit calls on USR2: every live worker gets SIGINT and is waited for, and a fresh group with the
+    same runs (no process handles: it is pickled) is what gets requeued."""
+    import pickle
+    import subprocess
+    import sys
+
+    from dfqbench.launch.grid import load_grid
+    from dfqbench.launch.plan import LaunchOptions, plan_grid
+    from dfqbench.launch.task import GridTask, SlurmTaskGroup
+
+    plan = plan_grid(load_grid("smoke"), LaunchOptions(results=tmp_path / "r", device="cpu"))
+    tasks = [GridTask(c.request, c.spec, "smoke") for c in plan.to_launch()[:2]]
+    group = SlurmTaskGroup(tasks, 2)
+    waits = ("import signal, time; signal.signal(signal.SIGINT, lambda *a: exit(7)); print('ready', flush=True); "
+             "time.sleep(60)")
+    workers = [subprocess.Popen([sys.executable, "-c", waits], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    assert all(w.stdout.readline() == "ready\n" for w in workers)
+    group._procs = workers + [subprocess.Popen([sys.executable, "-c", "pass"])]
+    group._procs[-1].wait()
+    delayed = group.checkpoint()
+    assert [w.returncode for w in workers] == [7, 7]
+    fresh = delayed.function
+    assert isinstance(fresh, SlurmTaskGroup) and fresh is not group and fresh._procs == []
+    assert [t.spec.run_id for t in fresh.tasks] == [t.spec.run_id for t in tasks] and fresh.runs_per_gpu == 2
+    assert [t.spec.run_id for t in pickle.loads(pickle.dumps(group)).tasks] == [t.spec.run_id for t in tasks]

@@ -18,18 +18,13 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from dfqbench.core.engine_names import ENGINES, check_engine
 from dfqbench.errors import DfqbenchError
 from dfqbench.registry import unknown_choice
 
-ENGINES = ("auto", "eager", "compiled")
+__all__ = ["ENGINES", "CompiledEngine", "EagerEngine", "Engine", "check_engine", "make_engine", "resolve_engine"]
+
 CUDA_GRAPHS_ENV = "DFQBENCH_CUDA_GRAPHS"
-
-
-def check_engine(name: object) -> str:
-    """``name`` if it is one of :data:`ENGINES`, else a one-line DfqbenchError naming the choices."""
-    if not isinstance(name, str) or name not in ENGINES:
-        raise DfqbenchError(unknown_choice("engine", name, list(ENGINES)))
-    return name
 
 
 def resolve_engine(name: str, device: torch.device) -> str:

@@ -30,6 +30,10 @@ def add_grid_arguments(run: argparse.ArgumentParser) -> None:
     group.add_argument("--jobs", type=int, metavar="N",
                        help="local: runs at once (default one per visible GPU, else 1); slurm: array tasks at "
                             "once (default the profile's array_parallelism)")
+    group.add_argument("--runs-per-gpu", type=int, metavar="N",
+                       help="local: N worker processes share each visible GPU (default 1; the default --jobs becomes "
+                            "#GPUs x N; without GPUs only --jobs counts); slurm: runs per array task, trained at "
+                            "once on its GPU (default the profile's runs_per_gpu)")
     group.add_argument("--profile", help="slurm: use this profile for every run (else the grid's or select rules)")
     group.add_argument("--profiles", metavar="FILE",
                        help="slurm: profiles YAML (env DFQBENCH_SLURM_PROFILES; default slurm/profiles.yaml)")
@@ -61,7 +65,7 @@ def _options(args: argparse.Namespace):
         results=results_root(args.results), device=args.device,
         weights=_path(args.weights), weights_dir=_path(args.weights_dir), weights_norm=args.weights_norm,
         data_root=_path(args.data_root), log_every=args.log_every, overrides=list(args.overrides),
-        protocol=args.protocol,
+        protocol=args.protocol, engine=args.engine,
     )
 
 
@@ -79,6 +83,8 @@ def run_grid(args: argparse.Namespace) -> int:
                             "(e.g. --only method=gdfq) and set its seeds with --seeds")
     if args.jobs is not None and args.jobs < 1:
         raise DfqbenchError(f"invalid --jobs {args.jobs}: must be >= 1")
+    if args.runs_per_gpu is not None and args.runs_per_gpu < 1:
+        raise DfqbenchError(f"invalid --runs-per-gpu {args.runs_per_gpu}: must be >= 1")
     grid = load_grid(args.grid)
     options = _options(args)
     filters = parse_filters(args.only)
@@ -129,11 +135,12 @@ def _launch(plan, args: argparse.Namespace) -> int:
         return _submit_slurm(plan, todo, tasks, args)
     from dfqbench.launch.local import default_jobs, run_local
 
-    jobs = args.jobs or default_jobs(args.device)
+    per_gpu = args.runs_per_gpu or 1
+    jobs = args.jobs or default_jobs(args.device, per_gpu)
     write_manifest(plan.options.results, plan.grid, "local",
                    [{"run_id": t.spec.run_id, "run_name": t.spec.run_name, "job_id": None} for t in tasks],
-                   {"jobs": jobs})
-    result = run_local(tasks, jobs, args.device)
+                   {"jobs": jobs, "runs_per_gpu": per_gpu})
+    result = run_local(tasks, jobs, args.device, runs_per_gpu=per_gpu)
     print(f"grid {plan.grid.name}: {len(result.done)} done, {len(result.failed)} failed, "
           f"{len(result.interrupted)} interrupted, {result.not_started} not started, "
           f"{len(result.busy)} left to other live tasks")
@@ -153,7 +160,7 @@ def _submit_slurm(plan, todo, tasks, args: argparse.Namespace) -> int:
     folder = plan.options.results / "slurm" / plan.grid.name
     submitted: list = []
     try:
-        submitted = submit(work, folder, plan.grid.name, args.jobs)
+        submitted = submit(work, folder, plan.grid.name, args.jobs, runs_per_gpu=args.runs_per_gpu)
     except DfqbenchError as exc:
         submitted = getattr(exc, "submitted", [])
         raise

@@ -1,11 +1,15 @@
 """The local executor: the pending runs of a grid, ``jobs`` at a time, each in its own worker process.
 
-Devices: with CUDA (``--device auto`` or ``cuda``), worker slot *i* sees only GPU ``i mod #GPUs`` through
-``CUDA_VISIBLE_DEVICES`` (one run per GPU by default; ``--jobs`` above the GPU count packs several small
-runs per GPU); on CPU each of the ``jobs`` processes gets ``OMP_NUM_THREADS = cores // jobs`` unless the
-variable is already set. A failed run is reported and the others go on; the exit status is 1 if any run
-failed. Ctrl-C (SIGINT, or SIGTERM to this process) stops cleanly: every worker gets one SIGINT, finished
-runs stay finished, an interrupted run keeps its last epoch checkpoint and resumes from it next time.
+Devices: with CUDA (``--device auto`` or ``cuda``), ``--runs-per-gpu N`` (default 1) worker processes share
+each visible GPU: the default ``jobs`` is ``#GPUs × N`` and worker slot *i* sees only GPU
+``(i // N) mod #GPUs`` through ``CUDA_VISIBLE_DEVICES`` (slots 0 … N−1 share the first GPU; ``--jobs``
+above ``#GPUs × N`` wraps around). Without GPUs (CPU) N changes nothing: ``--jobs`` alone sets how many
+runs go at once (default 1). Every worker gets ``OMP_NUM_THREADS = cores // jobs`` unless the variable is
+already set (on GPUs too when there are several workers: they share the host's cores).
+
+A failed run is reported and the others go on; the exit status is 1 if any run failed. Ctrl-C (SIGINT, or
+SIGTERM to this process) stops cleanly: every worker gets one SIGINT, finished runs stay finished, an
+interrupted run keeps its last epoch checkpoint and resumes from it next time.
 """
 
 from __future__ import annotations
@@ -52,24 +56,38 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def default_jobs(device: str) -> int:
-    """One run per visible GPU with ``auto``/``cuda``; one process otherwise."""
-    return max(1, len(visible_gpus())) if device in ("auto", "cuda") else 1
+def default_jobs(device: str, runs_per_gpu: int = 1) -> int:
+    """``runs_per_gpu`` runs per visible GPU with ``auto``/``cuda``; one process otherwise (and without GPUs)."""
+    return max(1, len(visible_gpus()) * runs_per_gpu) if device in ("auto", "cuda") else 1
 
 
-def worker_env(slot: int, jobs: int, device: str, gpus: list[str], plain: bool) -> dict[str, str]:
+def gpu_for_slot(slot: int, gpus: list[str], runs_per_gpu: int = 1) -> str | None:
+    """The GPU worker slot ``slot`` uses: slots 0 … N−1 the first, N … 2N−1 the second, … (None without GPUs)."""
+    return gpus[(slot // max(1, runs_per_gpu)) % len(gpus)] if gpus else None
+
+
+def worker_env(slot: int, jobs: int, device: str, gpus: list[str], plain: bool, runs_per_gpu: int = 1,
+               extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of worker slot ``slot``: its GPU, its share of the cores, plain progress, ``extra``."""
     env = dict(os.environ)
-    if gpus and device in ("auto", "cuda"):
-        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    elif "OMP_NUM_THREADS" not in os.environ:
+    gpu = gpu_for_slot(slot, gpus, runs_per_gpu) if device in ("auto", "cuda") else None
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    if "OMP_NUM_THREADS" not in os.environ and (gpu is None or jobs > 1):  # one GPU worker keeps torch's default
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     env["DFQBENCH_WORKER_PLAIN"] = "1" if plain else "0"
+    env.update(extra or {})
     return env
 
 
 def run_local(tasks: list[GridTask], jobs: int, device: str, out: TextIO | None = None,
-              python: str | None = None) -> LocalResult:
-    """Run ``tasks`` with at most ``jobs`` workers; returns what happened to each."""
+              python: str | None = None, runs_per_gpu: int = 1, extra_env: dict[str, str] | None = None,
+              started: Callable[[subprocess.Popen], None] | None = None) -> LocalResult:
+    """Run ``tasks`` with at most ``jobs`` workers, ``runs_per_gpu`` per GPU; returns what happened to each.
+
+    ``extra_env`` is added to every worker's environment; ``started`` is called with each worker process
+    (a Slurm array task running several runs uses both: :class:`dfqbench.launch.task.SlurmTaskGroup`).
+    """
     out = out or sys.stdout
     say: Callable[[str], None] = lambda text: print(text, file=out, flush=True)  # noqa: E731
     gpus = visible_gpus() if device in ("auto", "cuda") else []
@@ -86,9 +104,13 @@ def run_local(tasks: list[GridTask], jobs: int, device: str, out: TextIO | None 
                 if _settled_elsewhere(task, index, len(tasks), result, say):
                     continue
                 slot = free.pop(0)
-                running[slot] = _start(task, index, slot, jobs, device, gpus, plain, python)
+                env = worker_env(slot, jobs, device, gpus, plain, runs_per_gpu, extra_env)
+                running[slot] = _start(task, index, jobs, env, python)
+                if started is not None:
+                    started(running[slot][0])
+                gpu = gpu_for_slot(slot, gpus, runs_per_gpu)
                 say(f"[{index}/{len(tasks)}] start {task.spec.run_name}"
-                    + (f" (slot {slot}{', GPU ' + gpus[slot % len(gpus)] if gpus else ''})" if jobs > 1 else ""))
+                    + (f" (slot {slot}{', GPU ' + gpu if gpu is not None else ''})" if jobs > 1 else ""))
             time.sleep(0.1)
             for slot in [s for s, (proc, *_rest) in running.items() if proc.poll() is not None]:
                 proc, task, index, log = running.pop(slot)
@@ -126,7 +148,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _start(task: GridTask, index: int, slot: int, jobs: int, device: str, gpus: list[str], plain: bool,
+def _start(task: GridTask, index: int, jobs: int, env: dict[str, str],
            python: str | None) -> tuple[subprocess.Popen, GridTask, int, TextIO | None]:
     log = None
     if jobs > 1:
@@ -134,7 +156,7 @@ def _start(task: GridTask, index: int, slot: int, jobs: int, device: str, gpus: 
         log = open(task.folder.path / "worker.log", "a")  # noqa: SIM115  (closed in _finish)
     proc = subprocess.Popen(
         [python or sys.executable, "-m", "dfqbench.launch.worker", task.to_json()],
-        env=worker_env(slot, jobs, device, gpus, plain), stdout=log, stderr=subprocess.STDOUT if log else None,
+        env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
     )
     return proc, task, index, log
 

@@ -15,9 +15,13 @@ Profiles come from a YAML file (``--profiles FILE``, else ``$DFQBENCH_SLURM_PROF
       - {profile: cifar}          # no keys: matches every run
     profiles:
       cifar: {partition: gpu, gpus: 1, cpus: 8, mem_gb: 32, time_min: 240, array_parallelism: 64,
-              max_timeouts: 3, signal_delay_s: 120, setup: ["module load cuda"], sbatch: {qos: normal}}
+              max_timeouts: 3, signal_delay_s: 120, setup: ["module load cuda"], sbatch: {qos: normal},
+              runs_per_gpu: 1}
 
 A grid cell's own ``profile`` (grid key or preset) beats the rules; ``--profile NAME`` beats both.
+``runs_per_gpu: N`` (``--runs-per-gpu N`` overrides it) packs N runs into each array task, trained at once as
+worker processes sharing its GPU and CPUs (:class:`~dfqbench.launch.task.SlurmTaskGroup`); the manifest still
+has one entry per run, with its array task's job id.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class Profile:
     signal_delay_s: int = 90  # USR2 this long before the time limit: requeue with a checkpoint
     setup: tuple[str, ...] = ()  # shell lines before the run (module load …, source venv)
     sbatch: dict[str, Any] = field(default_factory=dict)  # any other sbatch option, e.g. {qos: high}
+    runs_per_gpu: int = 1  # runs per array task, trained at once on its GPU (each in its own process)
 
     def parameters(self, job_name: str, parallelism: int | None) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -133,6 +138,10 @@ def load_profiles(explicit: str | None = None) -> Profiles:
                 raise DfqbenchError(f"Slurm profiles file '{path}': "
                                     + unknown_choice(f"key in profiles.{name}:", key, sorted(names)))
         values = {**values, "setup": tuple(values.get("setup") or ()), "sbatch": dict(values.get("sbatch") or {})}
+        per_gpu = values.get("runs_per_gpu", 1)
+        if isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1:
+            raise DfqbenchError(f"Slurm profiles file '{path}': profiles.{name}.runs_per_gpu must be an integer "
+                                f">= 1, not {per_gpu!r}")
         profiles[name] = Profile(name=name, **values)
     select = raw.get("select") or []
     for i, rule in enumerate(select):
@@ -161,14 +170,16 @@ def chunks(items: list[Any], size: int) -> list[list[Any]]:
 
 
 def submit(work: list[tuple[GridTask, Profile]], folder: Path, grid: str, parallelism: int | None = None,
-           say: Callable[[str], None] = print, max_array_size: int | None = None) -> list[dict[str, Any]]:
+           say: Callable[[str], None] = print, max_array_size: int | None = None,
+           runs_per_gpu: int | None = None) -> list[dict[str, Any]]:
     """Submit every task: one array per profile, chunked; returns the manifest entries of what was submitted.
 
-    On an sbatch failure the entries submitted so far are attached to the raised error (``.submitted``).
+    Each array task runs ``runs_per_gpu`` runs (else the profile's). On an sbatch failure the entries
+    submitted so far are attached to the raised error (``.submitted``).
     """
     import submitit
 
-    from dfqbench.launch.task import SlurmGridTask
+    from dfqbench.launch.task import SlurmGridTask, SlurmTaskGroup
 
     limit_cluster = max_array_size or cluster_max_array_size()
     groups: dict[str, tuple[Profile, list[GridTask]]] = {}
@@ -184,18 +195,22 @@ def submit(work: list[tuple[GridTask, Profile]], folder: Path, grid: str, parall
         except ValueError as exc:
             raise DfqbenchError(f"Slurm profile {name!r}: {str(exc).splitlines()[0]}") from None
         limit = min(limit_cluster, profile.max_array_size or limit_cluster)
-        for chunk in chunks(tasks, limit):
+        per_task = runs_per_gpu or profile.runs_per_gpu
+        for chunk in chunks(chunks(tasks, per_task), limit):  # array tasks of per_task runs, arrays of them
+            runs = sum(len(unit) for unit in chunk)
             try:
                 with executor.batch():
-                    jobs = [executor.submit(SlurmGridTask(task)) for task in chunk]
+                    jobs = [executor.submit(SlurmGridTask(unit[0]) if per_task == 1
+                                            else SlurmTaskGroup(unit, per_task)) for unit in chunk]
             except Exception as exc:  # noqa: BLE001  (sbatch refused: report it with what did go through)
-                error = DfqbenchError(f"sbatch failed for profile {name!r} ({len(chunk)} runs): "
+                error = DfqbenchError(f"sbatch failed for profile {name!r} ({runs} runs): "
                                       f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}")
                 error.submitted = submitted  # type: ignore[attr-defined]
                 raise error from None
             array_id = jobs[0].job_id.split("_")[0]
-            say(f"submitted {len(chunk)} runs as Slurm job {array_id}"
-                + (f" (array 0-{len(chunk) - 1})" if len(chunk) > 1 else "") + f", profile {name}")
+            say(f"submitted {runs} runs as Slurm job {array_id}"
+                + (f" (array 0-{len(chunk) - 1})" if len(chunk) > 1 else "")
+                + (f", {per_task} runs per array task" if per_task > 1 else "") + f", profile {name}")
             submitted += [{"run_id": t.spec.run_id, "run_name": t.spec.run_name, "job_id": j.job_id,
-                           "profile": name, "log": str(folder / name)} for t, j in zip(chunk, jobs)]
+                           "profile": name, "log": str(folder / name)} for unit, j in zip(chunk, jobs) for t in unit]
     return submitted

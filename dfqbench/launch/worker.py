@@ -3,6 +3,11 @@
 Exit status: 0 done, 1 failed, 3 held by another live task, 130 interrupted (Ctrl-C / SIGINT / SIGTERM; the
 run resumes from its checkpoint next time). A separate process per run keeps a crash, a CUDA context or a
 host out-of-memory kill of one run from taking the others down.
+
+A Slurm array task that trains several runs (:class:`dfqbench.launch.task.SlurmTaskGroup`) starts these
+workers too; it names its job in ``DFQBENCH_WORKER_JOB_ID`` and ``DFQBENCH_WORKER_EXECUTOR=slurm`` (for the
+lease and ``attempts.json``). SIGUSR2, Slurm's warning before a time limit or a preemption, is ignored: the
+array task decides (it stops its workers with SIGINT and requeues itself).
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     task = GridTask.from_json(argv[0])
     plain = os.environ.get("DFQBENCH_WORKER_PLAIN", "1") == "1"
-    job_id = f"local-{os.getpid()}"
+    job_id = os.environ.get("DFQBENCH_WORKER_JOB_ID") or f"local-{os.getpid()}"
+    executor = os.environ.get("DFQBENCH_WORKER_EXECUTOR") or "local"
     try:
-        outcome = task.execute(job_id, "local", progress=make_progress(force_plain=plain))
+        outcome = task.execute(job_id, executor, progress=make_progress(force_plain=plain))
     except KeyboardInterrupt:
         return EXIT_CODES["interrupted"]
     if outcome.reason:
