@@ -61,7 +61,7 @@ def make_trainer(method: str, model: str, bits: str | None, batch: int | None, e
         student = quantize_model(teacher, QuantConfig(wbits=wbits, abits=abits, **quant))
         set_range_update(student, True)
         with torch.no_grad():  # calibrate the ranges once, then freeze them as after the range window
-            student(torch.randn(8, 3, info.input_size, info.input_size))
+            student(torch.randn(train["batch_size"], 3, info.input_size, info.input_size))
     for p in student.parameters():
         p.requires_grad_(True)
     spec = RunSpec(method=method, method_version="bench", model=info.name, dataset=info.dataset, bits=bits or "fp",

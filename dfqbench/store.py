@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dfqbench.errors import DfqbenchError
 from dfqbench.specs import RunSpec
 
 # torch is imported inside the checkpoint functions only, so that `dfqbench status`, a cached dry run and the
@@ -56,6 +57,14 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def unreadable_checkpoint(path: Path, exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "Weights only load failed" in first or "Unsupported global" in str(exc):
+        first = "it holds objects other than tensors, numbers and strings, which are never unpickled"
+    return (f"unreadable checkpoint '{path}' ({type(exc).__name__}: {first[:200]}); delete it to start this run "
+            "from scratch")
 
 
 class RunFolder:
@@ -98,19 +107,29 @@ class RunFolder:
         atomic_torch_save(self.checkpoint_path, state)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last epoch's checkpoint, or None without one. Loaded with ``weights_only=True``: tensors,
+        numbers, strings and containers only, so a pickle planted in a shared results folder cannot run code.
+        An unreadable file (truncated, foreign, or holding other objects) is a one-line DfqbenchError."""
         if not self.checkpoint_path.exists():
             return None
         import torch
 
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError, ...: all unreadable)
+            raise DfqbenchError(unreadable_checkpoint(self.checkpoint_path, exc)) from None
 
     def checkpoint_epoch(self) -> int | None:
-        """The last checkpointed epoch, read with the file memory-mapped (its tensors are not loaded)."""
+        """The last checkpointed epoch, read with the file memory-mapped (its tensors are not loaded); None
+        without a readable checkpoint (resuming it then fails with :meth:`load_checkpoint`'s message)."""
         if not self.checkpoint_path.exists():
             return None
         import torch
 
-        return torch.load(self.checkpoint_path, map_location="cpu", mmap=True, weights_only=False)["epoch"]
+        try:
+            return torch.load(self.checkpoint_path, map_location="cpu", mmap=True, weights_only=True)["epoch"]
+        except Exception:  # noqa: BLE001
+            return None
 
     def write_record(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.record_path, record)

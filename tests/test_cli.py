@@ -152,7 +152,7 @@ def test_sigkill_mid_run_then_same_command_resumes(tmp_path):
     assert not (folder / "record.json").exists()
     import torch
 
-    killed_at = torch.load(folder / "checkpoint.pt", weights_only=False)["epoch"]
+    killed_at = torch.load(folder / "checkpoint.pt", weights_only=True)["epoch"]
     assert killed_at < 5
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr

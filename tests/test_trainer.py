@@ -118,14 +118,14 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tiny_request
         run(crashed, CrashAfterEpoch(1))
     folder = prepare(crashed).folder
     assert folder.error_path.exists() and not folder.is_done()
-    assert torch.load(folder.checkpoint_path, weights_only=False)["epoch"] == 1
+    assert torch.load(folder.checkpoint_path, weights_only=True)["epoch"] == 1
     capture = RecordingProgress()
     resumed = run(crashed, capture)
     assert any("resuming" in m and "after epoch 2/" in m for m in capture.messages)
     assert resumed["sessions"] == 2 and not folder.error_path.exists()
     assert resumed["top1_per_epoch"] == full["top1_per_epoch"]
-    straight_ckpt = torch.load(prepare(straight).folder.checkpoint_path, weights_only=False)
-    resumed_ckpt = torch.load(folder.checkpoint_path, weights_only=False)
+    straight_ckpt = torch.load(prepare(straight).folder.checkpoint_path, weights_only=True)
+    resumed_ckpt = torch.load(folder.checkpoint_path, weights_only=True)
     assert same_state(straight_ckpt["student"], resumed_ckpt["student"])
     epochs_logged = [r["epoch"] for r in folder.read_metrics() if r["type"] == "epoch"]
     assert epochs_logged == [0, 1, 2]
@@ -138,3 +138,40 @@ def test_finished_run_is_skipped(tiny_request):
     again = run(request, capture)
     assert again == json.loads(json.dumps(first))
     assert any(m.startswith("already done") for m in capture.messages)
+
+
+class _Planted:
+    """Unpickling this runs code (it calls pathlib.Path.touch on a marker file)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_planted_checkpoint_pickle_never_runs(tiny_request, tmp_path):
+    """A checkpoint.pt that would run code when unpickled: resuming refuses it with one line (no code runs),
+    and the grid's attempt log, which reads the epoch first, does not run it either."""
+    import pickle
+
+    from dfqbench.cli import main
+    from dfqbench.errors import DfqbenchError
+
+    request = tiny_request()
+    folder = prepare(request).folder
+    folder.create(prepare(request).spec)
+    marker = tmp_path / "code-ran"
+    folder.checkpoint_path.write_bytes(pickle.dumps({"epoch": 0, "evil": _Planted(str(marker))}, protocol=2))
+    assert folder.checkpoint_epoch() is None and not marker.exists()
+    with pytest.raises(DfqbenchError, match=r"unreadable checkpoint .*checkpoint.pt.*delete it"):
+        run(request, RecordingProgress())
+    assert not marker.exists() and folder.error_path.exists() and not folder.is_done()
+    args = ["run", "--method", "gdfq", "--model", "tiny_cifar10", "--bits", "w4a4", "--protocol", "quick",
+            "--device", "cpu", "--results", request.results, "--plain", *[f"{o}" for o in request.overrides]]
+    assert main(args) == 2 and not marker.exists()
+    folder.checkpoint_path.write_bytes(b"\x80\x04truncated")  # a truncated file: the same one line
+    with pytest.raises(DfqbenchError, match="unreadable checkpoint"):
+        run(request, RecordingProgress())

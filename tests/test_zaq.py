@@ -382,6 +382,6 @@ def test_resume_matches_uninterrupted_and_does_not_recalibrate(tiny_request, tmp
     assert resumed["calibrated_top1"] == full["calibrated_top1"]
     assert resumed["top1_per_epoch"] == full["top1_per_epoch"]
     assert resumed["images_generated"] == full["images_generated"]
-    a = torch.load(prepare(straight).folder.checkpoint_path, weights_only=False)
-    b = torch.load(prepare(crashed).folder.checkpoint_path, weights_only=False)
+    a = torch.load(prepare(straight).folder.checkpoint_path, weights_only=True)
+    b = torch.load(prepare(crashed).folder.checkpoint_path, weights_only=True)
     assert same_state(a["student"], b["student"]) and same_state(a["generator"], b["generator"])

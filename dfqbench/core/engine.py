@@ -51,7 +51,7 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         """What the record says about the engine."""
-        return {"engine": self.name, "compile_s": round(self.compile_seconds, 2)}
+        return {"engine": self.name, "compile_s": round(self.compile_seconds, 3)}
 
 
 class EagerEngine(Engine):
@@ -165,7 +165,7 @@ class StepGraphs:
     they compile, create optimizer state and pick kernels); the next call captures the step into a graph
     whose inputs are static copies and then replays it; later calls copy their inputs into those copies
     and replay. Replay runs exactly the captured kernels, so it computes what the uncaptured step computes.
-    A step's outputs are the graph's static tensors, overwritten by its next replay.
+    A replay returns copies of the graph's static outputs, so they survive the next replay.
     """
 
     def __init__(self, device: torch.device, warmup_calls: int = 2) -> None:
@@ -229,4 +229,5 @@ class _CapturedStep:
             if isinstance(leaf, torch.Tensor) and leaf.data_ptr() != static.data_ptr():
                 static.copy_(leaf, non_blocking=True)
         self.graph.replay()
-        return self.outputs
+        # Copies: the next replay overwrites the static outputs (ZAQ replays its Q step five times an iteration)
+        return pytree.tree_map_only(torch.Tensor, torch.clone, self.outputs)

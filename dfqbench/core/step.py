@@ -101,7 +101,7 @@ class TrainStep:
         """Run the method's steps once; returns each step's logged loss terms as ("g/" | "q/", terms).
 
         ``train_q`` False (warm-up epochs): the Q steps compute their loss without a backward or an SGD step.
-        The terms are device tensors owned by the engine until its next call: read or copy them at once.
+        The terms are detached device tensors (read them once per logging window to avoid host syncs).
         """
         drawn = self.draw_samples()
         samples = iter(drawn)
@@ -151,8 +151,8 @@ class TrainStep:
         return (kind, train, ranges, lrs, self.generator.training, self.student.training)
 
     def _generator_step_body(self, sample: Sample) -> tuple[LossTerms, Batch]:
-        self.opt_g.zero_grad(set_to_none=True)
         loss, terms, batch = self.generator_forward(sample)
+        self.opt_g.zero_grad(set_to_none=True)  # after the forward: the freed gradients' memory is reused at once
         loss.backward(inputs=self._g_params)  # G's gradients only; the student's are not G's to keep
         self.opt_g.step()
         return {"loss": loss.detach(), **_detached_terms(terms)}, batch
@@ -162,8 +162,8 @@ class TrainStep:
             with torch.no_grad():
                 loss, terms = self.student_forward(batch)
             return {"loss": loss, **terms}
-        self.opt_q.zero_grad(set_to_none=True)
         loss, terms = self.student_forward(batch)
+        self.opt_q.zero_grad(set_to_none=True)
         loss.backward(inputs=self._q_params)
         self.opt_q.step()
         return {"loss": loss.detach(), **_detached_terms(terms)}

@@ -73,15 +73,23 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors, numbers, strings, lists and tuples only, so a checkpoint loads with
+    ``torch.load(weights_only=True)`` (no pickled objects that could run code)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -273,7 +281,7 @@ class Trainer:
     def _engine_record(self) -> dict[str, Any]:
         """The engine of the last session and the compile/capture seconds summed over all sessions."""
         self._count_compile_time()
-        return {**self.engine.describe(), "compile_s": round(self.state["compile_s"], 2)}
+        return {**self.engine.describe(), "compile_s": round(self.state["compile_s"], 3)}
 
     def _record(self) -> dict[str, Any]:
         best, best_epoch = self._best()
