@@ -172,6 +172,21 @@ def test_planted_checkpoint_pickle_never_runs(tiny_request, tmp_path):
     args = ["run", "--method", "gdfq", "--model", "tiny_cifar10", "--bits", "w4a4", "--protocol", "quick",
             "--device", "cpu", "--results", request.results, "--plain", *[f"{o}" for o in request.overrides]]
     assert main(args) == 2 and not marker.exists()
-    folder.checkpoint_path.write_bytes(b"\x80\x04truncated")  # a truncated file: the same one line
+    folder.checkpoint_path.write_bytes(b"\x80\x02truncated")  # a truncated file: the same one line
     with pytest.raises(DfqbenchError, match="unreadable checkpoint"):
         run(request, RecordingProgress())
+
+
+def test_run_files_follow_the_umask(tiny_request):
+    """Files written atomically get the usual 0666 & ~umask (not mkstemp's 0600), so a shared results folder is
+    readable by colleagues when the umask allows it."""
+    import os
+    import stat
+
+    request = tiny_request()
+    run(request, RecordingProgress())
+    folder = prepare(request).folder
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in (folder.spec_path, folder.record_path, folder.metrics_path, folder.checkpoint_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path.name

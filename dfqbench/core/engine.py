@@ -74,14 +74,15 @@ class CompiledEngine(Engine):
 
     name = "compiled"
 
-    def __init__(self, device: torch.device, cuda_graphs: bool | None = None, warmup_calls: int = 2) -> None:
+    def __init__(self, device: torch.device, cuda_graphs: bool | None = None, warmup_calls: int = 2,
+                 graphs: "StepGraphs | None" = None) -> None:
         super().__init__()
         configure_inductor_numerics()
         self.device = device
         if cuda_graphs is None:  # DFQBENCH_CUDA_GRAPHS=0 keeps the fused quantizers but launches steps uncaptured
             cuda_graphs = device.type == "cuda" and os.environ.get(CUDA_GRAPHS_ENV, "1") != "0"
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
-        self.graphs = StepGraphs(device, warmup_calls) if self.cuda_graphs else None
+        self.graphs = graphs or (StepGraphs(device, warmup_calls) if self.cuda_graphs else None)
         self._seen: set[Hashable] = set()
 
     def prepare(self, student: nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
@@ -114,7 +115,7 @@ class CompiledEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info["cuda_graphs"] = self.cuda_graphs
+        info["cuda_graphs"] = self.graphs is not None
         if self.graphs is not None:
             info["graphs_captured"] = sum(entry is not None for entry in self.graphs.entries.values())
             if self.graphs.failures:
@@ -166,11 +167,15 @@ class StepGraphs:
     whose inputs are static copies and then replays it; later calls copy their inputs into those copies
     and replay. Replay runs exactly the captured kernels, so it computes what the uncaptured step computes.
     A replay returns copies of the graph's static outputs, so they survive the next replay.
+    ``graph_factory`` makes the graphs (default :class:`torch.cuda.CUDAGraph` through :class:`CudaGraph`;
+    tests use :class:`ReplayingGraph`, a CPU stand-in with the same calling pattern).
     """
 
-    def __init__(self, device: torch.device, warmup_calls: int = 2) -> None:
+    def __init__(self, device: torch.device, warmup_calls: int = 2,
+                 graph_factory: Callable[[torch.device], "CudaGraph | ReplayingGraph"] | None = None) -> None:
         self.device = device
         self.warmup_calls = warmup_calls
+        self.graph_factory = graph_factory or CudaGraph
         self.entries: dict[Hashable, _CapturedStep | None] = {}  # None: capture failed, the step runs uncaptured
         self.failures: list[str] = []
         self._calls: dict[Hashable, int] = {}
@@ -187,18 +192,20 @@ class StepGraphs:
             return self._side_stream(body, inputs)
         self.just_captured = True
         try:
-            entry = _CapturedStep(body, inputs, self.device)
+            entry = _CapturedStep(body, inputs, self.device, self.graph_factory(self.device))
         except RuntimeError as exc:  # a step that cannot be captured still runs, uncaptured (and is reported)
             message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             warnings.warn(f"CUDA graph capture failed; this step runs uncaptured: {message}", RuntimeWarning)
             self.failures.append(message)
             self.entries[key] = None
-            torch.cuda.synchronize(self.device)
+            _synchronize(self.device)
             return body(*inputs)
         self.entries[key] = entry
         return entry.replay(inputs)
 
     def _side_stream(self, body: Callable[..., Any], inputs: tuple[Any, ...]) -> Any:
+        if self.device.type != "cuda":
+            return body(*inputs)
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
@@ -208,20 +215,68 @@ class StepGraphs:
         return result
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class CudaGraph:
+    """``capture(fn)`` records fn's kernels without running them and returns its (static) outputs; ``replay()``
+    runs them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.graph = torch.cuda.CUDAGraph()
+
+    def capture(self, fn: Callable[[], Any]) -> Any:
+        torch.cuda.synchronize(self.device)
+        with torch.cuda.graph(self.graph):
+            outputs = fn()
+        torch.cuda.synchronize(self.device)
+        return outputs
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class ReplayingGraph:
+    """A CPU stand-in for :class:`CudaGraph` with the same calling pattern, for tests of :class:`StepGraphs`:
+    ``capture`` runs the step (standing for the replay that follows a real capture, which it then skips) and
+    keeps its outputs as the static outputs; ``replay`` runs the step again on the static inputs and writes
+    its results into those same output tensors, as a replayed graph does."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._fn: Callable[[], Any] | None = None
+        self._outputs: Any = None
+        self._skip_next = False
+
+    def capture(self, fn: Callable[[], Any]) -> Any:
+        self._fn, self._outputs, self._skip_next = fn, fn(), True
+        return self._outputs
+
+    def replay(self) -> None:
+        if self._skip_next:
+            self._skip_next = False
+            return
+        assert self._fn is not None
+        fresh = pytree.tree_leaves(self._fn())
+        for static, value in zip(pytree.tree_leaves(self._outputs), fresh):
+            if isinstance(static, torch.Tensor) and static is not value:
+                static.copy_(value)
+
+
 class _CapturedStep:
     """One captured step: static input copies, the graph and its static outputs."""
 
-    def __init__(self, body: Callable[..., Any], inputs: tuple[Any, ...], device: torch.device) -> None:
+    def __init__(self, body: Callable[..., Any], inputs: tuple[Any, ...], device: torch.device,
+                 graph: CudaGraph | ReplayingGraph) -> None:
         leaves, self.spec = pytree.tree_flatten(inputs)
         # On the device: a captured step cannot copy from host memory (e.g. ZeroQ-KD's crop boxes)
         self.static = [leaf.detach().to(device, copy=True) if isinstance(leaf, torch.Tensor) else leaf
                        for leaf in leaves]
         static_inputs = pytree.tree_unflatten(self.static, self.spec)
-        self.graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize(device)
-        with torch.cuda.graph(self.graph):
-            self.outputs = body(*static_inputs)
-        torch.cuda.synchronize(device)
+        self.graph = graph
+        self.outputs = graph.capture(lambda: body(*static_inputs))
 
     def replay(self, inputs: tuple[Any, ...]) -> Any:
         leaves, _ = pytree.tree_flatten(inputs)
