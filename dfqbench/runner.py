@@ -20,6 +20,7 @@ from dfqbench.protocols import PROTOCOLS
 from dfqbench.quant import QuantConfig, parse_bits, quantize_model
 from dfqbench.specs import RunSpec, TrainConfig, apply_overrides
 from dfqbench.store import ResultsStore
+from dfqbench.validate import check_finite, check_seed
 from dfqbench.zoo import Evaluator, load_pretrained, load_test_set, model_info
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ def resolve_settings(method_cls: type[Method], dataset: str, model: str, bits: s
     if protocol == "quick":
         train = method_cls.quick_train(train)
     sections = apply_overrides({"train": train, "method": method, "quant": quant}, overrides)
+    for section, values in sections.items():  # NaN/inf anywhere: not JSON, and never a valid setting
+        for name, value in values.items():
+            check_finite(f"{section}.{name}", value)
     TrainConfig(**sections["train"])  # validate
     method_cls.config_class(**sections["method"])
     QuantConfig(wbits=wbits, abits=abits, **sections["quant"])
@@ -90,6 +94,7 @@ def prepare(request: RunRequest) -> "PreparedRun":
     """Validate the request and build everything the trainer needs; writes nothing."""
     from dfqbench.core.trainer import PreparedRun
 
+    check_seed("seed", request.seed)
     method_cls = load_methods().get(request.method)
     info = model_info(request.model)
     bits = request.bits.lower()

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from dfqbench.errors import DfqbenchError
+from dfqbench.validate import check_int, check_real, is_int, is_real
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,35 @@ class TrainConfig:
     eval_max_images: int | None = None  # None: the full test set; else a fixed seeded subset
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "iters_per_epoch", "batch_size"):
-            if getattr(self, name) < 1:
-                raise DfqbenchError(f"invalid train.{name}={getattr(self, name)!r}: must be >= 1")
-        if self.warmup_epochs < 0 or self.range_update_epochs < 0:
-            raise DfqbenchError("invalid train.warmup_epochs/range_update_epochs: must be >= 0")
+        check_train_config(self)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Types and ranges of every field, as one-line errors naming ``train.<field>`` and the valid range."""
+    for name in ("epochs", "iters_per_epoch", "batch_size"):
+        check_int(f"train.{name}", getattr(cfg, name), 1)
+    for name in ("warmup_epochs", "range_update_epochs", "eval_start_epoch"):
+        check_int(f"train.{name}", getattr(cfg, name), 0)
+    if cfg.warmup_epochs > cfg.epochs:
+        raise DfqbenchError(f"invalid train.warmup_epochs={cfg.warmup_epochs} > train.epochs={cfg.epochs}: the "
+                            "student would never be fine-tuned; use warmup_epochs <= epochs (equal: calibration only)")
+    if cfg.eval_max_images is not None:
+        check_int("train.eval_max_images", cfg.eval_max_images, 1)
+    for name in ("lr_q", "lr_g"):
+        check_real(f"train.{name}", getattr(cfg, name), 0.0, low_open=True)
+    check_real("train.q_momentum", cfg.q_momentum, 0.0, 1.0)
+    check_real("train.q_weight_decay", cfg.q_weight_decay, 0.0)
+    check_real("train.lr_gamma", cfg.lr_gamma, 0.0, 1.0, low_open=True, high_open=False)
+    if not isinstance(cfg.q_nesterov, bool):
+        raise DfqbenchError(f"invalid train.q_nesterov={cfg.q_nesterov!r}: expected true or false")
+    betas = cfg.g_betas
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(is_real(b) and 0 <= b < 1 for b in betas):
+        raise DfqbenchError(f"invalid train.g_betas={betas!r}: expected two finite numbers in [0, 1), "
+                            "e.g. [0.5, 0.999]")
+    for name in ("milestones_q", "milestones_g"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (list, tuple)) or not all(is_int(m) and m >= 0 for m in value):
+            raise DfqbenchError(f"invalid train.{name}={value!r}: expected a list of integers >= 0, e.g. [100, 200]")
 
 
 @dataclass(frozen=True)
@@ -89,8 +114,12 @@ class RunSpec:
 
 
 def canonical_json(data: Any) -> str:
-    """JSON with sorted keys and no whitespace: the form that is hashed."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=list)
+    """JSON with sorted keys and no whitespace: the form that is hashed. NaN and infinity are refused (they are
+    not JSON, and no valid spec holds them)."""
+    try:
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), default=list, allow_nan=False)
+    except ValueError as exc:
+        raise DfqbenchError(f"run spec is not valid JSON ({exc}); NaN and infinity are not allowed") from None
 
 
 class _Yaml12FloatLoader(yaml.SafeLoader):

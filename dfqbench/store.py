@@ -56,8 +56,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=list) + "\n").encode())
+def atomic_write_json(path: Path, data: Any, allow_nan: bool = True) -> None:
+    """Write ``data`` as indented JSON; ``allow_nan=False`` refuses NaN/inf (a ValueError) so the file stays JSON."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=list, allow_nan=allow_nan)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
@@ -96,7 +98,7 @@ class RunFolder:
     def create(self, spec: RunSpec) -> None:
         """Create the folder and write the spec (kept if already there: the folder name is its hash)."""
         if not self.spec_path.exists():
-            atomic_write_json(self.spec_path, spec.to_dict())
+            atomic_write_json(self.spec_path, spec.to_dict(), allow_nan=False)  # always valid JSON
         self.error_path.unlink(missing_ok=True)
 
     def read_metrics(self) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from dfqbench.core.game_losses import (agreement_ce, bound_loss, disagreement_ce
 from dfqbench.core.plugin import LossTerms, Method, StepContext, register_method
 from dfqbench.core.superposed import check_superposed_settings
 from dfqbench.errors import DfqbenchError
+from dfqbench.validate import check_positive
 from dfqbench.methods.gdfq import GDFQ
 
 @dataclass(frozen=True)
@@ -64,8 +65,7 @@ def check_game_config(config: Any, weights: tuple[str, ...]) -> None:
     if config.lambda_l > config.lambda_u:
         raise DfqbenchError(f"invalid method.lambda_l={config.lambda_l!r} > method.lambda_u={config.lambda_u!r}: "
                             "the lower bound must not exceed the upper bound")
-    if config.temperature <= 0:
-        raise DfqbenchError(f"invalid method.temperature={config.temperature!r}: must be > 0")
+    check_positive("method.temperature", config.temperature)
     if config.latent_dim < 1:
         raise DfqbenchError(f"invalid method.latent_dim={config.latent_dim!r}: must be >= 1")
     check_superposed_settings(config.superposed_prob, config.superposed_k)

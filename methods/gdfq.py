@@ -25,6 +25,7 @@ from dfqbench.core.superposed import (
     check_superposed_settings, class_cross_entropy, generate_gdfq_superposed, superposed_enabled, superposed_sample,
 )
 from dfqbench.errors import DfqbenchError
+from dfqbench.validate import check_positive
 from dfqbench.registry import unknown_choice
 
 KD_REDUCTIONS = ("element_mean", "batchmean")
@@ -44,6 +45,7 @@ class GDFQConfig:
     def __post_init__(self) -> None:
         if self.kd_reduction not in KD_REDUCTIONS:
             raise DfqbenchError(unknown_choice("method.kd_reduction", self.kd_reduction, list(KD_REDUCTIONS)))
+        check_positive("method.temperature", self.temperature)
         check_superposed_settings(self.superposed_prob, self.superposed_k)
 
 

@@ -32,6 +32,7 @@ from dfqbench.core.superposed import (
     MIX_WEIGHTS, SLOT_LABELS, check_superposed_settings, is_superposed, superposed_sample,
 )
 from dfqbench.errors import DfqbenchError
+from dfqbench.validate import check_positive
 from dfqbench.methods.gdfq import GDFQ, KD_REDUCTIONS
 from dfqbench.registry import unknown_choice
 
@@ -77,6 +78,7 @@ class QimeraConfig:
                                 "teacher's feature size")
         if not isinstance(self.dm_dim, int) or self.dm_dim < 1:
             raise DfqbenchError(f"invalid method.dm_dim={self.dm_dim!r}: must be an integer >= 1")
+        check_positive("method.temperature", self.temperature)
         check_superposed_settings(self.superposed_prob, self.superposed_k)
 
 

@@ -40,6 +40,7 @@ from dfqbench.core.distill import INITS, DistilledSet, DistillSettings, distill
 from dfqbench.core.losses import kd_kl_batchmean
 from dfqbench.core.plugin import LossTerms, Method, Sample, StepContext, register_method
 from dfqbench.errors import DfqbenchError
+from dfqbench.validate import check_positive
 from dfqbench.registry import unknown_choice
 
 AUGMENTS = ("intraq", "none")
@@ -81,6 +82,7 @@ class ZeroQKDConfig(ZeroQConfig):
             raise DfqbenchError(unknown_choice("method.augment", self.augment, list(AUGMENTS)))
         if not 0.0 < self.crop_scale_min <= 1.0:
             raise DfqbenchError(f"invalid method.crop_scale_min={self.crop_scale_min!r}: must be in (0, 1]")
+        check_positive("method.temperature", self.temperature)
 
 
 def draw_crops(batch: int, size: int, scale_min: float) -> tuple[Tensor, Tensor]:

@@ -48,6 +48,7 @@ from dfqbench.errors import DfqbenchError
 from dfqbench.grids import GRID_DIR, shipped_grids
 from dfqbench.registry import unknown_choice
 from dfqbench.specs import TrainConfig, parse_override, read_yaml
+from dfqbench.validate import MAX_SEED, check_path_name
 
 TOP_KEYS = ("name", "description", "base", "axes", "together", "exclude", "presets")
 CELL_KEYS = ("method", "model", "bits", "seed", "protocol", "variant", "profile")
@@ -56,6 +57,8 @@ SECTIONS = ("train", "method", "quant")
 DEFAULTS: dict[str, Any] = {"seed": 0, "protocol": "paper", "variant": None, "profile": None}
 PRESET_KEYS = ("match", "set", "profile")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+MAX_SEEDS = 10_000  # seeds per grid (--seeds or the file's own list): bounds what a typo can make us build
+PATH_KEYS = ("method", "model", "bits", "protocol", "profile")  # cell values that end up in folder names
 
 
 @dataclass(frozen=True)
@@ -140,12 +143,14 @@ def _check_cell_key(src: Path, where: str, key: Any, allowed: tuple[str, ...]) -
 def _check_value(src: Path, where: str, key: str, value: Any) -> Any:
     """Type-check a cell value; bits are lower-cased."""
     if key == "seed":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise DfqbenchError(f"grid file '{src}': {where}seed={value!r} must be a non-negative integer")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+            raise DfqbenchError(f"grid file '{src}': {where}seed={value!r} must be an integer in [0, 2**63 - 1]")
         return value
     if key in ("method", "model", "bits", "protocol", "variant", "profile", "dataset"):
         if not isinstance(value, str) or not value:
             raise DfqbenchError(f"grid file '{src}': {where}{key}={value!r} must be a non-empty string")
+        if key in PATH_KEYS:
+            check_path_name(f"grid file '{src}': {where}{key}", value)
         return value.lower() if key == "bits" else value
     return value
 
@@ -161,7 +166,19 @@ def _mapping(src: Path, where: str, value: Any) -> dict[str, Any]:
 def _values(src: Path, where: str, key: str, value: Any) -> list[Any]:
     if not isinstance(value, list) or not value:
         raise DfqbenchError(f"grid file '{src}': {where}{key} must be a non-empty list, got {value!r}")
+    if key == "seed" and len(value) > MAX_SEEDS:
+        raise DfqbenchError(f"grid file '{src}': {where}seed lists {len(value)} seeds; at most {MAX_SEEDS} per grid")
     return [_check_value(src, f"{where}", key, v) for v in value]
+
+
+def _no_duplicates(src: Path, where: str, key: str, values: list[Any]) -> None:
+    """An axis listing a value twice would plan the same runs twice."""
+    seen: set[str] = set()
+    for value in values:
+        text = json.dumps(value, sort_keys=True, default=str)
+        if text in seen:
+            raise DfqbenchError(f"grid file '{src}': {where}{key} lists {value!r} more than once")
+        seen.add(text)
 
 
 def _parse_base(src: Path, raw: Any) -> dict[str, Any]:
@@ -255,8 +272,11 @@ def load_grid(text: str | Path) -> Grid:
     for key, values in _mapping(path, "axes", raw.get("axes")).items():
         _check_cell_key(path, "axes.", key, CELL_KEYS)
         axes[key] = _values(path, "axes.", key, values)
+        _no_duplicates(path, "axes.", key, axes[key])
+    name = str(raw.get("name") or path.stem)
+    check_path_name(f"grid file '{path}': name", name)  # launch/<name>/ and slurm/<name>/ are folders
     return Grid(
-        name=str(raw.get("name") or path.stem), path=path.resolve(), description=str(raw.get("description") or ""),
+        name=name, path=path.resolve(), description=str(raw.get("description") or ""),
         base=_parse_base(path, raw.get("base")), axes=axes,
         together=_parse_together(path, raw.get("together"), set(axes)),
         exclude=_parse_matches(path, raw.get("exclude"), "exclude", ("reason",)),
@@ -368,14 +388,21 @@ def apply_filters(cells: list[Cell], filters: dict[str, list[Any]], grid: Grid) 
 
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` or ``"0-4"`` (or a mix) → a sorted list of distinct non-negative seeds."""
-    seeds: set[int] = set()
+    ranges: list[range] = []
     try:
         for part in text.split(","):
             first, dash, last = part.strip().partition("-")
             lo, hi = int(first), int(last) if dash else int(first)
             if lo < 0 or hi < lo:
                 raise ValueError
-            seeds.update(range(lo, hi + 1))
+            ranges.append(range(lo, hi + 1))
     except ValueError:
         raise DfqbenchError(f"invalid --seeds {text!r}: expected e.g. 0,1,2 or 0-4") from None
+    if max(r[-1] for r in ranges) > MAX_SEED:
+        raise DfqbenchError(f"invalid --seeds {text!r}: seeds must be integers in [0, 2**63 - 1]")
+    if sum(len(r) for r in ranges) > MAX_SEEDS:  # counted before any range is materialised
+        raise DfqbenchError(f"invalid --seeds {text!r}: at most {MAX_SEEDS} seeds per grid")
+    seeds: set[int] = set()
+    for r in ranges:
+        seeds.update(r)
     return sorted(seeds)
