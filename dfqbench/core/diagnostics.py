@@ -49,13 +49,13 @@ class WindowMeans:
     def add(self, prefix: str, terms: dict[str, torch.Tensor]) -> None:
         for name, value in terms.items():
             key = f"{prefix}{name}"
-            value = value.detach().float()  # a new tensor below: engines may overwrite ``value`` in place later
-            self._sums[key] = self._sums[key] + value if key in self._sums else value.clone()
+            value = value.detach().float()
+            self._sums[key] = self._sums[key] + value if key in self._sums else value
             self._counts[key] = self._counts.get(key, 0) + 1
 
     def point(self, terms: dict[str, torch.Tensor]) -> None:
         """Values measured once at the logged iteration (not averaged)."""
-        self._points.update({k: v.detach().float().clone() for k, v in terms.items()})
+        self._points.update({k: v.detach().float() for k, v in terms.items()})
 
     def flush(self) -> dict[str, float]:
         """Means over the window plus point values as Python floats (one device→host transfer), then reset."""

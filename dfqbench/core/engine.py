@@ -80,10 +80,14 @@ class CompiledEngine(Engine):
         configure_inductor_numerics()
         self.device = device
         if cuda_graphs is None:  # DFQBENCH_CUDA_GRAPHS=0 keeps the fused quantizers but launches steps uncaptured
-            cuda_graphs = device.type == "cuda" and os.environ.get(CUDA_GRAPHS_ENV, "1") != "0"
-        self.cuda_graphs = cuda_graphs and device.type == "cuda"
-        self.graphs = graphs or (StepGraphs(device, warmup_calls) if self.cuda_graphs else None)
+            cuda_graphs = os.environ.get(CUDA_GRAPHS_ENV, "1") != "0"
+        self.graphs = graphs or (StepGraphs(device, warmup_calls) if cuda_graphs and device.type == "cuda" else None)
         self._seen: set[Hashable] = set()
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether steps are captured and replayed as graphs."""
+        return self.graphs is not None
 
     def prepare(self, student: nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
         from dfqbench.quant.fused import set_fused_fake_quant
@@ -102,10 +106,11 @@ class CompiledEngine(Engine):
                         state["step"] = state["step"].to(param.device)
 
     def run(self, phase: Hashable, body: Callable[..., Any], *inputs: Any) -> Any:
-        key = (phase, input_signature(inputs))
+        leaves, spec = pytree.tree_flatten(inputs)  # once per call: the key and the graph's input copies use it
+        key = (phase, input_signature(leaves, spec))
         first = key not in self._seen
         started = time.perf_counter()
-        result = self.graphs.run(key, body, inputs) if self.graphs is not None else body(*inputs)
+        result = self.graphs.run(key, body, inputs, leaves) if self.graphs is not None else body(*inputs)
         if first:
             self._seen.add(key)
             self.compile_seconds += time.perf_counter() - started
@@ -115,7 +120,7 @@ class CompiledEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info["cuda_graphs"] = self.graphs is not None
+        info["cuda_graphs"] = self.cuda_graphs
         if self.graphs is not None:
             info["graphs_captured"] = sum(entry is not None for entry in self.graphs.entries.values())
             if self.graphs.failures:
@@ -151,9 +156,8 @@ def configure_inductor_numerics() -> None:
             setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
 
 
-def input_signature(inputs: Any) -> tuple[Any, ...]:
-    """The structure of a step's inputs: shapes, dtypes and devices of the tensors, values of everything else."""
-    leaves, spec = pytree.tree_flatten(inputs)
+def input_signature(leaves: list[Any], spec: pytree.TreeSpec) -> tuple[Any, ...]:
+    """The structure of a step's flattened inputs: shapes, dtypes and devices of the tensors, values of the rest."""
     return (str(spec),) + tuple(
         (tuple(leaf.shape), leaf.dtype, leaf.device.type) if isinstance(leaf, torch.Tensor) else repr(leaf)
         for leaf in leaves)
@@ -181,11 +185,12 @@ class StepGraphs:
         self._calls: dict[Hashable, int] = {}
         self.just_captured = False
 
-    def run(self, key: Hashable, body: Callable[..., Any], inputs: tuple[Any, ...]) -> Any:
+    def run(self, key: Hashable, body: Callable[..., Any], inputs: tuple[Any, ...], leaves: list[Any]) -> Any:
+        """One step; ``leaves`` are ``inputs`` flattened (``pytree.tree_flatten``), what a graph copies in."""
         self.just_captured = False
         if key in self.entries:
             entry = self.entries[key]
-            return entry.replay(inputs) if entry is not None else body(*inputs)
+            return entry.replay(leaves) if entry is not None else body(*inputs)
         calls = self._calls.get(key, 0)
         if calls < self.warmup_calls:
             self._calls[key] = calls + 1
@@ -201,7 +206,7 @@ class StepGraphs:
             _synchronize(self.device)
             return body(*inputs)
         self.entries[key] = entry
-        return entry.replay(inputs)
+        return entry.replay(leaves)
 
     def _side_stream(self, body: Callable[..., Any], inputs: tuple[Any, ...]) -> Any:
         if self.device.type != "cuda":
@@ -278,8 +283,8 @@ class _CapturedStep:
         self.graph = graph
         self.outputs = graph.capture(lambda: body(*static_inputs))
 
-    def replay(self, inputs: tuple[Any, ...]) -> Any:
-        leaves, _ = pytree.tree_flatten(inputs)
+    def replay(self, leaves: list[Any]) -> Any:
+        """Copy this call's flattened inputs into the static ones, replay, return copies of the outputs."""
         for static, leaf in zip(self.static, leaves):
             if isinstance(leaf, torch.Tensor) and leaf.data_ptr() != static.data_ptr():
                 static.copy_(leaf, non_blocking=True)
