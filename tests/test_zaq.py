@@ -299,7 +299,7 @@ def test_five_q_steps_then_one_g_step_on_fresh_batches_with_q_in_train_mode(tiny
     assert all(not torch.equal(drawn[0].z, s.z) for s in drawn[1:])
     assert bn_modes and all(bn_modes)  # Q's BN in train mode in every Q step and in the G step
     assert not torch.equal(bn.running_mean, running_before)  # its running statistics drift to the fake data
-    assert trainer.step.images_generated == 2 * 6 * 8
+    assert trainer.state["images_generated"] == 2 * 6 * 8
 
 
 def test_tiny_run_end_to_end_with_generated_calibration_and_diagnostics(tiny_request):

@@ -206,13 +206,6 @@ class Trainer:
         return self._record()
 
     def _train_epoch(self, epoch: int) -> None:
-        generated_before = self.step.images_generated
-        try:
-            self._train_epoch_iterations(epoch)
-        finally:
-            self.state["images_generated"] += self.step.images_generated - generated_before
-
-    def _train_epoch_iterations(self, epoch: int) -> None:
         self.generator.train()
         self.student.train(self.method.student_bn_train)
         set_range_update(self.student, epoch < self.cfg.range_update_epochs)
@@ -236,6 +229,7 @@ class Trainer:
         probe = self.probe if log else None
         for prefix, terms in self.step.iteration(epoch >= self.cfg.warmup_epochs, probe):
             self.window.add(prefix, terms)
+        self.state["images_generated"] += self.step.images_per_iteration
         if probe is not None:
             self.window.point(probe.values())
 
