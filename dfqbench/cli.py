@@ -13,7 +13,6 @@ import sys
 from typing import Sequence
 
 from dfqbench.errors import DfqbenchError
-from dfqbench.validate import check_seed
 from dfqbench.report.cli import add_report_parser, run_report
 from dfqbench.launch.cli import add_grid_arguments, add_status_parser, run_grid, run_status
 
@@ -72,8 +71,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     missing = [flag for flag in ("method", "model", "bits") if getattr(args, flag) is None]
     if missing:
         raise DfqbenchError(f"--{missing[0]} is required (or run a grid with --grid NAME|FILE)")
-    if args.seed is not None:
-        check_seed("--seed", args.seed)
     request = RunRequest(
         method=args.method, model=args.model, bits=args.bits, seed=args.seed or 0, protocol=args.protocol or "paper",
         overrides=list(args.overrides), weights=args.weights, weights_dir=args.weights_dir,
