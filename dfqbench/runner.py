@@ -22,6 +22,7 @@ from dfqbench.specs import RunSpec, TrainConfig, apply_overrides
 from dfqbench.store import ResultsStore
 from dfqbench.validate import check_finite, check_seed
 from dfqbench.zoo import Evaluator, load_pretrained, load_test_set, model_info
+from dfqbench.zoo.identity import Teacher, teacher_identity
 
 if TYPE_CHECKING:
     from dfqbench.core.trainer import PreparedRun
@@ -90,6 +91,37 @@ def resolve_settings(method_cls: type[Method], dataset: str, model: str, bits: s
     return sections["train"], sections["method"], sections["quant"]
 
 
+def request_settings(method_cls: type[Method], request: RunRequest) -> tuple[dict, dict, dict]:
+    """The request's resolved (train, method, quant) sections (:func:`resolve_settings` for its cell)."""
+    info = model_info(request.model)
+    return resolve_settings(method_cls, info.dataset, info.name, request.bits.lower(), request.protocol,
+                            request.overrides)
+
+
+def build_spec(method_cls: type[Method], request: RunRequest, settings: tuple[dict, dict, dict],
+               teacher: Teacher) -> RunSpec | None:
+    """The run's spec (hence its id and folder), or None while the teacher's identity is unknown (a pytorchcv
+    download not made yet). The one place a spec is built: :func:`prepare` and the grid planner call it."""
+    if teacher.teacher_id is None:
+        return None
+    info = model_info(request.model)
+    train, method_config, quant = settings
+    return RunSpec(
+        method=method_cls.name, method_version=method_cls.version, model=info.name, dataset=info.dataset,
+        bits=request.bits.lower(), seed=request.seed, teacher=teacher.teacher_id,
+        normalization=dataclasses.asdict(teacher.normalization), quant=quant, train=train,
+        method_config=method_config, protocol=request.protocol,
+    )
+
+
+def predict_spec(request: RunRequest) -> RunSpec | None:
+    """The spec :func:`prepare` will build for ``request``, without loading the teacher (its file is hashed)."""
+    check_seed("seed", request.seed)
+    method_cls = load_methods().get(request.method)
+    return build_spec(method_cls, request, request_settings(method_cls, request),
+                      teacher_identity(request.model, request.weights, request.weights_dir, request.weights_norm))
+
+
 def prepare(request: RunRequest) -> "PreparedRun":
     """Validate the request and build everything the trainer needs; writes nothing."""
     from dfqbench.core.trainer import PreparedRun
@@ -97,20 +129,15 @@ def prepare(request: RunRequest) -> "PreparedRun":
     check_seed("seed", request.seed)
     method_cls = load_methods().get(request.method)
     info = model_info(request.model)
-    bits = request.bits.lower()
-    train, method_config, quant = resolve_settings(
-        method_cls, info.dataset, info.name, bits, request.protocol, request.overrides
-    )
+    settings = request_settings(method_cls, request)
     device = resolve_device(request.device)
     engine = resolve_engine(request.engine, device)
     loaded = load_pretrained(info.name, request.weights, request.weights_dir, request.weights_norm)
     test_set = load_test_set(info, request.data_root)
-    spec = RunSpec(
-        method=method_cls.name, method_version=method_cls.version, model=info.name, dataset=info.dataset,
-        bits=bits, seed=request.seed, teacher=loaded.teacher_id, normalization=dataclasses.asdict(loaded.normalization),
-        quant=quant, train=train, method_config=method_config, protocol=request.protocol,
-    )
-    wbits, abits = parse_bits(bits)
+    spec = build_spec(method_cls, request, settings, Teacher(loaded.teacher_id, loaded.normalization))
+    assert spec is not None  # a loaded teacher always has an identity
+    train, method_config, quant = settings
+    wbits, abits = parse_bits(spec.bits)
     student = quantize_model(loaded.model, QuantConfig(wbits=wbits, abits=abits, **quant))
     for p in student.parameters():
         p.requires_grad_(True)

@@ -22,7 +22,7 @@ from dfqbench.errors import DfqbenchError
 from dfqbench.grids import shipped_grids
 from dfqbench.launch.estimate import formula_seconds
 from dfqbench.launch.grid import apply_filters, expand, load_grid, parse_filters, parse_seeds
-from dfqbench.launch.identity import predict_spec
+from dfqbench.runner import predict_spec
 from dfqbench.launch.plan import LaunchOptions, plan_grid
 from dfqbench.launch.state import run_state
 from dfqbench.runner import RunRequest, prepare

@@ -107,11 +107,12 @@ def run_grid(args: argparse.Namespace) -> int:
 
 
 def _fetch_teachers(plan, retry_failed: bool) -> None:
-    from dfqbench.launch.identity import fetch_teacher
+    from dfqbench.zoo import load_pretrained
 
     for cell in {c.cell.model: c for c in plan.to_launch(retry_failed) if c.spec is None}.values():
         print(f"downloading the pretrained {cell.cell.model} (its identity is part of the run id)", flush=True)
-        fetch_teacher(cell.request)
+        request = cell.request
+        load_pretrained(request.model, request.weights, request.weights_dir, request.weights_norm)
 
 
 def _launch(plan, args: argparse.Namespace) -> int:

@@ -27,9 +27,9 @@ from dfqbench.launch.state import RunState, run_state
 from dfqbench.store import RunFolder
 
 if TYPE_CHECKING:
-    from dfqbench.launch.identity import Teacher
     from dfqbench.runner import RunRequest
     from dfqbench.specs import RunSpec
+    from dfqbench.zoo.identity import Teacher
 
 CELL_ONLY_STATES = ("excluded", "unsupported", "invalid")
 
@@ -225,9 +225,10 @@ def _zoo_name(model: str) -> str | None:
 
 def decide(cell: Cell, options: LaunchOptions, registry, teachers: dict) -> tuple[Decision, Any, Any]:
     """One cell's decision, with the run request and spec a launch needs (None where there is no run)."""
-    from dfqbench.launch.identity import settings_for, spec_for, teacher_for
     from dfqbench.quant import parse_bits
+    from dfqbench.runner import build_spec, request_settings
     from dfqbench.zoo import model_info
+    from dfqbench.zoo.identity import teacher_identity
 
     if cell.excluded:
         return Decision("excluded", cell.excluded), None, None
@@ -240,16 +241,17 @@ def decide(cell: Cell, options: LaunchOptions, registry, teachers: dict) -> tupl
         if reason:
             return Decision("unsupported", f"{cell.method} does not support {info.name} at {cell.bits}: {reason}"), \
                 request, None
-        settings = settings_for(method_cls, request)
+        settings = request_settings(method_cls, request)
         if info.name not in teachers:
             try:
-                teachers[info.name] = teacher_for(request)
+                teachers[info.name] = teacher_identity(
+                    request.model, request.weights, request.weights_dir, request.weights_norm)
             except DfqbenchError as exc:
                 teachers[info.name] = exc
         teacher = teachers[info.name]
         if isinstance(teacher, DfqbenchError):
             raise teacher
-        spec = spec_for(method_cls, request, settings, teacher)
+        spec = build_spec(method_cls, request, settings, teacher)
     except DfqbenchError as exc:
         return Decision("invalid", str(exc)), request, None
     if spec is None:

@@ -12,7 +12,6 @@ import contextlib
 import csv
 import difflib
 import functools
-import hashlib
 import io
 import os
 import re
@@ -174,14 +173,6 @@ def _find_in_folder(name: str, folder: Path, origin: str) -> Path:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _load_file(model: nn.Module, path: Path, name: str) -> None:
     """Load a state_dict file (plain, or under "state_dict", "module." stripped) with strict=True."""
     try:
@@ -207,50 +198,43 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _download(name: str) -> tuple[nn.Module, dict]:
+def _download(name: str) -> nn.Module:
     """pytorchcv's own ``get_model(name, pretrained=True)``, its download chatter silenced."""
     from pytorchcv import model_provider
-    from importlib.metadata import version
 
     fix = f"give local weights with --weights FILE (or {ENV_WEIGHTS}) or --weights-dir DIR (or {ENV_WEIGHTS_DIR})"
-    meta = _pytorchcv_metainfo().get(name)
-    if meta is None:
+    if _pytorchcv_metainfo().get(name) is None:
         raise DfqbenchError(f"pytorchcv has no pretrained weights for {name!r}; {fix}")
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            model = model_provider.get_model(name, pretrained=True)
+            return model_provider.get_model(name, pretrained=True)
     except Exception as exc:  # requests/urllib errors are OSErrors; also bad zips, hash mismatches
         raise DfqbenchError(
             f"cannot download pretrained {name!r} from pytorchcv (offline? {type(exc).__name__}); {fix}"
         ) from exc
-    file_name = f"{name}-{meta['error_value']}-{meta['checksum'][:8]}.pth"
-    path = PYTORCHCV_CACHE.expanduser() / file_name
-    teacher_id = {"source": "pytorchcv", "pytorchcv": version("pytorchcv"), "file": file_name,
-                  "sha256": _sha256(path) if path.is_file() else None}
-    return model, teacher_id
 
 
 def load_pretrained(
     name: str, weights: str | None = None, weights_dir: str | None = None, weights_norm: str | None = None
 ) -> LoadedModel:
-    """A frozen pretrained teacher; ``weights_norm`` (or env) applies only to local weights files."""
+    """A frozen pretrained teacher; ``weights_norm`` (or env) applies only to local weights files. Its
+    identity comes from :func:`dfqbench.zoo.identity.teacher_identity`, as when a grid is planned."""
+    from dfqbench.zoo.identity import teacher_identity
+
     info = model_info(name)
     path = resolve_weights_file(info.name, weights, weights_dir)
-    normalization = info.normalization
     if path is not None:
         model = build_model(info.name)
         _load_file(model, path, info.name)
-        teacher_id = {"source": "file", "sha256": _sha256(path)}
-        norm_text = weights_norm
-        if norm_text is None and info.name != TINY_NAME:
-            norm_text = os.environ.get(ENV_WEIGHTS_NORM) or None
-        if norm_text is not None:
-            normalization = parse_normalization(norm_text)
     elif info.name == TINY_NAME:
-        model, teacher_id = tiny.build_tiny(seed=0), {"source": "builtin", "seed": 0}
+        model = tiny.build_tiny(seed=0)
     else:
-        model, teacher_id = _download(info.name)
+        model = _download(info.name)
+    teacher = teacher_identity(info.name, weights, weights_dir, weights_norm)
+    if teacher.teacher_id is None:  # downloaded, but not where pytorchcv's metadata says: nothing to hash
+        raise DfqbenchError(f"pytorchcv downloaded {info.name!r} but its file {teacher.file} is missing; "
+                            f"give local weights with --weights FILE (or {ENV_WEIGHTS})")
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    return LoadedModel(model, info, normalization, teacher_id)
+    return LoadedModel(model, info, teacher.normalization, teacher.teacher_id)

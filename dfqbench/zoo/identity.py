@@ -1,0 +1,87 @@
+"""A teacher's identity: what a run id hashes about the pretrained weights, computed without loading them.
+
+One function, :func:`teacher_identity`, is used both when a run loads its teacher
+(:func:`dfqbench.zoo.load_pretrained`) and when a grid is planned (hundreds of cells, no model built), so
+the two can never disagree. The identity is
+
+* ``{"source": "file", "sha256": …}`` for a local weights file (``--weights``/``--weights-dir`` or env);
+* ``{"source": "builtin", "seed": 0}`` for the tiny test model's built-in weights;
+* ``{"source": "pytorchcv", "pytorchcv": <version>, "file": …, "sha256": …}`` for pytorchcv's download,
+  or None while that file is not downloaded yet (its hash is unknown until it is).
+
+The normalisation the teacher is evaluated with is part of it (local files may say theirs with
+``--weights-norm``/``DFQBENCH_WEIGHTS_NORM``). File hashes are cached by path, size and modification time.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from dfqbench.zoo import models as zoo_models
+from dfqbench.zoo.normalization import Normalization, parse_normalization
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The teacher's identity (None: a pytorchcv download not made yet), the normalisation it is evaluated
+    with, and the weights file the identity was (or will be) read from, if any."""
+
+    teacher_id: dict[str, Any] | None
+    normalization: Normalization
+    file: str | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256, computed once per (path, size, modification time)."""
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def pytorchcv_file(name: str) -> Path | None:
+    """Where pytorchcv's ``get_model(name, pretrained=True)`` stores its weights (None: no pretrained weights)."""
+    meta = zoo_models._pytorchcv_metainfo().get(name)
+    if meta is None:
+        return None
+    return zoo_models.PYTORCHCV_CACHE.expanduser() / f"{name}-{meta['error_value']}-{meta['checksum'][:8]}.pth"
+
+
+def teacher_identity(model: str, weights: str | None = None, weights_dir: str | None = None,
+                     weights_norm: str | None = None) -> Teacher:
+    """The identity and normalisation of the teacher that ``load_pretrained`` with these arguments loads.
+
+    Raises DfqbenchError for what loading would reject up front (unknown model, missing weights file or
+    folder, a bad normalisation); never reads the weights beyond hashing the file.
+    """
+    info = zoo_models.model_info(model)
+    path = zoo_models.resolve_weights_file(info.name, weights, weights_dir)
+    normalization = info.normalization
+    if path is not None:
+        norm_text = weights_norm
+        if norm_text is None and info.name != zoo_models.TINY_NAME:
+            norm_text = os.environ.get(zoo_models.ENV_WEIGHTS_NORM) or None
+        if norm_text is not None:
+            normalization = parse_normalization(norm_text)
+        return Teacher({"source": "file", "sha256": file_sha256(path)}, normalization, str(path))
+    if info.name == zoo_models.TINY_NAME:
+        return Teacher({"source": "builtin", "seed": 0}, normalization)
+    cached = pytorchcv_file(info.name)
+    if cached is None or not cached.is_file():
+        return Teacher(None, normalization, None if cached is None else str(cached))
+    teacher_id = {"source": "pytorchcv", "pytorchcv": version("pytorchcv"), "file": cached.name,
+                  "sha256": file_sha256(cached)}
+    return Teacher(teacher_id, normalization, str(cached))
