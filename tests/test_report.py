@@ -473,7 +473,7 @@ def test_cli_report_formats_and_errors(results, tmp_path, capsys, monkeypatch):
                           (["--where", "method"], "expected KEY=VALUE"),
                           (["--cell", "resnet20_cifar10"], "give --plots DIR too"),
                           (["--results", str(tmp_path / "nope")], "does not exist"),
-                          (["--weights", "x.pth"], "give --grid NAME")):
+                          (["--grid", "smoke"], "was never launched into")):
         assert main(["report", "--out", str(bad), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("dfqbench: error:") and message in err and err.count("\n") == 1
@@ -490,24 +490,30 @@ def test_results_env_matches_the_store():
 
 
 def test_grid_restriction_selects_the_grids_run_ids(tiny_request, tmp_path, capsys):
-    pytest.importorskip("dfqbench.launch.plan")
-    from dfqbench.launch.grid import load_grid
+    """`report --grid` selects the runs its launch planned (the grid index), without re-planning the grid."""
+    from dfqbench.core.progress import Progress
     from dfqbench.runner import run
 
-    grid = load_grid("smoke")
-    assert grid.base.get("model") == "tiny_cifar10"
-    from dfqbench.core.progress import Progress
-
-    run(tiny_request(bits="w4a4", seed=0), Progress())  # a cell of the smoke grid
-    run(tiny_request(bits="w4a4", seed=5), Progress())  # not in the grid
     results = tiny_request().results
+    run(tiny_request(bits="w4a4", seed=5), Progress())  # not in the grid
+    assert main(["run", "--grid", "smoke", "--results", results, "--device", "cpu", "--jobs", "1",
+                 "--only", "bits=w4a4", "--seeds", "0"]) == 0  # one cell of the smoke grid launched
     capsys.readouterr()
     assert main(["report", "--results", results, "--table", "table1", "--format", "csv"]) == 0
     all_rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert sum(int(r["n"]) for r in all_rows) == 2
     assert main(["report", "--results", results, "--grid", "smoke", "--table", "table1", "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    w4 = next(r for r in rows if r["bits"] == "w4a4" and r["column"] == "gdfq")
-    w3 = next(r for r in rows if r["bits"] == "w3a3" and r["column"] == "gdfq")
-    assert w4["n"] == "1" and w4["pending"] == "1"  # seed 0 done, seed 1 not started
-    assert w3["n"] == "0" and w3["pending"] == "2"
+    assert [(r["bits"], r["n"], r["pending"]) for r in rows if r["column"] == "gdfq"] == [("w4a4", "1", "0")]
+    index = Path(results) / "launch" / "smoke" / "cells.json"
+    data = json.loads(index.read_text())
+    assert list(data["cells"]) == ["gdfq tiny_cifar10 w4a4 s0"]  # what that launch planned
+    # A cell the index lists whose run has no folder yet is pending (as after a launch that was interrupted).
+    spec = {**data["cells"]["gdfq tiny_cifar10 w4a4 s0"]["spec"], "bits": "w3a3", "run_id": "0" * 12}
+    data["cells"]["gdfq tiny_cifar10 w3a3 s0"] = {"label": "gdfq tiny_cifar10 w3a3 s0", "status": "pending",
+                                                  "run_id": "0" * 12, "run_name": "not_started", "spec": spec}
+    index.write_text(json.dumps(data))
+    assert main(["report", "--results", results, "--grid", "smoke", "--table", "table1", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert sorted((r["bits"], r["n"], r["pending"]) for r in rows if r["column"] == "gdfq") == [
+        ("w3a3", "0", "1"), ("w4a4", "1", "0")]

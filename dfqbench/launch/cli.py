@@ -115,11 +115,20 @@ def _fetch_teachers(plan, retry_failed: bool) -> None:
         load_pretrained(request.model, request.weights, request.weights_dir, request.weights_norm)
 
 
+def _index_entry(cell) -> dict:
+    """A planned cell as the grid index keeps it (:mod:`dfqbench.grid_index`)."""
+    return {"label": cell.cell.label, "status": cell.status, "reason": cell.reason, "run_id": cell.run_id,
+            "run_name": cell.run_name, "duplicate_of": cell.duplicate_of,
+            "spec": cell.spec.to_dict() if cell.spec is not None else None}
+
+
 def _launch(plan, args: argparse.Namespace) -> int:
+    from dfqbench.grid_index import write_grid_index
     from dfqbench.launch.manifest import write_manifest
     from dfqbench.launch.task import GridTask
 
     counts, todo = plan.counts(), plan.to_launch(args.retry_failed)
+    write_grid_index(plan.options.results, plan.grid.name, [_index_entry(c) for c in plan.cells])
     notes = [f"{counts[s]} {s}" for s in ("done", "running", "failed", "unsupported", "excluded") if counts[s]]
     print(f"grid {plan.grid.name}: {len(plan.runs())} runs, {len(todo)} to run" + (f" ({', '.join(notes)})" if notes else ""))
     if counts["running"]:

@@ -24,13 +24,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "in a results folder (finished runs; running, pending and failed ones are counted), with "
                     "the published numbers beside ours, and optionally the game-diagnostic plots.")
     p.add_argument("--results", help="results folder (env DFQBENCH_RESULTS; default ./results)")
-    p.add_argument("--grid", help="only the runs of this grid (a shipped name or a YAML file), planned as "
-                   "`dfqbench run --grid` plans it; grid cells with no folder yet count as pending")
-    p.add_argument("--protocol", help="with --grid: the protocol the grid was run with (as `run --grid --protocol`); "
-                   "without --grid: keep only records of this protocol")
-    p.add_argument("--weights", help="with --grid: the weights file the grid was run with (env DFQBENCH_WEIGHTS)")
-    p.add_argument("--weights-dir", help="with --grid: the weights folder (env DFQBENCH_WEIGHTS_DIR)")
-    p.add_argument("--weights-norm", help="with --grid: the weights' normalisation (env DFQBENCH_WEIGHTS_NORM)")
+    p.add_argument("--grid", help="only the runs of this grid (a shipped name or a YAML file) as its launches into "
+                   "--results planned them; its runs with no folder yet count as pending")
+    p.add_argument("--protocol", help="keep only runs of this protocol")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                    help="keep runs whose spec has one of these values at a dotted key, e.g. method=gdfq,qimera "
                    "bits=w4a4 method_config.ds_weight=0 train.epochs=8 (repeatable; all must hold)")
@@ -51,25 +47,34 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def grid_selection(args: argparse.Namespace, root: Path) -> tuple[set[str], list[Any], list[str]]:
-    """(run ids of the grid's runs, Unfinished entries for runs without a folder yet, summary lines)."""
-    from dfqbench.launch.grid import load_grid
-    from dfqbench.launch.plan import LaunchOptions, plan_grid
+    """(run ids of the grid's runs, Unfinished entries for runs without a folder yet, summary lines), from the
+    grid's index written when it was launched (:mod:`dfqbench.grid_index`): no re-planning, no torch."""
+    from collections import Counter
+
+    from dfqbench.grid_index import grid_name, read_grid_index
     from dfqbench.report.load import Unfinished
 
-    grid = load_grid(args.grid)
-    options = LaunchOptions(results=root, weights=args.weights, weights_dir=args.weights_dir,
-                            weights_norm=args.weights_norm, protocol=args.protocol)
-    plan = plan_grid(grid, options)
+    name = grid_name(args.grid)
+    cells = read_grid_index(root, name)
+    if cells is None:
+        raise DfqbenchError(f"grid {name!r} was never launched into '{root}' (report --grid shows the runs its launches "
+                            f"planned); run `dfqbench run --grid {args.grid} --results {root}`, or report without --grid")
     run_ids, missing, unknown = set(), [], 0
-    for cell in plan.runs():
-        if cell.spec is None:
-            unknown += 1
+    statuses: Counter = Counter()
+    for cell in cells.values():
+        if cell.get("duplicate_of"):
+            statuses["duplicate"] += 1
             continue
-        run_ids.add(cell.spec.run_id)
-        if not cell.run_dir.exists():
-            missing.append(Unfinished(cell.run_dir, "pending", cell.spec.to_dict()))
-    counts = plan.counts()
-    lines = [f"Grid {grid.name}: {len(plan.cells)} cells (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if n)
+        if cell.get("run_id") is None:
+            statuses[cell.get("status", "?")] += 1
+            unknown += cell.get("status") not in ("excluded", "unsupported", "invalid")
+            continue
+        run_ids.add(cell["run_id"])
+        folder = root / "runs" / cell["run_name"]
+        statuses["done" if (folder / "record.json").is_file() else "not finished"] += 1
+        if not folder.exists() and isinstance(cell.get("spec"), dict):
+            missing.append(Unfinished(folder, "pending", cell["spec"]))
+    lines = [f"Grid {name}: {len(cells)} cells as launched (" + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
              + ")" + (f"; {unknown} runs without a known run id (teacher not downloaded yet) are not shown" if unknown else "")]
     return run_ids, missing, lines
 
@@ -83,8 +88,6 @@ def run_report(args: argparse.Namespace) -> int:
 
     if args.cell and not args.plots:
         raise DfqbenchError("--cell selects plots; give --plots DIR too")
-    if args.grid is None and any((args.weights, args.weights_dir, args.weights_norm)):
-        raise DfqbenchError("--weights/--weights-dir/--weights-norm only identify a grid's runs; give --grid NAME")
     wheres = [Where.parse(text) for text in args.where]
     scan = scan_results(args.results)
     preamble = []
@@ -92,7 +95,7 @@ def run_report(args: argparse.Namespace) -> int:
     if args.grid is not None:
         run_ids, missing, preamble = grid_selection(args, scan.root)
         scan.unfinished += missing
-    elif args.protocol is not None:
+    if args.protocol is not None:
         wheres.append(Where("protocol", (args.protocol,)))
     scan = filter_scan(scan, wheres, run_ids)
     published = load_published()
