@@ -445,3 +445,14 @@ def test_engine_reaches_every_run_request_but_not_run_ids_or_the_plan_cache(tmp_
     dry = plan_dry(grid, auto)
     cached = cached_plan(grid, eager)  # the same cache file and cells: a dry run does not depend on the engine
     assert cached is not None and describe(cached) == describe(dry)
+
+
+def test_plan_cache_follows_dfqbench_cache(monkeypatch, tmp_path):
+    """With DFQBENCH_CACHE set (and no DFQBENCH_PLAN_CACHE), the plan cache lives under it, not in ~/.cache."""
+    from dfqbench.launch.plancache import cache_dir
+
+    monkeypatch.delenv("DFQBENCH_PLAN_CACHE", raising=False)
+    monkeypatch.setenv("DFQBENCH_CACHE", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache" / "plans"
+    monkeypatch.setenv("DFQBENCH_PLAN_CACHE", "off")
+    assert cache_dir() is None

@@ -16,7 +16,7 @@ Inside a file, each model's dataset and teacher weights file (its size and time,
 teacher not downloaded yet) are checked again at every use. A dry run whose cells are all found answers from
 the cache (run states are always read from the results store, never cached); any miss plans in full and
 adds to the cache. Launches always plan in full. ``DFQBENCH_PLAN_CACHE=DIR`` moves the cache (default
-``$XDG_CACHE_HOME/dfqbench/plans``, else ``~/.cache/dfqbench/plans``); ``DFQBENCH_PLAN_CACHE=off`` turns it off.
+``$DFQBENCH_CACHE/plans``, else ``$XDG_CACHE_HOME/dfqbench/plans``, else ``~/.cache/dfqbench/plans``); ``DFQBENCH_PLAN_CACHE=off`` turns it off.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def cache_dir() -> Path | None:
         return None
     if text:
         return Path(text).expanduser()
+    if os.environ.get("DFQBENCH_CACHE"):  # dfqbench's cache folder (decoded test sets), when the user moved it
+        return Path(os.environ["DFQBENCH_CACHE"]).expanduser() / "plans"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path("~", ".cache").expanduser())
     return Path(base) / "dfqbench" / "plans"
 
