@@ -214,6 +214,18 @@ def test_summary_and_welch_test():
     assert single.outside_noise is None and single.text == "no noise estimate (n = 1)"
 
 
+def test_welch_test_known_case():
+    """Wikipedia's "Welch's t-test" example 1 (two samples of 15): t = 2.46, ν = 25.0, p = 0.021."""
+    a = [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4]
+    b = [27.1, 22.0, 20.8, 23.4, 23.4, 23.5, 25.8, 22.0, 24.8, 20.2, 21.9, 22.1, 22.9, 20.5, 24.4]
+    result = welch_test(summarize(a), summarize(b))
+    assert result.t == pytest.approx(2.46, abs=0.005) and result.df == pytest.approx(24.99, abs=0.01)
+    assert result.p == pytest.approx(0.0214, abs=5e-4) and result.outside_noise
+    assert welch_test(summarize(b), summarize(a)).t == pytest.approx(-result.t)
+    same = welch_test(summarize([1.0, 1.0]), summarize([2.0, 2.0]))  # zero spread: outside the (zero) noise
+    assert same.outside_noise and same.p == 0.0
+
+
 # -- tables --------------------------------------------------------------------------------------------
 def test_table1_markdown_snapshot_and_content(results):
     scan = scan_results(results)
