@@ -110,6 +110,7 @@ class Configuration:
 
 
 Ignore = Callable[[str, Any], bool]
+_DIFFS: dict[str, list[tuple[str, Any]] | None] = {}  # config key -> configuration_diff (specs equal but the seed)
 
 
 def split_configurations(records: list[RunRecord], unfinished: list[Unfinished], ignore: Ignore | None = None
@@ -124,14 +125,17 @@ def split_configurations(records: list[RunRecord], unfinished: list[Unfinished],
     unknown = ""
     for item in list(records) + list(unfinished):
         spec = item.spec
-        diff = configuration_diff(spec)
+        key = item.config if isinstance(item, RunRecord) else config_key(spec)
+        if key not in _DIFFS:  # seeds of one configuration share it: resolved once per configuration
+            _DIFFS[key] = configuration_diff(spec)
+        diff = _DIFFS[key]
         if diff is None:
             from dfqbench.report.defaults import default_configuration
 
             unknown = unknown or default_configuration(spec)[1]
         else:
             diff = [(k, v) for k, v in diff if ignore is None or not ignore(k, v)]
-        key = "" if diff == [] else config_key(spec)
+        key = "" if diff == [] else key
         if key not in groups:
             label = "default" if diff == [] else (diff_text(diff) if diff else f"configuration {key}")
             groups[key] = Configuration([], [], label)

@@ -48,8 +48,8 @@ def _configuration(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=None)
-def _default_configuration(method: str, dataset: str, model: str, bits: str, protocol: str) -> str:
-    """JSON of the default configuration of a cell, or ``!reason`` when there is none here."""
+def _default_configuration(method: str, dataset: str, model: str, bits: str, protocol: str) -> dict[str, Any] | str:
+    """The default configuration of a cell (shared: never mutate it), or the reason there is none here."""
     try:
         from dfqbench.core.plugin import load_methods
         from dfqbench.runner import resolve_settings
@@ -57,11 +57,11 @@ def _default_configuration(method: str, dataset: str, model: str, bits: str, pro
         method_cls = load_methods().get(method)
         train, method_config, quant = resolve_settings(method_cls, dataset, model, bits, protocol, [])
     except DfqbenchError as exc:
-        return "!" + str(exc)
+        return str(exc)
     except ImportError as exc:  # torch or a plugin's dependency missing where the report runs
-        return f"!cannot load the method plugins here ({exc})"
+        return f"cannot load the method plugins here ({exc})"
     spec = {"method_version": method_cls.version, "train": train, "method_config": method_config, "quant": quant}
-    return json.dumps(_plain(_configuration(spec)))
+    return _plain(_configuration(spec))
 
 
 def default_configuration(spec: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
@@ -69,10 +69,8 @@ def default_configuration(spec: dict[str, Any]) -> tuple[dict[str, Any] | None, 
     key = (spec.get("method"), spec.get("dataset"), spec.get("model"), spec.get("bits"), spec.get("protocol", "custom"))
     if not all(isinstance(k, str) for k in key):
         return None, "the spec lacks method, dataset, model, bits or protocol"
-    text = _default_configuration(*key)
-    if text.startswith("!"):
-        return None, text[1:]
-    return json.loads(text), ""
+    default = _default_configuration(*key)
+    return (None, default) if isinstance(default, str) else (dict(default), "")
 
 
 def configuration_diff(spec: dict[str, Any]) -> list[tuple[str, Any]] | None:
@@ -81,7 +79,7 @@ def configuration_diff(spec: dict[str, Any]) -> list[tuple[str, Any]] | None:
     default, _ = default_configuration(spec)
     if default is None:
         return None
-    ours = _plain(_configuration(spec))
+    ours = _configuration(spec)  # a spec read from JSON is plain already
     missing = object()
     return [(k, ours.get(k)) for k in sorted(set(default) | set(ours))
             if ours.get(k, missing) != default.get(k, missing)]

@@ -4,8 +4,11 @@ Main tables: rows dataset / model (FP ours / FP paper) / teacher / bits, one col
 ours (mean ± std over seeds, n) / the published number / Δ. One table per protocol: ``quick`` records are
 never mixed with ``paper`` ones. Δ = ours − paper when the run's teacher is the papers' (pytorchcv); on rows
 with another teacher Δ compares drops from FP, (ours − FP ours) − (paper − FP paper), and says so. Best of
-ours per row in bold. Ablation tables: rows = which of L_ds, L_as, L_b, L_BNS are on, columns = bit-widths,
-best of ours per column in bold.
+ours per row in bold. Each cell shows the method's default configuration (:mod:`dfqbench.report.cells`);
+other configurations get labelled rows only when asked for. Δ carries the reproduced mark
+(:data:`REPRODUCED_RULE`, counted in the footer). Ablation tables: rows = which of L_ds, L_as, L_b, L_BNS
+are on (the default configuration with those weights at 0), columns = bit-widths, best of ours per column
+in bold.
 """
 
 from __future__ import annotations
