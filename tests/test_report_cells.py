@@ -169,6 +169,11 @@ def test_record_with_a_wrong_type_is_skipped_with_one_line(tmp_path, capsys, fie
     warnings = [line for line in captured.err.splitlines() if "warning" in line]
     assert warnings == [f"dfqbench: warning: skipped {bad / 'record.json'}: {message}"]
     assert "86.00 (n=1)" in captured.out and "Unreadable records (1)" in captured.out
+    if field.startswith("spec."):  # the same spec in an unfinished folder: counted, in no cell, no error
+        (bad / "record.json").unlink()
+        (bad / "spec.json").write_text(json.dumps(record["spec"]))
+        assert main(["report", "--results", str(root), "--table", "table1"]) == 0
+        assert "1 finished, 1 started" in capsys.readouterr().out  # it has metrics.jsonl
 
 
 def test_where_accepts_the_override_spelling(tmp_path, capsys):

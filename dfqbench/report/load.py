@@ -196,7 +196,7 @@ def _scan_folder(folder: Path, scan: Scan) -> None:
         scan.unreadable.append((record_path, why or "?"))
         return
     spec, _ = _read_json(folder / "spec.json")
-    spec = spec if isinstance(spec, dict) else None
+    spec = spec if isinstance(spec, dict) and _wrong_type({"spec": spec}) is None else None  # unusable: no cell
     started = (folder / "metrics.jsonl").exists() or (folder / "checkpoint.pt").exists()
     state = run_state(folder)  # the launcher's lease-aware states, as `dfqbench status` shows them
     name = "started" if state.state == "pending" and started else state.state
