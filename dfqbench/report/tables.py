@@ -43,7 +43,7 @@ REPRODUCED_RULE = (f"{REPRODUCED} reproduced, {NOT_REPRODUCED} not: |our mean dr
                    f"≤ max({REPRODUCED_MIN_PP} pp, 2 · the std of our drop over seeds), the std being 0 with one seed; "
                    "our FP is each run's teacher top-1 (its record), the published FP the paper's; no mark without a "
                    "published number.")
-DEFAULT_TEXT = ("Each cell shows the method's default configuration for the cell (its defaults and paper presets under "
+DEFAULT_TEXT = ("Ours: the method's default configuration for the cell (its defaults and paper presets under "
                 "the protocol, no overrides).")
 TEST_SET_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000}
 
