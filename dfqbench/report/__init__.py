@@ -3,5 +3,6 @@
 Modules: :mod:`load` (read a results folder, filters), :mod:`published` (the papers' numbers, package data
 ``published.yaml``), :mod:`stats` (mean ± std over seeds, Welch's test), :mod:`ablation` (config → AdaSG
 Table 2 row), :mod:`cells` (which records a cell averages), :mod:`tables` (layouts), :mod:`model` and
-:mod:`render` (markdown / LaTeX / CSV), :mod:`plots`, :mod:`compare` (two results folders), :mod:`cli`.
+:mod:`render` (markdown / LaTeX / CSV), :mod:`defaults` (a cell's default configuration), :mod:`runs` (the
+per-run CSV), :mod:`plots`, :mod:`compare` (two results folders), :mod:`cli`.
 """

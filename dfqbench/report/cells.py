@@ -1,9 +1,12 @@
 """From records to table cells: which records are seeds of one configuration, and what a cell shows.
 
-Only records that differ in nothing but the seed are averaged. When a cell (say GDFQ at W4A4 on one teacher
-and protocol) holds several configurations (an override, another method version), the one with the most
-finished seeds is shown (ties: the most recently finished) and the others are named in a footnote with the
-spec fields that differ. Runs without a record in the same cell are counted as running / pending / failed.
+Only records that differ in nothing but the seed are averaged. A cell (say GDFQ at W4A4 on one teacher and
+protocol) shows the method's *default configuration* for that cell (:mod:`dfqbench.report.defaults`: its
+defaults and paper presets under the protocol, no overrides). Runs of other configurations (an override,
+another method version) never replace it: they are named in a footnote, or shown as their own labelled rows
+when asked for (``report --all-configurations`` or ``--where``). Where the default cannot be resolved here
+(a method plugin not installed), the configuration with the most finished seeds is shown (ties: the most
+recently finished) and the footnote says so. Runs without a record are counted with their configuration.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, TypeVar
 
-from dfqbench.report.load import RunRecord, Unfinished, flatten, teacher_key
+from dfqbench.report.defaults import configuration_diff, diff_text, override_key
+from dfqbench.report.load import RunRecord, Unfinished, config_key, flatten, teacher_key
 from dfqbench.report.stats import Summary, summarize
 
 K = TypeVar("K", bound=Hashable)
@@ -56,7 +60,7 @@ def spec_diff(shown: dict[str, Any], other: dict[str, Any]) -> list[str]:
     """``key=value`` of the other spec's fields that differ from the shown one (seed and run id excepted)."""
     a, b = flatten(shown), flatten(other)
     keys = sorted((set(a) | set(b)) - {"seed", "run_id"})
-    return [f"{k}={_short(b.get(k))}" for k in keys if a.get(k) != b.get(k)]
+    return [f"{override_key(k)}={_short(b.get(k))}" for k in keys if a.get(k) != b.get(k)]
 
 
 def _short(value: Any) -> str:
@@ -66,12 +70,14 @@ def _short(value: Any) -> str:
 
 @dataclass
 class Cell:
-    """What one table cell shows: the summary of the chosen configuration's seeds and what was left out."""
+    """What one table cell shows: the summary of one configuration's seeds, and the configurations not shown."""
 
     summary: Summary | None = None
     fp: Summary | None = None
+    drop: Summary | None = None  # FP − top-1 per run (the record's own teacher top-1), over the seeds
     records: list[RunRecord] = field(default_factory=list)
-    others: list[str] = field(default_factory=list)  # "n run(s) with k=v, …" for configurations not shown
+    others: list["Configuration"] = field(default_factory=list)  # the cell's other configurations
+    default_unknown: str = ""  # why the cell's default configuration is unknown here ("" when known)
     states: Counter = field(default_factory=Counter)  # running / pending / failed runs in this cell
     no_metric: int = 0  # finished runs without a value for the metric (never evaluated)
     diverged: int = 0  # shown runs whose training diverged (NaN/inf) and stopped: best is over the epochs before
@@ -83,9 +89,73 @@ class Cell:
     def state_text(self) -> str:
         return ", ".join(f"{n} {state}" for state, n in sorted(self.states.items()))
 
+    def others_text(self) -> str:
+        """``1 run with quant.tracker=ema; 2 runs (1 pending) with method.ds_weight=0.2``."""
+        parts = []
+        for conf in self.others:
+            n = len(conf.records) + len(conf.unfinished)
+            states = Counter(u.state for u in conf.unfinished)
+            state = f" ({', '.join(f'{k} {s}' for s, k in sorted(states.items()))})" if states else ""
+            parts.append(f"{n} run{'s' if n > 1 else ''}{state} with {conf.label}")
+        return "; ".join(parts)
+
+
+@dataclass
+class Configuration:
+    """The runs of one configuration in a cell; ``label`` names how it differs from the cell's default."""
+
+    records: list[RunRecord]
+    unfinished: list[Unfinished]
+    label: str
+
+
+Ignore = Callable[[str, Any], bool]
+_DIFFS: dict[str, list[tuple[str, Any]] | None] = {}  # config key -> configuration_diff (specs equal but the seed)
+
+
+def split_configurations(records: list[RunRecord], unfinished: list[Unfinished], ignore: Ignore | None = None
+                         ) -> tuple[Configuration, list[Configuration], str]:
+    """(the cell's default configuration, the others ranked by finished seeds, why the default is unknown).
+
+    ``ignore(key, value)`` drops differences that still count as default (the ablation rows: a term's weight
+    set to 0). Without a known default, the configuration with the most finished seeds is returned as the
+    first (ties: the most recently finished) and the reason is the third item.
+    """
+    groups: dict[str, Configuration] = {}
+    unknown = ""
+    for item in list(records) + list(unfinished):
+        spec = item.spec
+        key = item.config if isinstance(item, RunRecord) else config_key(spec)
+        if key not in _DIFFS:  # seeds of one configuration share it: resolved once per configuration
+            _DIFFS[key] = configuration_diff(spec)
+        diff = _DIFFS[key]
+        if diff is None:
+            from dfqbench.report.defaults import default_configuration
+
+            unknown = unknown or default_configuration(spec)[1]
+        else:
+            diff = [(k, v) for k, v in diff if ignore is None or not ignore(k, v)]
+        key = "" if diff == [] else key
+        if key not in groups:
+            label = "default" if diff == [] else (diff_text(diff) if diff else f"configuration {key}")
+            groups[key] = Configuration([], [], label)
+        (groups[key].records if isinstance(item, RunRecord) else groups[key].unfinished).append(item)
+    default = groups.pop("", None)
+    ranked = sorted(groups.values(), key=lambda c: (
+        len(c.records), max((str(r.record.get("finished_at", "")) for r in c.records), default=""),
+        len(c.unfinished), c.label), reverse=True)
+    if default is None and unknown and ranked:
+        default, ranked = ranked[0], ranked[1:]
+        shown = (default.records + default.unfinished)[0].spec
+        for conf in ranked:  # no default to name the differences against: name them against the shown one
+            diff = spec_diff(shown, (conf.records + conf.unfinished)[0].spec)
+            conf.label = ", ".join(diff[:4]) + (" …" if len(diff) > 4 else "") if diff else conf.label
+    return default or Configuration([], [], "default"), ranked, unknown
+
 
 def choose_configuration(records: list[RunRecord]) -> tuple[list[RunRecord], list[list[RunRecord]]]:
-    """(the seeds of the configuration shown, the other configurations' records)."""
+    """(the seeds of the configuration with the most finished seeds, the other configurations' records);
+    ties: the most recently finished. Used where no default applies (comparing two results folders)."""
     configs = group_by(records, lambda r: r.config)
     ranked = sorted(configs.values(),
                     key=lambda rs: (len(rs), max(str(r.record.get("finished_at", "")) for r in rs), rs[0].config),
@@ -93,24 +163,40 @@ def choose_configuration(records: list[RunRecord]) -> tuple[list[RunRecord], lis
     return ranked[0], ranked[1:]
 
 
-def make_cell(records: list[RunRecord], unfinished: list[Unfinished], metric: str) -> Cell:
+def shown_records(records: list[RunRecord]) -> list[RunRecord]:
+    """The records of a cell that the tables show (its default configuration; see :func:`split_configurations`)."""
+    return split_configurations(records, [])[0].records
+
+
+def summarize_cell(records: list[RunRecord], unfinished: list[Unfinished], metric: str) -> Cell:
+    """The cell of one configuration's runs (all seeds averaged; runs without the metric counted apart)."""
     cell = Cell(states=Counter(u.state for u in unfinished))
-    if not records:
-        return cell
     usable = [r for r in records if r.metric(metric) is not None]
     cell.no_metric = len(records) - len(usable)
     if not usable:
         return cell
-    shown, others = choose_configuration(usable)
-    cell.records = shown
-    cell.summary = summarize(r.metric(metric) for r in shown)
-    cell.fp = summarize(r.fp for r in shown)
-    cell.diverged = sum(1 for r in shown if r.record.get("diverged"))
-    for other in others:
-        diff = spec_diff(shown[0].spec, other[0].spec)
-        cell.others.append(f"{len(other)} run{'s' if len(other) > 1 else ''} with {', '.join(diff[:4])}"
-                           + (" …" if len(diff) > 4 else ""))
+    cell.records = usable
+    cell.summary = summarize(r.metric(metric) for r in usable)
+    cell.fp = summarize(r.fp for r in usable)
+    cell.drop = summarize(r.fp - r.metric(metric) for r in usable if r.fp is not None)
+    cell.diverged = sum(1 for r in usable if r.record.get("diverged"))
     return cell
+
+
+def make_cell(records: list[RunRecord], unfinished: list[Unfinished], metric: str, ignore: Ignore | None = None) -> Cell:
+    """The cell of the default configuration, with the other configurations in :attr:`Cell.others`."""
+    default, others, unknown = split_configurations(records, unfinished, ignore)
+    cell = summarize_cell(default.records, default.unfinished, metric)
+    cell.others, cell.default_unknown = others, unknown
+    return cell
+
+
+def make_choice_cell(records: list[RunRecord], metric: str) -> Cell:
+    """The cell of the configuration with the most finished seeds (no default: see :func:`choose_configuration`)."""
+    usable = [r for r in records if r.metric(metric) is not None]
+    if not usable:
+        return summarize_cell(records, [], metric)
+    return summarize_cell(choose_configuration(usable)[0], [], metric)
 
 
 def spec_key(spec: dict[str, Any]) -> tuple[str, str, str, str, str]:

@@ -14,6 +14,7 @@ from typing import Any
 from dfqbench.errors import DfqbenchError
 
 TABLE_CHOICES = ("all", "table1", "qimera_t2", "ablation")
+FORMAT_CHOICES = ("markdown", "latex", "latex-document", "csv", "csv-runs")
 
 
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -25,14 +26,22 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "the published numbers beside ours, and optionally the game-diagnostic plots.")
     p.add_argument("--results", help="results folder (env DFQBENCH_RESULTS; default ./results)")
     p.add_argument("--grid", help="only the runs of this grid (a shipped name or a YAML file) as its launches into "
-                   "--results planned them; its runs with no folder yet count as pending")
+                   "--results planned them; its runs with no folder yet count as pending; runs of non-default "
+                   "configurations (the grid's overrides) are shown as labelled rows")
     p.add_argument("--protocol", help="keep only runs of this protocol")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
-                   help="keep runs whose spec has one of these values at a dotted key, e.g. method=gdfq,qimera "
-                   "bits=w4a4 method_config.ds_weight=0 train.epochs=8 (repeatable; all must hold)")
+                   help="keep runs whose spec has one of these values at a dotted key, named as in overrides, e.g. "
+                   "method=gdfq,qimera bits=w4a4 method.ds_weight=0 quant.tracker=ema train.epochs=8 (repeatable; all "
+                   "must hold; method_config.X is an alias of method.X); the kept runs of non-default configurations "
+                   "are shown as labelled rows")
+    p.add_argument("--all-configurations", action="store_true",
+                   help="also show, as their own labelled rows, runs of other configurations than a cell's default "
+                   "(the method's defaults and presets for the cell; without this they are only counted in a footnote)")
     p.add_argument("--table", choices=TABLE_CHOICES, default="all",
                    help="which layout (default all: Table 1, Qimera Table 2, ablations where a term is off)")
-    p.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
+    p.add_argument("--format", choices=FORMAT_CHOICES, default="markdown",
+                   help="markdown (default); latex: table floats to \\input (booktabs; run status in comments only); "
+                   "latex-document: the same in a complete document; csv: one row per cell; csv-runs: one row per run")
     p.add_argument("--out", help="write the tables to this file (default: standard output)")
     p.add_argument("--metric", choices=("best", "final"), default="best",
                    help="best test top-1 over epochs (default, as the papers report) or the final epoch's")
@@ -88,6 +97,9 @@ def run_report(args: argparse.Namespace) -> int:
 
     if args.cell and not args.plots:
         raise DfqbenchError("--cell selects plots; give --plots DIR too")
+    if args.format == "csv-runs" and args.compare is not None:
+        raise DfqbenchError("--format csv-runs lists the runs of one results folder; choices with --compare are "
+                            "markdown, latex, latex-document, csv")
     wheres = [Where.parse(text) for text in args.where]
     scan = scan_results(args.results)
     preamble = []
@@ -98,12 +110,19 @@ def run_report(args: argparse.Namespace) -> int:
     if args.protocol is not None:
         wheres.append(Where("protocol", (args.protocol,)))
     scan = filter_scan(scan, wheres, run_ids)
+    for path, why in scan.unreadable:  # skipped, never fatal: one bad record must not hide the others
+        print(f"dfqbench: warning: skipped {path}: {why}", file=sys.stderr)
     published = load_published()
-    if args.compare is not None:
+    if args.format == "csv-runs":
+        from dfqbench.report.runs import runs_csv
+
+        tables, text = [], runs_csv(scan)
+    elif args.compare is not None:
         other = filter_scan(scan_results(args.compare), wheres, run_ids)
         tables = [compare_scans(scan, other, args.metric)]
     else:
-        tables = build_tables(scan, published, args.table, args.metric, args.all_rows, args.all_columns)
+        tables = build_tables(scan, published, args.table, args.metric, args.all_rows, args.all_columns,
+                              all_configurations=args.all_configurations or bool(args.where) or args.grid is not None)
         preamble = [f"dfqbench report: {scan.status_line()}."] + preamble
         if not tables:
             preamble.append("No runs match: nothing to tabulate.")
@@ -111,13 +130,15 @@ def run_report(args: argparse.Namespace) -> int:
             preamble.append(f"Unreadable records ({len(scan.unreadable)}): "
                             + "; ".join(f"{p.parent.name}/{p.name} ({why})" for p, why in scan.unreadable[:5])
                             + (" …" if len(scan.unreadable) > 5 else ""))
-    text = render(tables, args.format, preamble if args.format != "csv" else ())
+    if args.format != "csv-runs":
+        text = render(tables, args.format, preamble if args.format != "csv" else ())
     if args.out:
         from dfqbench.store import atomic_write_bytes
 
         atomic_write_bytes(Path(args.out), text.encode("utf-8"))  # never half-written
-        print(f"wrote {args.out} ({len(tables)} table{'s' if len(tables) != 1 else ''}, {args.format}); "
-              f"{scan.status_line()}")
+        what = (f"{len(scan.records) + len(scan.unfinished)} runs" if args.format == "csv-runs"
+                else f"{len(tables)} table{'s' if len(tables) != 1 else ''}")
+        print(f"wrote {args.out} ({what}, {args.format}); {scan.status_line()}")
     else:
         sys.stdout.write(text)
     if args.plots:

@@ -1,7 +1,7 @@
 """Comparing two results folders (e.g. two versions of dfqbench) cell by cell.
 
-A cell is (protocol, model, teacher, bits, method, ablation row); each side shows the configuration the
-tables would show (most finished seeds). Per cell: A and B as mean ± std (n), Δ = B − A and the verdict of
+A cell is (protocol, model, teacher, bits, method, ablation row); each side shows its configuration with the
+most finished seeds (not the default of the installed version: the two folders may come from two versions). Per cell: A and B as mean ± std (n), Δ = B − A and the verdict of
 Welch's t-test (:mod:`dfqbench.report.stats`: outside seed noise when p < 0.05, both sides n ≥ 2; with n = 1
 "no noise estimate"). Spec fields that differ between the two sides' configurations (besides the seed)
 are listed, so a changed method version or hyperparameter is visible next to the number it moved.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from dfqbench.report.ablation import ablation_terms, terms_label
-from dfqbench.report.cells import (Cell, bits_sort_key, group_by, make_cell, method_label, method_sort_key,
+from dfqbench.report.cells import (Cell, bits_sort_key, group_by, make_choice_cell, method_label, method_sort_key,
                                    protocol_sort_key, spec_diff)
 from dfqbench.report.load import RunRecord, Scan
 from dfqbench.report.model import Group, Table, TableRow, Text
@@ -46,8 +46,8 @@ def compare_scans(a: Scan, b: Scan, metric: str = "best") -> Table:
                    Group("config", ("B's spec vs A's",))])
     outside = 0
     for key in keys:
-        cell_a: Cell = make_cell(cells_a.get(key, []), [], metric)
-        cell_b: Cell = make_cell(cells_b.get(key, []), [], metric)
+        cell_a: Cell = make_choice_cell(cells_a.get(key, []), metric)
+        cell_b: Cell = make_choice_cell(cells_b.get(key, []), metric)
         diff, verdict, test = None, "only in A" if cell_b.summary is None else "only in B", None
         if cell_a.summary is not None and cell_b.summary is not None:
             test = welch_test(cell_a.summary, cell_b.summary)

@@ -144,7 +144,44 @@ def _valid_record(data: Any) -> str | None:
     missing = [k for k in _RECORD_KEYS if k not in data]
     if not missing and isinstance(data["spec"], dict):
         missing = [f"spec.{k}" for k in _SPEC_KEYS if k not in data["spec"]]
-    return f"missing {', '.join(missing)}" if missing else None
+    return f"missing {', '.join(missing)}" if missing else _wrong_type(data)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+
+
+# field -> (check, what it should be), for the fields the report computes with
+_RECORD_TYPES: dict[str, tuple[Any, str]] = {
+    "spec": (lambda v: isinstance(v, dict), "an object"),
+    "fp_top1": (lambda v: v is None or _is_number(v), "a finite number or null"),
+    "best_top1": (lambda v: v is None or _is_number(v), "a finite number or null"),
+    "final_top1": (lambda v: v is None or _is_number(v), "a finite number or null"),
+    "run_id": (lambda v: isinstance(v, str), "a string"),
+    "finished_at": (lambda v: isinstance(v, str), "a string"),
+    "spec.method": (lambda v: isinstance(v, str), "a string"),
+    "spec.model": (lambda v: isinstance(v, str), "a string"),
+    "spec.bits": (lambda v: isinstance(v, str), "a string"),
+    "spec.seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "spec.teacher": (lambda v: isinstance(v, dict), "an object"),
+    "spec.dataset": (lambda v: isinstance(v, str), "a string"),
+    "spec.protocol": (lambda v: isinstance(v, str), "a string"),
+    "spec.train": (lambda v: isinstance(v, dict), "an object"),
+    "spec.method_config": (lambda v: isinstance(v, dict), "an object"),
+    "spec.quant": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def _wrong_type(data: dict[str, Any]) -> str | None:
+    """``"spec.bits is 4 (int), expected a string"`` for the first field of a wrong type (absent optional
+    fields are fine), else None."""
+    for name, (ok, expected) in _RECORD_TYPES.items():
+        node, present = (data["spec"], name[5:] in data["spec"]) if name.startswith("spec.") else (data, name in data)
+        if present:
+            value = node[name[5:] if name.startswith("spec.") else name]
+            if not ok(value):
+                return f"{name} is {json.dumps(value)[:40]} ({type(value).__name__}), expected {expected}"
+    return None
 
 
 def _scan_folder(folder: Path, scan: Scan) -> None:
@@ -159,7 +196,7 @@ def _scan_folder(folder: Path, scan: Scan) -> None:
         scan.unreadable.append((record_path, why or "?"))
         return
     spec, _ = _read_json(folder / "spec.json")
-    spec = spec if isinstance(spec, dict) else None
+    spec = spec if isinstance(spec, dict) and _wrong_type({"spec": spec}) is None else None  # unusable: no cell
     started = (folder / "metrics.jsonl").exists() or (folder / "checkpoint.pt").exists()
     state = run_state(folder)  # the launcher's lease-aware states, as `dfqbench status` shows them
     name = "started" if state.state == "pending" and started else state.state
@@ -213,7 +250,10 @@ class Where:
         key, sep, raw = text.partition("=")
         if not sep or not key.strip() or not raw.strip():
             raise DfqbenchError(f"invalid --where {text!r}: expected KEY=VALUE[,VALUE…], e.g. method=gdfq,qimera "
-                                "or method_config.ds_weight=0")
+                                "or method.ds_weight=0")
+        key = key.strip()
+        if key.startswith("method."):  # the override spelling of the spec's method_config section
+            key = "method_config." + key[len("method."):]
         values = []
         parts = [raw] if raw.strip().startswith("[") else raw.split(",")  # a YAML list is one value
         for part in parts:
@@ -221,7 +261,7 @@ class Where:
                 values.append(read_yaml(part))
             except yaml.YAMLError:
                 values.append(part)
-        return cls(key.strip(), tuple(values))
+        return cls(key, tuple(values))
 
     def lookup(self, spec: dict[str, Any]) -> tuple[bool, Any]:
         node: Any = spec
@@ -260,10 +300,12 @@ def filter_scan(scan: Scan, wheres: Iterable[Where] = (), run_ids: set[str] | No
     specs = [r.spec for r in scan.records] + [u.spec for u in scan.unfinished if u.spec is not None]
     for where in wheres:
         if specs and not any(where.lookup(s)[0] for s in specs):
-            keys = sorted(flatten(specs[0]))
             from dfqbench.registry import unknown_choice
 
-            raise DfqbenchError(unknown_choice("--where key", where.key, keys))
+            def named(k: str) -> str:  # the override spelling (method.X for method_config.X)
+                return "method." + k[len("method_config."):] if k.startswith("method_config.") else k
+
+            raise DfqbenchError(unknown_choice("--where key", named(where.key), sorted(named(k) for k in flatten(specs[0]))))
 
     def keep(spec: dict[str, Any] | None) -> bool:
         if spec is None:

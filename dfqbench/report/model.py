@@ -17,10 +17,12 @@ SUPERSCRIPT_LETTERS = "abcdefghijklmnoprstuvwxyz"
 
 @dataclass(frozen=True)
 class Text:
-    """One sub-cell's text; ``bold`` marks the best value (rendered ``**…**`` / ``\\textbf{…}``)."""
+    """One sub-cell's text; ``bold`` marks the best value (rendered ``**…**`` / ``\\textbf{…}``); ``status``
+    (unfinished runs, e.g. ``; +1 pending``) follows the text in markdown and stays out of LaTeX's table body."""
 
     text: str
     bold: bool = False
+    status: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Table:
     rows: list[TableRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)  # run counts: after the caption in markdown, comments in LaTeX
+    cell_status: list[str] = field(default_factory=list)  # per-cell unfinished runs (LaTeX comments)
 
 
 class Footnotes:

@@ -29,8 +29,9 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dfqbench.report.ablation import is_full  # noqa: E402
-from dfqbench.report.cells import (bits_sort_key, choose_configuration, group_by, is_papers_teacher,  # noqa: E402
+from dfqbench.report.cells import (bits_sort_key, group_by, is_papers_teacher,  # noqa: E402
                                    method_label, method_sort_key, record_key)
+from dfqbench.report import cells as report_cells  # noqa: E402
 from dfqbench.report.load import RunRecord, read_metrics  # noqa: E402
 from dfqbench.report.published import Published  # noqa: E402
 
@@ -272,10 +273,10 @@ def select_cells(records: list[RunRecord], cells: list[str]) -> list[RunRecord]:
 
 
 def shown_records(records: list[RunRecord], key: Callable[[RunRecord], Any]) -> list[RunRecord]:
-    """Per key (a table cell), the seeds of the configuration the tables show (see cells.choose_configuration)."""
+    """Per key (a table cell), the seeds of the configuration the tables show (see cells.split_configurations)."""
     shown = []
     for group in group_by(records, key).values():
-        shown += choose_configuration(group)[0]
+        shown += report_cells.shown_records(group)
     return shown
 
 

@@ -1,15 +1,19 @@
 """Rendering :class:`~dfqbench.report.model.Table` objects as markdown, LaTeX (booktabs) or CSV.
 
-Markdown joins a group's sub-columns in one cell (``ours / paper / Δ``). LaTeX gives each sub-column its own
-column under a ``\\cmidrule``-ruled group header and is a complete document (``article``, ``booktabs``,
-``geometry``, ``graphicx``) that ``pdflatex`` compiles; the non-ASCII characters the tables use are mapped to
-LaTeX commands. CSV is long-form: one line per cell with numeric fields, from :attr:`Table.records`.
+Markdown joins a group's sub-columns in one cell (``ours / paper / Δ``), with the runs' status (running,
+pending…) inline. LaTeX gives each sub-column its own column under a ``\\cmidrule``-ruled group header; the
+``latex`` format is a file of ``table`` floats to ``\\input`` into a paper (needs ``booktabs`` and
+``graphicx``), the run status only in its header comments, never in a table body; ``latex-document`` wraps
+the same floats in a complete document that ``pdflatex`` compiles. The non-ASCII characters the tables use
+are mapped to LaTeX commands. CSV is long-form: one line per cell with numeric fields rounded to 4 decimals,
+from :attr:`Table.records`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Iterable
 
 from dfqbench.report.model import SUPERSCRIPT_LETTERS, SUPERSCRIPTS, Table, Text
@@ -21,10 +25,12 @@ def _md_escape(text: str) -> str:
 
 
 def _md_cell(texts: list[Text]) -> str:
+    if not any(t.text for t in texts):  # a labelled configuration row leaves the other methods' cells empty
+        return ""
     parts = []
     for t in texts:
         text = _md_escape(t.text)
-        parts.append(f"**{text}**" if t.bold and text else text)
+        parts.append((f"**{text}**" if t.bold and text else text) + _md_escape(t.status))
     return " / ".join(parts)
 
 
@@ -33,7 +39,7 @@ def to_markdown(tables: Iterable[Table], preamble: Iterable[str] = ()) -> str:
     for table in tables:
         if out:
             out.append("")
-        out += [f"### {table.title}", "", table.caption, ""]
+        out += [f"### {table.title}", "", " ".join([table.caption] + table.status), ""]
         header = table.label_columns + [g.title for g in table.groups]
         out.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
         out.append("|" + "|".join([":--"] * len(table.label_columns) + ["--:"] * len(table.groups)) + "|")
@@ -52,7 +58,8 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
 _LATEX_UNICODE = {"±": r"$\pm$", "−": r"$-$", "†": r"\textsuperscript{\dag}", "–": "--", "—": "---",
                   "Δ": r"$\Delta$", "×": r"$\times$", "≠": r"$\neq$", "≥": r"$\geq$", "≤": r"$\leq$", "·": r"$\cdot$",
                   "…": r"\ldots{}", "θ": r"$\theta$", "²": r"\textsuperscript{2}", "∞": r"$\infty$", "→": r"$\to$",
-                  "’": "'", "‘": "`", "“": "``", "”": "''"}
+                  "’": "'", "‘": "`", "“": "``", "”": "''",
+                  "✓": r"$\surd$", "✗": r"$\times$"}
 _LATEX_UNICODE.update({s: rf"\textsuperscript{{{c}}}" for s, c in zip(SUPERSCRIPTS, SUPERSCRIPT_LETTERS)})
 
 
@@ -79,12 +86,21 @@ def _latex_text(t: Text) -> str:
     return rf"\textbf{{{text}}}" if t.bold and text else text
 
 
-def latex_table(table: Table) -> str:
-    """One ``table`` float: booktabs rules, a group header row with cmidrules, a sub-column header row."""
+def latex_label(table: Table, index: int) -> str:
+    """``tab:dfqbench-1-table1-protocol-quick``: unique within one output, stable across regenerations."""
+    slug = re.sub(r"[^a-z0-9]+", "-", table.title.lower()).strip("-")
+    return f"tab:dfqbench-{index}-{slug[:60].rstrip('-')}"
+
+
+def latex_table(table: Table, index: int = 1) -> str:
+    """One ``table`` float: caption and label, booktabs rules, a group header row with cmidrules, a sub-column
+    header row, the footnotes under the tabular. No run status: see :func:`latex_status`."""
     n_labels = len(table.label_columns)
     widths = [len(g.subtitles) for g in table.groups]
     spec = "l" * n_labels + "".join("r" * w for w in widths)
-    lines = [r"\begin{table}[htbp]", r"\centering", r"\footnotesize", rf"\caption{{{latex_escape(table.title)}}}"]
+    lines = [r"\begin{table}[htbp]", r"\centering", r"\footnotesize",
+             rf"\caption[{latex_escape(table.title)}]{{{latex_escape(table.title)}. {latex_escape(table.caption)}}}",
+             rf"\label{{{latex_label(table, index)}}}"]
     wide = n_labels + sum(widths) > 10
     lines.append(r"\resizebox{\linewidth}{!}{%" if wide else "{%")
     lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
@@ -102,20 +118,45 @@ def latex_table(table: Table) -> str:
         cells = [latex_escape(label) for label in row.labels] + [_latex_text(t) for c in row.cells for t in c]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}%", "}"]
-    lines.append(r"\par\smallskip\begin{minipage}{\linewidth}\scriptsize")
-    lines.append(latex_escape(table.caption) + r"\par")
-    lines += [latex_escape(note) + r"\par" for note in table.notes]
-    lines += [r"\end{minipage}", r"\end{table}"]
+    if table.notes:
+        lines.append(r"\par\smallskip\begin{minipage}{\linewidth}\scriptsize")
+        lines += [latex_escape(note) + r"\par" for note in table.notes]
+        lines.append(r"\end{minipage}")
+    lines.append(r"\end{table}")
     return "\n".join(lines)
 
 
+def _comment(line: str) -> str:
+    return "% " + latex_escape(line).replace("\n", " ")
+
+
+def latex_status(tables: list[Table], preamble: Iterable[str] = ()) -> list[str]:
+    """The run status as LaTeX comments: the report's preamble, each table's counts and unfinished cells."""
+    lines = ["% Generated by `dfqbench report --format latex`: \\input this file (needs \\usepackage{booktabs,graphicx})."]
+    lines += [_comment(line) for line in preamble]
+    for index, table in enumerate(tables, 1):
+        for line in table.status + table.cell_status:
+            lines.append(_comment(f"Table {index} ({table.title}): {line}"))
+    return lines
+
+
 def to_latex(tables: Iterable[Table], preamble: Iterable[str] = ()) -> str:
-    """A complete, compilable document holding every table."""
+    """The tables as ``table`` floats to ``\\input`` (status in the header comments only)."""
+    tables = list(tables)
+    body = [latex_table(t, i) for i, t in enumerate(tables, 1)]
+    return "\n".join(latex_status(tables, preamble)) + "\n\n" + "\n\n".join(body) + "\n"
+
+
+def to_latex_document(tables: Iterable[Table], preamble: Iterable[str] = ()) -> str:
+    """A complete, compilable document holding every table, the report's status lines before them."""
+    tables = list(tables)
     head = [r"\documentclass{article}", r"\usepackage[T1]{fontenc}",
             r"\usepackage[a4paper,landscape,margin=1.5cm]{geometry}", r"\usepackage{booktabs}",
             r"\usepackage{graphicx}", r"\begin{document}"]
     body = [latex_escape(line) + r"\par" for line in preamble]
-    body += [latex_table(t) + "\n\\clearpage" for t in tables]
+    for index, table in enumerate(tables, 1):
+        body += [latex_escape(line) + r"\par" for line in table.status]
+        body.append(latex_table(table, index) + "\n\\clearpage")
     return "\n".join(head + body + [r"\end{document}"]) + "\n"
 
 
@@ -130,8 +171,17 @@ def to_csv(tables: Iterable[Table]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for record in rows:
-        writer.writerow({k: "" if v is None else v for k, v in record.items()})
+        writer.writerow({k: csv_value(v) for k, v in record.items()})
     return buffer.getvalue()
+
+
+def csv_value(value: object, decimals: int = 4) -> object:
+    """A CSV field: None → empty, floats rounded to ``decimals`` (−1.31, not −1.309999999999988)."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return round(value, decimals) + 0.0  # + 0.0: no "-0.0"
+    return value
 
 
 def render(tables: list[Table], fmt: str, preamble: Iterable[str] = ()) -> str:
@@ -139,4 +189,6 @@ def render(tables: list[Table], fmt: str, preamble: Iterable[str] = ()) -> str:
         return to_markdown(tables, preamble)
     if fmt == "latex":
         return to_latex(tables, preamble)
+    if fmt == "latex-document":
+        return to_latex_document(tables, preamble)
     return to_csv(tables)

@@ -4,18 +4,24 @@ Main tables: rows dataset / model (FP ours / FP paper) / teacher / bits, one col
 ours (mean ± std over seeds, n) / the published number / Δ. One table per protocol: ``quick`` records are
 never mixed with ``paper`` ones. Δ = ours − paper when the run's teacher is the papers' (pytorchcv); on rows
 with another teacher Δ compares drops from FP, (ours − FP ours) − (paper − FP paper), and says so. Best of
-ours per row in bold. Ablation tables: rows = which of L_ds, L_as, L_b, L_BNS are on, columns = bit-widths,
-best of ours per column in bold.
+ours per row in bold. Each cell shows the method's default configuration (:mod:`dfqbench.report.cells`);
+other configurations get labelled rows only when asked for. Δ carries the reproduced mark
+(:data:`REPRODUCED_RULE`, counted in the footer). Ablation tables: rows = which of L_ds, L_as, L_b, L_BNS
+are on (the default configuration with those weights at 0), columns = bit-widths, best of ours per column
+in bold.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Any
 
 from dfqbench.report.ablation import ablation_terms, is_full, terms_label
-from dfqbench.report.cells import (DATASET_LABELS, Cell, bits_sort_key, group_by, is_papers_teacher, make_cell,
-                                   method_label, method_sort_key, protocol_sort_key, record_key, unfinished_key)
+from dfqbench.report.ablation import TERM_WEIGHT_FIELDS
+from dfqbench.report.cells import (DATASET_LABELS, Cell, Configuration, bits_sort_key, group_by, is_papers_teacher,
+                                   make_cell, method_label, method_sort_key, protocol_sort_key, record_key,
+                                   summarize_cell, unfinished_key)
 from dfqbench.report.load import RunRecord, Scan, Unfinished
 from dfqbench.report.model import Footnotes, Group, Table, TableRow, Text
 from dfqbench.report.published import ABLATION_TERMS, Published, PublishedTable, PublishedValue
@@ -24,12 +30,22 @@ from dfqbench.report.stats import summarize
 SUBCOLUMNS = ("ours", "paper", "Δ")
 METRIC_TEXT = {"best": "best test top-1 over epochs (as the papers report)",
                "final": "final-epoch test top-1 (the papers report the best epoch; Δ compares our final with their best)"}
-MISSING_NOTE = ("– no finished run of this method in this cell; runs without a record are counted in the cell: running "
-                "(a live launcher lease), started (has logs but no live lease: run outside the launcher, or "
-                "interrupted), pending, failed, lost.")
+MISSING_NOTE = ("– no finished run of this method's default configuration in this cell; runs without a record are "
+                "counted (in the cell in markdown, in the header comments of the LaTeX file): running (a live launcher "
+                "lease), started (has logs but no live lease: run outside the launcher, or interrupted), pending, "
+                "failed, lost.")
 DAGGER_NOTE = "† re-run by a later paper's authors with the original code, not by the method's authors."
 DROP_NOTE = ("{teacher}: not the papers' pytorchcv teacher (FP ours / FP paper in the model column); "
              "on its rows Δ compares drops from FP: (ours − FP ours) − (paper − FP paper).")
+REPRODUCED, NOT_REPRODUCED = "✓", "✗"
+REPRODUCED_MIN_PP = 0.5
+REPRODUCED_RULE = (f"{REPRODUCED} reproduced, {NOT_REPRODUCED} not: |our mean drop from FP − the published drop from FP| "
+                   f"≤ max({REPRODUCED_MIN_PP} pp, 2 · the std of our drop over seeds), the std being 0 with one seed; "
+                   "our FP is each run's teacher top-1 (its record), the published FP the paper's; no mark without a "
+                   "published number.")
+DEFAULT_TEXT = ("Ours: the method's default configuration for the cell (its defaults and paper presets under "
+                "the protocol, no overrides).")
+TEST_SET_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000}
 
 
 # -- formatting ----------------------------------------------------------------------------------------
@@ -37,29 +53,51 @@ def fmt_number(x: float) -> str:
     return f"{x:.2f}"
 
 
-def fmt_delta(x: float | None) -> str:
-    return "–" if x is None else f"{x:+.2f}".replace("-", "−")
+def fmt_delta(x: float | None, mark: bool | None = None) -> str:
+    """Δ with its reproduced mark (``+0.12 ✓``); ``mark`` None: no mark."""
+    text = "–" if x is None else f"{x:+.2f}".replace("-", "−")
+    return text if mark is None else f"{text} {REPRODUCED if mark else NOT_REPRODUCED}"
 
 
-def fmt_ours(cell: Cell, notes: Footnotes, label: str, metric: str | None = None) -> str:
-    """Our cell text with its footnote marks: other configurations, (with ``metric``) finished runs without
-    that metric, diverged runs; ``label`` names the cell in the footnotes."""
+def fmt_ours(cell: Cell, notes: Footnotes, label: str, metric: str | None = None,
+             others_shown: bool = False) -> tuple[str, str]:
+    """(our cell text with its footnote marks, its status: unfinished runs). Marks: the configurations not shown
+    (``others_shown`` False), (with ``metric``) finished runs without that metric, diverged runs; ``label``
+    names the cell in the footnotes."""
     s = cell.summary
     if s is None:
         states = cell.state_text()
-        text = f"–{notes.mark(MISSING_NOTE)}" + (f" ({states})" if states else "")
+        text, status = f"–{notes.mark(MISSING_NOTE)}", (f" ({states})" if states else "")
     else:
         text = fmt_number(s.mean) + (f" ± {fmt_number(s.std)}" if s.std is not None else "") + f" (n={s.n})"
-        text += f"; +{cell.state_text()}" if cell.states else ""
-    if cell.others:
-        text += notes.mark(f"{label}: shown the configuration with the most finished seeds; not shown: "
-                           f"{'; '.join(cell.others)}.")
+        status = f"; +{cell.state_text()}" if cell.states else ""
+    if cell.default_unknown:
+        text += notes.mark(f"{label}: the default configuration is unknown here ({cell.default_unknown}); shown: "
+                           "the configuration with the most finished seeds.")
+    if cell.others and not others_shown:
+        shown = "the default configuration" if not cell.default_unknown else "that configuration"
+        text += notes.mark(f"{label}: shown {shown} only; not shown: {cell.others_text()} "
+                           "(--all-configurations shows them as labelled rows).")
     if metric is not None and cell.no_metric:
         text += notes.mark(f"{cell.no_metric} finished run(s) without a {metric} top-1 (never evaluated, or "
                            "training diverged before the last epoch).")
     if cell.diverged:
         text += notes.mark(cell.diverged_note(label))
-    return text
+    return text, status
+
+
+def reproduced(cell: Cell, paper: PublishedValue | None, paper_fp: float | None) -> bool | None:
+    """The reproduced mark (:data:`REPRODUCED_RULE`), or None without a published number or an FP."""
+    if cell.drop is None or paper is None or paper_fp is None:
+        return None
+    threshold = max(REPRODUCED_MIN_PP, 2.0 * (cell.drop.std or 0.0))
+    return abs(cell.drop.mean - (paper_fp - paper.mean)) <= threshold + 1e-9  # 1e-9: float noise at the boundary
+
+
+def reproduced_note(marks: list[bool]) -> str:
+    yes = sum(marks)
+    return (f"Reproduced ({REPRODUCED}): {yes} cell{'' if yes == 1 else 's'}; not reproduced ({NOT_REPRODUCED}): "
+            f"{len(marks) - yes} cell{'' if len(marks) - yes == 1 else 's'} (default configurations; rule in the caption).")
 
 
 def fmt_published(value: PublishedValue | None) -> str:
@@ -102,9 +140,30 @@ def schedule_text(records: list[RunRecord]) -> str:
     return "; ".join(f"{s} ({n} run{'' if n == 1 else 's'})" for s, n in schedules.most_common())
 
 
-def protocol_text(protocol: str, records: list[RunRecord]) -> str:
+def evaluation_text(specs: list[dict[str, Any]]) -> str:
+    """Which test images the top-1 is over: the full test set, or the protocol's fixed subset."""
+    texts: Counter = Counter()
+    for spec in specs:
+        dataset = spec.get("dataset", "")
+        limit, total = spec.get("train", {}).get("eval_max_images"), TEST_SET_IMAGES.get(dataset)
+        name = DATASET_LABELS.get(dataset, dataset)
+        kind = "validation set" if dataset == "imagenet" else "test set"
+        if limit is None or (total is not None and isinstance(limit, int) and limit >= total):
+            texts[f"the full {name} {kind}" + (f" ({total:,} images)" if total else "")] += 1
+        else:
+            texts[f"a fixed seeded subset of {limit:,}" + (f" of the {total:,}" if total else "")
+                  + f" {name} {kind} images"] += 1
+    if not texts:
+        return ""
+    many = len(texts) > 1
+    return "Top-1 over " + "; ".join(t + (f" ({n} run{'' if n == 1 else 's'})" if many else "")
+                                     for t, n in texts.most_common()) + "."
+
+
+def protocol_text(protocol: str, records: list[RunRecord], unfinished: list[Unfinished] = ()) -> str:
     warning = "" if protocol == "paper" else " — a shortened schedule, not comparable with the published numbers"
-    return f"Protocol: {protocol} ({schedule_text(records)}){warning}."
+    evaluation = evaluation_text([r.spec for r in records] + [u.spec for u in unfinished if u.spec])
+    return f"Protocol: {protocol} ({schedule_text(records)}){warning}." + (f" {evaluation}" if evaluation else "")
 
 
 def counts_text(records: list[RunRecord], unfinished: list[Unfinished]) -> str:
@@ -122,7 +181,7 @@ def bold_best(values: list[float | None]) -> list[bool]:
 
 # -- main tables ---------------------------------------------------------------------------------------
 def main_tables(scan: Scan, layout: PublishedTable, published: Published, metric: str, all_rows: bool = False,
-                all_columns: bool = False, extra_methods: bool = True) -> list[Table]:
+                all_columns: bool = False, extra_methods: bool = True, all_configurations: bool = False) -> list[Table]:
     """One table per protocol in the scan (only full configurations; ablated AdaSG-family runs are left out)."""
     records = [r for r in scan.records if is_full(r.spec.get("method_config", {}))]
     unfinished = [u for u in scan.unfinished
@@ -132,13 +191,13 @@ def main_tables(scan: Scan, layout: PublishedTable, published: Published, metric
         protocols = {"paper"}
     return [_main_table(layout, published, protocol, [r for r in records if r.protocol == protocol],
                         [u for u in unfinished if unfinished_key(u)[0] == protocol], metric, all_rows, all_columns,
-                        extra_methods)
+                        extra_methods, all_configurations)
             for protocol in sorted(protocols, key=protocol_sort_key)]
 
 
 def _main_table(layout: PublishedTable, published: Published, protocol: str, records: list[RunRecord],
                 unfinished: list[Unfinished], metric: str, all_rows: bool, all_columns: bool,
-                extra_methods: bool) -> Table:
+                extra_methods: bool, all_configurations: bool = False) -> Table:
     notes = Footnotes()
     if not extra_methods:  # only the methods of the paper's columns make rows
         records = [r for r in records if r.method in layout.method_of.values()]
@@ -173,60 +232,104 @@ def _main_table(layout: PublishedTable, published: Published, protocol: str, rec
     table = Table(layout.name, f"{layout.title} — protocol {protocol}", "",
                   ["dataset", "model (FP ours / paper)", "teacher", "bits"],
                   [Group(method_label(method) if method else title, SUBCOLUMNS) for title, method in columns])
+    marks: list[bool] = []
+    configured_rows = False
     for model, teacher, bits in sorted(row_keys, key=row_order):
         paper_row = layout.row(model, bits)
+        paper_fp = paper_row.fp if paper_row else None
         teacher_spec = teachers.get(teacher) if teacher else None
         papers_teacher = teacher_spec is not None and is_papers_teacher(teacher_spec)
-        fp_ours = summarize(r.fp for r in by_row.get((model, teacher, bits), []))
         teacher_text = teacher_label(teacher_spec, teacher)
         if teacher_spec is not None and not papers_teacher:
             teacher_text += notes.mark(DROP_NOTE.format(teacher=teacher_text))
         cells, means = [], []
-        for title, method in columns:
+        extra: list[tuple[int, Configuration, Cell, PublishedValue | None]] = []
+        for index, (title, method) in enumerate(columns):
             paper = paper_row.values.get(title) if paper_row is not None and title in paper_row.values else None
             if paper is not None and paper.mark == "†":
                 notes.note(DAGGER_NOTE)
             if method is None:
-                cells.append(["n/a (not in dfqbench)", fmt_published(paper), "–"])
+                cells.append([Text("n/a (not in dfqbench)"), Text(fmt_published(paper)), Text("–")])
                 means.append(None)
                 continue
+            label = f"{method_label(method)} {bits.upper()} ({model})"
             cell = make_cell(by_cell.get((protocol, model, teacher, bits, method), []),
                              unfinished_by_cell.get((protocol, model, teacher, bits, method), []), metric)
-            ours = fmt_ours(cell, notes, f"{method_label(method)} {bits.upper()} ({model})", metric)
-            diff, kind = delta(cell, paper, paper_row.fp if paper_row else None, papers_teacher)
-            cells.append([ours, fmt_published(paper), fmt_delta(diff)])
+            ours, status = fmt_ours(cell, notes, label, metric, others_shown=all_configurations)
+            if cell.states:
+                table.cell_status.append(f"{label}: {cell.state_text()}")
+            diff, kind = delta(cell, paper, paper_fp, papers_teacher)
+            mark = reproduced(cell, paper, paper_fp)
+            if mark is not None:
+                marks.append(mark)
+            cells.append([Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))])
             means.append(cell.summary.mean if cell.summary else None)
             table.records.append(_record(layout.name, protocol, model, datasets.get(model, ""), teacher, bits, method,
-                                         metric, cell, paper, paper_row.fp if paper_row else None, diff, kind))
+                                         metric, cell, paper, paper_fp, diff, kind, mark, "default"))
+            if all_configurations:
+                extra += [(index, conf, summarize_cell(conf.records, conf.unfinished, metric), paper)
+                          for conf in cell.others]
+        fp_ours = summarize(r.fp for r in by_row.get((model, teacher, bits), []))  # the teacher's, any configuration
         bold = bold_best(means)
         same_model = paper_row or next((r for r in layout.rows if r.model == model), None)
         dataset = same_model.dataset if same_model else DATASET_LABELS.get(datasets.get(model, ""), datasets.get(model, ""))
         name = same_model.model_label if same_model else model
         fp_text = " / ".join(["–" if fp_ours is None else fmt_number(fp_ours.mean),
                               "–" if same_model is None else fmt_number(same_model.fp)])
-        table.rows.append(TableRow([dataset, f"{name} ({fp_text})", teacher_text, bits.upper()],
-                                   [[Text(c[0], b), Text(c[1]), Text(c[2])] for c, b in zip(cells, bold)]))
+        labels = [dataset, f"{name} ({fp_text})", teacher_text, bits.upper()]
+        table.rows.append(TableRow(labels + ["default"],
+                                   [[dataclasses.replace(c[0], bold=b), c[1], c[2]] for c, b in zip(cells, bold)]))
+        for index, conf, cell, paper in extra:  # other configurations: one labelled row each, never bold
+            configured_rows = True
+            method = columns[index][1]
+            label = f"{method_label(method)} {bits.upper()} ({model}) with {conf.label}"
+            ours, status = fmt_ours(cell, notes, label, metric)
+            if cell.states:
+                table.cell_status.append(f"{label}: {cell.state_text()}")
+            diff, kind = delta(cell, paper, paper_fp, papers_teacher)
+            mark = reproduced(cell, paper, paper_fp)
+            row_cells = [[Text("")] * len(SUBCOLUMNS) for _ in columns]
+            row_cells[index] = [Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))]
+            table.rows.append(TableRow(labels + [f"{method_label(method)} ({conf.label})"], row_cells))
+            table.records.append(_record(layout.name, protocol, model, datasets.get(model, ""), teacher, bits, method,
+                                         metric, cell, paper, paper_fp, diff, kind, mark, conf.label))
+    _configuration_column(table, configured_rows)
     if omitted:
         notes.note(f"Published-only columns not shown (no dfqbench method): {', '.join(omitted)}; --all-columns shows them.")
+    notes.note(reproduced_note(marks))
     table.caption = (f"{layout.title} regenerated by dfqbench (published numbers: {layout.source}). "
-                     f"{protocol_text(protocol, records)} Metric: {METRIC_TEXT[metric]}. Each cell: ours as mean ± "
-                     f"std over seeds (n) / published / Δ = ours − published. Best of ours per row in bold. "
-                     f"{counts_text(records, unfinished)}")
+                     f"{protocol_text(protocol, records, unfinished)} Metric: {METRIC_TEXT[metric]}. {DEFAULT_TEXT} "
+                     f"Each cell: ours as mean ± std over seeds (n) / published / Δ = ours − published. "
+                     f"Best of ours per row in bold. {REPRODUCED_RULE}")
+    table.status = [counts_text(records, unfinished)]
     table.notes = notes.lines() + list(layout.notes)
     return table
 
 
+def _configuration_column(table: Table, needed: bool) -> None:
+    """Keep the last label ("default" or the configuration) as a ``configuration`` column only when some row
+    shows another configuration; otherwise drop it."""
+    if needed:
+        table.label_columns.append("configuration")
+        return
+    for row in table.rows:
+        row.labels.pop()
+
+
 def _record(table: str, protocol: str, model: str, dataset: str, teacher: str | None, bits: str, column: str,
             metric: str, cell: Cell, paper: PublishedValue | None, paper_fp: float | None, diff: float | None,
-            kind: str, **extra: Any) -> dict[str, Any]:
+            kind: str, mark: bool | None, configuration: str, **extra: Any) -> dict[str, Any]:
     s = cell.summary
     return {
         "table": table, "protocol": protocol, "dataset": dataset, "model": model, "teacher": teacher or "",
-        "bits": bits, "column": column, **extra, "metric": metric,
+        "bits": bits, "column": column, **extra, "configuration": configuration, "metric": metric,
         "n": s.n if s else 0, "mean": s.mean if s else None, "std": s.std if s else None,
         "fp": cell.fp.mean if cell.fp else None, "paper": paper.mean if paper else None,
         "paper_std": paper.std if paper else None, "paper_mark": paper.mark if paper else "",
         "paper_fp": paper_fp, "delta": diff, "delta_kind": kind,
+        "drop": cell.drop.mean if cell.drop else None, "drop_std": cell.drop.std if cell.drop else None,
+        "paper_drop": None if paper is None or paper_fp is None else paper_fp - paper.mean,
+        "reproduced": "" if mark is None else ("yes" if mark else "no"),
         "running": cell.states.get("running", 0), "pending": cell.states.get("pending", 0),
         "failed": cell.states.get("failed", 0),
         "run_ids": " ".join(r.record.get("run_id", "") for r in cell.records),
@@ -235,7 +338,7 @@ def _record(table: str, protocol: str, model: str, dataset: str, teacher: str | 
 
 # -- ablation tables -----------------------------------------------------------------------------------
 def ablation_tables(scan: Scan, published: Published, metric: str, all_rows: bool = False,
-                    only_ablated: bool = False) -> list[Table]:
+                    only_ablated: bool = False, all_configurations: bool = False) -> list[Table]:
     """One table per (protocol, method, model, teacher) among AdaSG-family records (a term mapping exists);
     with ``only_ablated``, only groups holding a run with some term off."""
     records = [(r, ablation_terms(r.spec.get("method_config", {}))) for r in scan.records]
@@ -261,12 +364,19 @@ def ablation_tables(scan: Scan, published: Published, metric: str, all_rows: boo
     for key in sorted(keys, key=lambda k: (protocol_sort_key(k[0]), method_sort_key(k[1]), k[2], k[3] or "")):
         unf = [(u, t) for u, t in unfinished if (unfinished_key(u)[0], unfinished_key(u)[4], unfinished_key(u)[1],
                                                  unfinished_key(u)[2]) == key]
-        tables.append(_ablation_table(key, groups.get(key, []), unf, published, metric))
+        tables.append(_ablation_table(key, groups.get(key, []), unf, published, metric, all_configurations))
     return tables
 
 
+def ablation_weight_off(key: str, value: Any) -> bool:
+    """A difference from the default that an ablation row allows: a generator-loss term's weight set to 0."""
+    weights = {f"method.{name}" for candidates in TERM_WEIGHT_FIELDS.values() for fields in candidates for name in fields}
+    return key in weights and isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+
+
 def _ablation_table(key: tuple[str, str, str, str | None], records: list[tuple[RunRecord, tuple[bool, ...]]],
-                    unfinished: list[tuple[Unfinished, tuple[bool, ...]]], published: Published, metric: str) -> Table:
+                    unfinished: list[tuple[Unfinished, tuple[bool, ...]]], published: Published, metric: str,
+                    all_configurations: bool = False) -> Table:
     protocol, method, model, teacher = key
     notes = Footnotes()
     pub = published.ablation_for(method)
@@ -289,46 +399,80 @@ def _ablation_table(key: tuple[str, str, str, str | None], records: list[tuple[R
                   [Group(b.upper(), SUBCOLUMNS) for b in bits_list])
     by_cell = group_by(records, lambda rt: (rt[1], rt[0].bits))
     unf_by_cell = group_by(unfinished, lambda ut: (ut[1], ut[0].spec["bits"]))
-    grid: list[list[list[str]]] = []
+    grid: list[list[list[Text]]] = []
     means: list[list[float | None]] = []
+    extra: list[list[tuple[int, Configuration, Cell, PublishedValue | None]]] = []
+    marks: list[bool] = []
     for i, terms in enumerate(row_terms):
         pub_values = pub.rows[i][1] if pub and i < len(pub.rows) else {}
-        row_cells, row_means = [], []
-        for bits in bits_list:
+        row_cells, row_means, row_extra = [], [], []
+        for j, bits in enumerate(bits_list):
+            label = f"{terms_label(terms)} {bits.upper()}"
             cell = make_cell([r for r, _ in by_cell.get((terms, bits), [])],
-                             [u for u, _ in unf_by_cell.get((terms, bits), [])], metric)
-            ours = fmt_ours(cell, notes, f"{terms_label(terms)} {bits.upper()}")
+                             [u for u, _ in unf_by_cell.get((terms, bits), [])], metric, ablation_weight_off)
+            ours, status = fmt_ours(cell, notes, label, others_shown=all_configurations)
+            if cell.states:
+                table.cell_status.append(f"{label}: {cell.state_text()}")
             paper = pub_values.get(bits)
             diff, kind = delta(cell, paper, paper_fp, papers_teacher)
-            row_cells.append([ours, fmt_published(paper), fmt_delta(diff)])
+            mark = reproduced(cell, paper, paper_fp)
+            if mark is not None:
+                marks.append(mark)
+            row_cells.append([Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))])
             row_means.append(cell.summary.mean if cell.summary else None)
             table.records.append(_record("ablation", protocol, model, dataset, teacher, bits, method, metric, cell,
-                                         paper, paper_fp, diff, kind, terms=terms_label(terms)))
+                                         paper, paper_fp, diff, kind, mark, "default", terms=terms_label(terms)))
+            if all_configurations:
+                row_extra += [(j, conf, summarize_cell(conf.records, conf.unfinished, metric), paper)
+                              for conf in cell.others]
         grid.append(row_cells)
         means.append(row_means)
+        extra.append(row_extra)
     bold_columns = [bold_best([m[j] for m in means]) for j in range(len(bits_list))]
     for i, terms in enumerate(row_terms):
         labels = ["yes" if on else "–" for on in terms]
-        table.rows.append(TableRow(labels, [[Text(c[0], bold_columns[j][i]), Text(c[1]), Text(c[2])]
-                                            for j, c in enumerate(grid[i])]))
+        table.rows.append(TableRow(labels + ["default"], [[dataclasses.replace(c[0], bold=bold_columns[j][i]), c[1], c[2]]
+                                                          for j, c in enumerate(grid[i])]))
+        for j, conf, cell, paper in extra[i]:
+            label = f"{terms_label(terms)} {bits_list[j].upper()} with {conf.label}"
+            ours, status = fmt_ours(cell, notes, label)
+            if cell.states:
+                table.cell_status.append(f"{label}: {cell.state_text()}")
+            diff, kind = delta(cell, paper, paper_fp, papers_teacher)
+            mark = reproduced(cell, paper, paper_fp)
+            row_cells = [[Text("")] * len(SUBCOLUMNS) for _ in bits_list]
+            row_cells[j] = [Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))]
+            table.rows.append(TableRow(labels + [conf.label], row_cells))
+            table.records.append(_record("ablation", protocol, model, dataset, teacher, bits_list[j], method, metric,
+                                         cell, paper, paper_fp, diff, kind, mark, conf.label, terms=terms_label(terms)))
+    _configuration_column(table, any(extra))
+    notes.note(reproduced_note(marks))
     fp_text = f"FP ours {fmt_number(fp_ours.mean) if fp_ours else '–'} / paper {fmt_number(paper_fp) if paper_fp else '–'}"
     source = f"published numbers: {pub.source}" if pub else "no published ablation for this model"
+    finished = [r for r, _ in records]
     table.caption = (f"Which generator-loss terms are on (yes) or off (–), {method_label(method)} on {published.model_text(model)} "
-                     f"({fp_text}; teacher {teacher_text}); {source}. {protocol_text(protocol, [r for r, _ in records])} "
-                     f"Metric: {METRIC_TEXT[metric]}. Each cell: ours mean ± std (n) / published / Δ. Best of ours per "
-                     f"column in bold. {counts_text([r for r, _ in records], [u for u, _ in unfinished])}")
+                     f"({fp_text}; teacher {teacher_text}); {source}. "
+                     f"{protocol_text(protocol, finished, [u for u, _ in unfinished])} "
+                     f"Metric: {METRIC_TEXT[metric]}. Each row: the method's default configuration with the row's terms "
+                     f"off (weight 0). Each cell: ours mean ± std (n) / published / Δ. Best of ours per column in bold. "
+                     f"{REPRODUCED_RULE}")
+    table.status = [counts_text(finished, [u for u, _ in unfinished])]
     table.notes = notes.lines() + (list(pub.notes) if pub else [])
     return table
 
 
 def build_tables(scan: Scan, published: Published, which: str = "all", metric: str = "best", all_rows: bool = False,
-                 all_columns: bool = False) -> list[Table]:
-    """The requested layouts (``table1``, ``qimera_t2``, ``ablation`` or ``all``) over a scan."""
+                 all_columns: bool = False, all_configurations: bool = False) -> list[Table]:
+    """The requested layouts (``table1``, ``qimera_t2``, ``ablation`` or ``all``) over a scan; with
+    ``all_configurations``, other configurations than a cell's default get their own labelled rows."""
     tables: list[Table] = []
     if which in ("all", "table1"):
-        tables += main_tables(scan, published.tables["table1"], published, metric, all_rows, all_columns, True)
+        tables += main_tables(scan, published.tables["table1"], published, metric, all_rows, all_columns, True,
+                              all_configurations)
     if which in ("all", "qimera_t2"):
-        tables += main_tables(scan, published.tables["qimera_t2"], published, metric, all_rows, all_columns, False)
+        tables += main_tables(scan, published.tables["qimera_t2"], published, metric, all_rows, all_columns, False,
+                              all_configurations)
     if which in ("all", "ablation"):  # "all" shows ablation tables only where some run has a term off
-        tables += ablation_tables(scan, published, metric, all_rows, only_ablated=which == "all")
+        tables += ablation_tables(scan, published, metric, all_rows, only_ablated=which == "all",
+                                  all_configurations=all_configurations)
     return tables

@@ -1,0 +1,96 @@
+"""Which finished runs are their method's *default configuration* for their cell.
+
+A table cell (protocol, model, teacher, bits, method) shows the method's default configuration: the
+settings ``dfqbench run`` resolves without overrides — the method's defaults, then its paper presets for
+this dataset / model / bit-width, then the protocol (``runner.resolve_settings``) — at the method version
+installed here. A run is default when its spec's ``method_version``, ``train``, ``method_config`` and
+``quant`` sections equal those; the teacher, its normalisation and the seed are not configuration.
+Everything else is another configuration, named by the override keys it changed (``quant.tracker=ema``,
+``method.ds_weight=0``: the spelling of ``dfqbench run``'s overrides and of ``report --where``).
+
+Resolving a default imports the method plugins (hence torch), once per cell; a cell whose default
+cannot be resolved here (a method not installed, a protocol or cell it does not support) has no default.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from dfqbench.errors import DfqbenchError
+
+# spec section -> the prefix its fields have in `dfqbench run` overrides and `report --where`
+SECTION_PREFIX = {"train": "train", "method_config": "method", "quant": "quant"}
+
+
+def override_key(dotted: str) -> str:
+    """A flattened spec key in override spelling: ``method_config.ds_weight`` → ``method.ds_weight``."""
+    section, sep, rest = dotted.partition(".")
+    return f"{SECTION_PREFIX[section]}.{rest}" if sep and section in SECTION_PREFIX else dotted
+
+
+def _plain(value: Any) -> Any:
+    """JSON-normalised (tuples → lists), as specs are stored."""
+    return json.loads(json.dumps(value, default=list))
+
+
+def _configuration(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec's configuration, flattened to override keys (``method_version`` kept as is)."""
+    out: dict[str, Any] = {"method_version": spec.get("method_version")}
+    for section, prefix in SECTION_PREFIX.items():
+        values = spec.get(section)
+        if isinstance(values, dict):
+            out.update({f"{prefix}.{k}": v for k, v in values.items()})
+        else:
+            out[prefix] = values
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _default_configuration(method: str, dataset: str, model: str, bits: str, protocol: str) -> dict[str, Any] | str:
+    """The default configuration of a cell (shared: never mutate it), or the reason there is none here."""
+    try:
+        from dfqbench.core.plugin import load_methods
+        from dfqbench.runner import resolve_settings
+
+        method_cls = load_methods().get(method)
+        train, method_config, quant = resolve_settings(method_cls, dataset, model, bits, protocol, [])
+    except DfqbenchError as exc:
+        return str(exc)
+    except ImportError as exc:  # torch or a plugin's dependency missing where the report runs
+        return f"cannot load the method plugins here ({exc})"
+    spec = {"method_version": method_cls.version, "train": train, "method_config": method_config, "quant": quant}
+    return _plain(_configuration(spec))
+
+
+def default_configuration(spec: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """(the default configuration of the spec's cell as ``{override key: value}``, "") or (None, why not)."""
+    key = (spec.get("method"), spec.get("dataset"), spec.get("model"), spec.get("bits"), spec.get("protocol", "custom"))
+    if not all(isinstance(k, str) for k in key):
+        return None, "the spec lacks method, dataset, model, bits or protocol"
+    default = _default_configuration(*key)
+    return (None, default) if isinstance(default, str) else (dict(default), "")
+
+
+def configuration_diff(spec: dict[str, Any]) -> list[tuple[str, Any]] | None:
+    """``[(override key, the run's value)]`` where the run differs from its cell's default (``[]``: it is the
+    default), or None when the cell's default is unknown here."""
+    default, _ = default_configuration(spec)
+    if default is None:
+        return None
+    ours = _configuration(spec)  # a spec read from JSON is plain already
+    missing = object()
+    return [(k, ours.get(k)) for k in sorted(set(default) | set(ours))
+            if ours.get(k, missing) != default.get(k, missing)]
+
+
+def diff_text(diff: list[tuple[str, Any]], limit: int = 4) -> str:
+    """``quant.tracker=ema, method.ds_weight=0.0`` (at most ``limit`` items, then ``…``)."""
+    parts = [f"{k}={_short(v)}" for k, v in diff[:limit]]
+    return ", ".join(parts) + (" …" if len(diff) > limit else "")
+
+
+def _short(value: Any) -> str:
+    text = str(list(value)) if isinstance(value, (list, tuple)) else str(value)
+    return text if len(text) <= 24 else text[:21] + "…"
