@@ -14,6 +14,7 @@ import torch
 
 from dfqbench.core.engine import resolve_engine
 from dfqbench.core.plugin import Method, load_methods
+from dfqbench.configuration import changes
 from dfqbench.core.progress import Progress
 from dfqbench.errors import DfqbenchError
 from dfqbench.protocols import PROTOCOLS
@@ -106,11 +107,14 @@ def build_spec(method_cls: type[Method], request: RunRequest, settings: tuple[di
         return None
     info = model_info(request.model)
     train, method_config, quant = settings
+    default = settings if not request.overrides else request_settings(method_cls, dataclasses.replace(request, overrides=[]))
+    changed = changes({"train": train, "method_config": method_config, "quant": quant},
+                      {"train": default[0], "method_config": default[1], "quant": default[2]})
     return RunSpec(
         method=method_cls.name, method_version=method_cls.version, model=info.name, dataset=info.dataset,
         bits=request.bits.lower(), seed=request.seed, teacher=teacher.teacher_id,
         normalization=dataclasses.asdict(teacher.normalization), quant=quant, train=train,
-        method_config=method_config, protocol=request.protocol,
+        method_config=method_config, protocol=request.protocol, changed=changed,
     )
 
 

@@ -76,7 +76,8 @@ def check_train_config(cfg: TrainConfig) -> None:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything that changes a run's numbers. ``protocol`` is a label and is left out of the hash."""
+    """Everything that changes a run's numbers. ``protocol`` (a label) and ``changed`` (derived) are left out
+    of the hash."""
 
     method: str
     method_version: str
@@ -90,10 +91,14 @@ class RunSpec:
     train: dict[str, Any]
     method_config: dict[str, Any]
     protocol: str = field(default="custom", compare=False)
+    # How train/method_config/quant differ from the cell's default ({override key: value}; {} = the default;
+    # None = not recorded), :mod:`dfqbench.configuration`. Follows from the hashed fields: not hashed.
+    changed: dict[str, Any] | None = field(default=None, compare=False)
 
     def hashed(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data.pop("protocol")
+        data.pop("changed")
         return data
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,9 +40,13 @@ ADASG_TERM_OFF = {"ds_weight": "method.ds_weight=0", "as_weight": "method.as_wei
 
 
 def make_spec(method: str, model: str = "resnet20_cifar10", bits: str = "w4a4", seed: int = 0,
-              protocol: str = "quick", teacher: dict | None = None, overrides: list[str] | tuple = ()) -> dict:
+              protocol: str = "quick", teacher: dict | None = None, overrides: list[str] | tuple = (),
+              legacy: bool = False) -> dict:
     """The spec `dfqbench run` builds for this cell (the method's defaults, presets and protocol, then the
-    overrides), with the given teacher identity: without overrides, the cell's default configuration."""
+    overrides), with the given teacher identity: without overrides, the cell's default configuration.
+    ``legacy``: without the recorded ``changed`` (specs written before it existed)."""
+    from dfqbench.configuration import changes
+
     from dfqbench.core.plugin import load_methods
     from dfqbench.runner import resolve_settings
     from dfqbench.zoo import model_info
@@ -54,7 +58,10 @@ def make_spec(method: str, model: str = "resnet20_cifar10", bits: str = "w4a4", 
                    seed=seed, teacher=teacher or FILE_TEACHER,
                    normalization={"mean": [0.485, 0.456, 0.406], "name": "imagenet", "std": [0.229, 0.224, 0.225]},
                    quant=quant, train=train, method_config=method_config, protocol=protocol)
-    return json.loads(json.dumps(spec.to_dict(), default=list))
+    default = resolve_settings(method_cls, info.dataset, info.name, bits, protocol, [])
+    changed = None if legacy else changes({"train": train, "method_config": method_config, "quant": quant},
+                                          dict(zip(("train", "method_config", "quant"), default)))
+    return json.loads(json.dumps({**spec.to_dict(), "changed": changed}, default=list))
 
 
 def write_run(root: Path, method: str, best: float | None, final: float | None = None, fp: float = 91.73,

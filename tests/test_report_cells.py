@@ -32,15 +32,34 @@ def cell_of(table, method: str, bits: str = "W4A4", configuration: str | None = 
 
 
 # -- default configuration -----------------------------------------------------------------------------
-def test_default_spec_is_recognised():
-    assert configuration_diff(make_spec("adasg")) == []
-    assert configuration_diff(make_spec("adasg", protocol="paper")) == []
-    assert configuration_diff(make_spec("adasg", overrides=["quant.tracker=ema"])) == [("quant.tracker", "ema")]
-    assert configuration_diff(make_spec("gdfq", overrides=["method.temperature=10", "train.lr_q=0.01"])) == [
-        ("method.temperature", 10.0), ("train.lr_q", 0.01)]
-    old = {**make_spec("gdfq"), "method_version": "0"}
-    assert configuration_diff(old) == [("method_version", "0")]
-    assert configuration_diff({**make_spec("gdfq"), "method": "not_a_method"}) is None  # default unknown here
+@pytest.mark.parametrize("legacy", [False, True], ids=["recorded", "resolved-from-plugins"])
+def test_default_spec_is_recognised(legacy):
+    """Runs record how they differ from the default (spec ``changed``); older specs are resolved from plugins."""
+    assert configuration_diff(make_spec("adasg", legacy=legacy)) == []
+    assert configuration_diff(make_spec("adasg", protocol="paper", legacy=legacy)) == []
+    assert configuration_diff(make_spec("adasg", overrides=["quant.tracker=ema"], legacy=legacy)) == [
+        ("quant.tracker", "ema")]
+    assert configuration_diff(make_spec("gdfq", overrides=["method.temperature=10", "train.lr_q=0.01"],
+                                        legacy=legacy)) == [("method.temperature", 10.0), ("train.lr_q", 0.01)]
+    if legacy:
+        old = {**make_spec("gdfq", legacy=True), "method_version": "0"}
+        assert configuration_diff(old) == [("method_version", "0")]
+        assert configuration_diff({**make_spec("gdfq", legacy=True), "method": "not_a_method"}) is None
+
+
+def test_an_older_method_versions_default_is_another_configuration(tmp_path):
+    """Both runs recorded themselves as their version's default: the newest version's default fills the cell."""
+    root = tmp_path / "results"
+    write_run(root, "gdfq", 70.0, fp=93.89)
+    old = write_run(root, "gdfq", 60.0, seed=1, fp=93.89)
+    for name in ("spec.json", "record.json"):  # as a run of method version 0 would have written them
+        data = json.loads((old / name).read_text())
+        spec = data.get("spec", data)
+        spec["method_version"] = "0"
+        (old / name).write_text(json.dumps(data))
+    shown = table1(root, all_configurations=True)[0]
+    assert [r.labels[-1] for r in shown.rows] == ["default", "GDFQ (method_version=0)"]
+    assert cell_of(shown, "GDFQ", configuration="default")[0].text == "70.00 (n=1)"
 
 
 def test_default_configuration_is_shown_not_the_most_recent_or_numerous(tmp_path, capsys):

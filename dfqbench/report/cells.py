@@ -57,9 +57,10 @@ def group_by(items: Iterable[Any], key: Callable[[Any], K]) -> dict[K, list[Any]
 
 
 def spec_diff(shown: dict[str, Any], other: dict[str, Any]) -> list[str]:
-    """``key=value`` of the other spec's fields that differ from the shown one (seed and run id excepted)."""
+    """``key=value`` of the other spec's fields that differ from the shown one (seed, run id and the derived
+    ``changed`` excepted)."""
     a, b = flatten(shown), flatten(other)
-    keys = sorted((set(a) | set(b)) - {"seed", "run_id"})
+    keys = sorted(k for k in set(a) | set(b) if k not in ("seed", "run_id", "changed") and not k.startswith("changed."))
     return [f"{override_key(k)}={_short(b.get(k))}" for k in keys if a.get(k) != b.get(k)]
 
 
@@ -113,6 +114,19 @@ Ignore = Callable[[str, Any], bool]
 _DIFFS: dict[str, list[tuple[str, Any]] | None] = {}  # config key -> configuration_diff (specs equal but the seed)
 
 
+def _version_order(version: Any) -> tuple:
+    text = str(version)
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
+def _latest_default_version(items: list[RunRecord | Unfinished]) -> str | None:
+    """The newest method version among a cell's runs that recorded themselves as the default configuration
+    (runs record ``changed`` against their own version's default: a newer version's default wins the cell)."""
+    versions = {str(i.spec.get("method_version")) for i in items
+                if isinstance(i.spec.get("changed"), dict) and not i.spec["changed"]}
+    return max(versions, key=_version_order) if versions else None
+
+
 def split_configurations(records: list[RunRecord], unfinished: list[Unfinished], ignore: Ignore | None = None
                          ) -> tuple[Configuration, list[Configuration], str]:
     """(the cell's default configuration, the others ranked by finished seeds, why the default is unknown).
@@ -123,12 +137,17 @@ def split_configurations(records: list[RunRecord], unfinished: list[Unfinished],
     """
     groups: dict[str, Configuration] = {}
     unknown = ""
-    for item in list(records) + list(unfinished):
+    items = list(records) + list(unfinished)
+    latest = _latest_default_version(items)
+    for item in items:
         spec = item.spec
         key = item.config if isinstance(item, RunRecord) else config_key(spec)
         if key not in _DIFFS:  # seeds of one configuration share it: resolved once per configuration
             _DIFFS[key] = configuration_diff(spec)
         diff = _DIFFS[key]
+        if diff == [] and latest is not None and isinstance(spec.get("changed"), dict) \
+                and str(spec.get("method_version")) != latest:  # the default of an older method version
+            diff = [("method_version", spec.get("method_version"))]
         if diff is None:
             from dfqbench.report.defaults import default_configuration
 

@@ -8,8 +8,10 @@ installed here. A run is default when its spec's ``method_version``, ``train``, 
 Everything else is another configuration, named by the override keys it changed (``quant.tracker=ema``,
 ``method.ds_weight=0``: the spelling of ``dfqbench run``'s overrides and of ``report --where``).
 
-Resolving a default imports the method plugins (hence torch), once per cell; a cell whose default
-cannot be resolved here (a method not installed, a protocol or cell it does not support) has no default.
+Runs record how they differ (the spec's ``changed``, :mod:`dfqbench.configuration`), so reading a default
+needs no method plugin. For specs written before that field existed, the default is resolved from the
+installed plugins (importing torch), once per cell; a cell whose default cannot be resolved there (a method
+not installed, a protocol or cell it does not support) has no default.
 """
 
 from __future__ import annotations
@@ -18,33 +20,14 @@ import functools
 import json
 from typing import Any
 
+from dfqbench.configuration import flat_configuration, override_key, plain
 from dfqbench.errors import DfqbenchError
 
-# spec section -> the prefix its fields have in `dfqbench run` overrides and `report --where`
-SECTION_PREFIX = {"train": "train", "method_config": "method", "quant": "quant"}
-
-
-def override_key(dotted: str) -> str:
-    """A flattened spec key in override spelling: ``method_config.ds_weight`` → ``method.ds_weight``."""
-    section, sep, rest = dotted.partition(".")
-    return f"{SECTION_PREFIX[section]}.{rest}" if sep and section in SECTION_PREFIX else dotted
-
-
-def _plain(value: Any) -> Any:
-    """JSON-normalised (tuples → lists), as specs are stored."""
-    return json.loads(json.dumps(value, default=list))
-
+__all__ = ["configuration_diff", "default_configuration", "diff_text", "override_key"]
 
 def _configuration(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec's configuration, flattened to override keys (``method_version`` kept as is)."""
-    out: dict[str, Any] = {"method_version": spec.get("method_version")}
-    for section, prefix in SECTION_PREFIX.items():
-        values = spec.get(section)
-        if isinstance(values, dict):
-            out.update({f"{prefix}.{k}": v for k, v in values.items()})
-        else:
-            out[prefix] = values
-    return out
+    """The spec's configuration, flattened to override keys, with its ``method_version``."""
+    return {"method_version": spec.get("method_version"), **flat_configuration(spec)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,7 +44,7 @@ def _default_configuration(method: str, dataset: str, model: str, bits: str, pro
     except ImportError as exc:  # torch or a plugin's dependency missing where the report runs
         return f"cannot load the method plugins here ({exc})"
     spec = {"method_version": method_cls.version, "train": train, "method_config": method_config, "quant": quant}
-    return _plain(_configuration(spec))
+    return plain(_configuration(spec))
 
 
 def default_configuration(spec: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
@@ -75,11 +58,18 @@ def default_configuration(spec: dict[str, Any]) -> tuple[dict[str, Any] | None, 
 
 def configuration_diff(spec: dict[str, Any]) -> list[tuple[str, Any]] | None:
     """``[(override key, the run's value)]`` where the run differs from its cell's default (``[]``: it is the
-    default), or None when the cell's default is unknown here."""
+    default), or None when the cell's default is unknown here.
+
+    Runs record this themselves (the spec's ``changed``, computed by the runner at the method version they
+    ran), so a report needs no method plugin; only specs without it (written before dfqbench recorded it)
+    are compared with the default resolved from the installed plugins (importing torch, once per cell).
+    """
+    if isinstance(spec.get("changed"), dict):
+        return sorted(spec["changed"].items())
     default, _ = default_configuration(spec)
     if default is None:
         return None
-    ours = _configuration(spec)  # a spec read from JSON is plain already
+    ours = plain(_configuration(spec))
     missing = object()
     return [(k, ours.get(k)) for k in sorted(set(default) | set(ours))
             if ours.get(k, missing) != default.get(k, missing)]

@@ -41,7 +41,7 @@ def teacher_key(teacher: dict[str, Any]) -> str:
 def config_key(spec: dict[str, Any]) -> str:
     """Hash of everything in the spec except the seed (and the run id): records with equal keys are seeds of
     one configuration and may be averaged."""
-    rest = {k: v for k, v in spec.items() if k not in ("seed", "run_id")}
+    rest = {k: v for k, v in spec.items() if k not in ("seed", "run_id", "changed")}
     return hashlib.sha1(json.dumps(rest, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
