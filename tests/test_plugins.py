@@ -119,3 +119,28 @@ def test_a_fresh_process_finds_installed_plugins_and_warns_once_about_a_broken_o
     warnings = [line for line in out.stderr.splitlines() if line.startswith("dfqbench: warning:")]
     assert warnings == ["dfqbench: warning: method plugin 'broken' = 'fresh_plugin_missing:Variant' (distribution "
                         "broken-plugin 0.1) not loaded: ModuleNotFoundError: No module named 'fresh_plugin_missing'"]
+
+
+def test_plan_cache_fingerprint_follows_the_installed_plugins(tmp_path, monkeypatch):
+    """A cached plan must not outlive a plugin's code: its entries and files are in the cache's key."""
+    import os
+
+    from dfqbench.launch.plan import LaunchOptions
+    from dfqbench.launch.plancache import fingerprint
+
+    package = tmp_path / "fp_plugin_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "method.py").write_text(PLUGIN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    options = LaunchOptions(results=tmp_path / "results")
+    entry = MethodEntry("fp_variant", "fp_plugin_pkg.method:Variant", "fp 1", None)
+    monkeypatch.setattr(discovery, "method_entries", lambda: [])
+    without = fingerprint(options)
+    monkeypatch.setattr(discovery, "method_entries", lambda: [entry])
+    with_plugin = fingerprint(options)
+    assert with_plugin != without and fingerprint(options) == with_plugin
+    (package / "method.py").write_text(PLUGIN_MODULE + "\n# edited\n")
+    os.utime(package / "method.py", ns=(1, 1))
+    assert fingerprint(options) != with_plugin
+    assert "fp_plugin_pkg.method" not in sys.modules  # fingerprinted without importing the plugin
