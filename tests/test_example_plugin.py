@@ -8,26 +8,15 @@ skipped without it, unless DFQBENCH_REQUIRE_EXAMPLE=1 (CI), which turns the skip
 from __future__ import annotations
 
 import json
-import os
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 from dfqbench.cli import main
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dfqbench-gdfq-ie"
-REQUIRE_ENV = "DFQBENCH_REQUIRE_EXAMPLE"
+from conftest import EXAMPLE_PLUGIN_DIR, require_example_plugin
 
-
-def example_installed() -> None:
-    """Skip (or fail under DFQBENCH_REQUIRE_EXAMPLE=1) when the example plugin package is not installed."""
-    if any(ep.name == "gdfq_ie" for ep in metadata.entry_points(group="dfqbench.methods")):
-        return
-    message = "the example plugin is not installed (pip install -e examples/dfqbench-gdfq-ie)"
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{REQUIRE_ENV}=1 but {message}")
-    pytest.skip(message)
+EXAMPLE = Path(__file__).resolve().parent.parent / EXAMPLE_PLUGIN_DIR
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +31,7 @@ def report_columns(text: str) -> list[str]:
 
 
 def test_example_plugin_is_listed_runs_in_a_grid_with_two_workers_and_is_reported(tmp_path, capsys):
-    example_installed()
+    require_example_plugin()
     assert main(["list", "methods"]) == 0
     listed = capsys.readouterr().out
     assert "gdfq_ie" in listed and "dfqbench-gdfq-ie" in listed
