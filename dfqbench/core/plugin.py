@@ -1,4 +1,7 @@
-"""The method plugin interface: what a DFQ method contributes to the shared trainer (methods.md §12.2).
+"""The method plugin interface: what a DFQ method contributes to the shared trainer, and the method registry.
+
+Methods come from the bundled ``dfqbench.methods`` package (``@register_method``) and from other installed
+packages' ``dfqbench.methods`` entry points (:func:`register_entry_points`; README "Add your own method").
 
 The trainer owns the loop; a method builds its generator, samples latents and labels, and computes its
 generator and student objectives (already signed for minimisation). ``steps`` says in which order one
