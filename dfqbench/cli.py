@@ -112,13 +112,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     table = Table(show_lines=False)
     if args.what == "methods":
-        from dfqbench.core.plugin import load_methods
+        from dfqbench.core.plugin import METHOD_SOURCES, load_methods
 
         registry = load_methods()
-        table.add_column("method"), table.add_column("version"), table.add_column("paper")
+        for column in ("method", "version", "paper", "from"):
+            table.add_column(column)
         for name in registry:
             cls = registry.get(name)
-            table.add_row(name, cls.version, cls.paper)
+            table.add_row(name, cls.version, cls.paper, METHOD_SOURCES.get(name, "?"))
     else:
         from dfqbench.zoo.models import KNOWN_MODELS
 

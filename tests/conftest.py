@@ -3,6 +3,9 @@ record messages or crash after an epoch, and a bit-for-bit state-dict comparison
 
 from __future__ import annotations
 
+import os
+from importlib import metadata
+
 import pytest
 import torch
 
@@ -17,6 +20,19 @@ TINY_OVERRIDES = [
     "train.range_update_epochs=1",
 ]
 
+
+EXAMPLE_PLUGIN_DIR = "examples/dfqbench-gdfq-ie"  # the example method plugin package; its method: gdfq_ie
+
+
+def require_example_plugin() -> None:
+    """Skip when the example plugin package is not installed (the README's test command installs it), unless
+    DFQBENCH_REQUIRE_EXAMPLE=1 (CI), which turns the skip into a failure."""
+    if any(ep.name == "gdfq_ie" for ep in metadata.entry_points(group="dfqbench.methods")):
+        return
+    message = f"the example plugin is not installed (pip install -e {EXAMPLE_PLUGIN_DIR})"
+    if os.environ.get("DFQBENCH_REQUIRE_EXAMPLE") == "1":
+        pytest.fail(f"DFQBENCH_REQUIRE_EXAMPLE=1 but {message}")
+    pytest.skip(message)
 
 
 def same_state(a: dict, b: dict) -> bool:

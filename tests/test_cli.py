@@ -13,9 +13,13 @@ from pathlib import Path
 import pytest
 
 from dfqbench.cli import main
+from dfqbench.core.plugin import load_methods
 from dfqbench.errors import DfqbenchError
 
 from conftest import TINY_OVERRIDES
+
+BUNDLED = ["adadfq", "adasg", "gdfq", "qimera", "zaq", "zeroq", "zeroq_kd"]
+ALL_METHODS = ", ".join(load_methods().names())  # the bundled ones and any installed plugin's, sorted
 
 TINY_ARGS = ["run", "--method", "gdfq", "--model", "tiny_cifar10", "--bits", "w4a4", "--protocol", "quick",
              "--device", "cpu", "--log-every", "2"]
@@ -30,6 +34,7 @@ def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 def test_list_methods_and_models(capsys):
     code, out, _ = _run_cli(["list", "methods"], capsys)
     assert code == 0 and "gdfq" in out and "ECCV 2020" in out
+    assert all(name in out for name in BUNDLED)
     code, out, _ = _run_cli(["list", "models"], capsys)
     assert code == 0
     for name in ("resnet20_cifar10", "resnet20_cifar100", "resnet18", "resnet50", "mobilenetv2_w1"):
@@ -39,7 +44,7 @@ def test_list_methods_and_models(capsys):
 @pytest.mark.parametrize(
     "change, expected",
     [
-        ({"--method": "gdqf"}, ["unknown method 'gdqf'", "did you mean 'gdfq'", "choices: adadfq, adasg, gdfq, qimera, zaq, zeroq, zeroq_kd"]),
+        ({"--method": "gdqf"}, ["unknown method 'gdqf'", "did you mean 'gdfq'", f"choices: {ALL_METHODS}"]),
         ({"--model": "resnet21_cifar10"}, ["resnet21_cifar10", "resnet20_cifar10"]),
         ({"--bits": "w1a4"}, ["w1a4", "w4a4"]),
         ({"--protocol": "fast"}, ["unknown protocol 'fast'", "paper", "quick"]),

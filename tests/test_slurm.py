@@ -1,8 +1,8 @@
 """The Slurm executor against a real Slurm cluster (slurm/start-cluster.sh starts a private one; CI does).
 
 Skipped, with the reason, when no cluster answers here, unless DFQBENCH_REQUIRE_SLURM=1 (CI), which turns
-the skip into a failure. Every run is a tiny GDFQ run on CPU; the results folder is the test's tmp_path,
-which the single-node cluster's jobs can write to.
+the skip into a failure. Every run is a tiny GDFQ run (or one of the example plugin's GDFQ variant) on CPU;
+the results folder is the test's tmp_path, which the single-node cluster's jobs can write to.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from dfqbench.launch.manifest import read_manifests
 from dfqbench.launch.state import run_state
 from dfqbench.launch.status import status_report
 from dfqbench.launch.task import GridTask
+
+from conftest import require_example_plugin
 
 REQUIRE_ENV = "DFQBENCH_REQUIRE_SLURM"
 
@@ -104,43 +106,71 @@ def start_now(job_id: str) -> None:
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
 
 
+SMOKE_WITH_PLUGIN = """
+name: smoke_plugin
+base:
+  model: tiny_cifar10
+  seed: 0
+  protocol: quick
+  train.epochs: 3
+  train.iters_per_epoch: 4
+  train.batch_size: 8
+  train.warmup_epochs: 1
+  train.range_update_epochs: 1
+axes:
+  method: [gdfq, gdfq_ie]
+  bits: [w4a4, w3a3]
+"""
+
+
 def test_smoke_grid_through_real_slurm_job_arrays(tmp_path, partition, capsys):
-    """The smoke grid's 4 runs as job arrays cut at 3 tasks (2 arrays, 2 tasks at once): all done with whole
-    records, each executed once, the git state in the manifest, and `dfqbench status` reading it all back."""
+    """A smoke-sized grid of 4 runs, half of them the example plugin's method (an entry point of an installed
+    package: each array task registers it in its own process), as job arrays cut at 3 tasks (2 arrays, 2
+    tasks at once): all done with whole records, each executed once, the git state in the manifest,
+    `dfqbench status` reading it all back and the report with the plugin's column."""
+    require_example_plugin()
+    grid = tmp_path / "smoke_plugin.yaml"
+    grid.write_text(SMOKE_WITH_PLUGIN)
     results = tmp_path / "results"
     profiles = profiles_file(tmp_path, partition, max_array_size=3)
-    code = main(["run", "--grid", "smoke", "--executor", "slurm", "--profiles", str(profiles), "--device", "cpu",
+    code = main(["run", "--grid", str(grid), "--executor", "slurm", "--profiles", str(profiles), "--device", "cpu",
                  "--results", str(results)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "submitted 3 runs as Slurm job" in out and "submitted 1 runs as Slurm job" in out
-    manifest = read_manifests(results, "smoke")[0]
+    manifest = read_manifests(results, "smoke_plugin")[0]
     assert manifest["executor"] == "slurm" and len(manifest["runs"]) == 4
     assert manifest["git"]["commit"] and isinstance(manifest["git"]["dirty"], bool)
     arrays = {r["job_id"].split("_")[0] for r in manifest["runs"]}
     assert len(arrays) == 2 and all("_" in r["job_id"] for r in manifest["runs"][:3])
 
     def all_done() -> bool:
-        return status_report(results, "smoke")[1]["smoke"]["done"] == 4
+        return status_report(results, "smoke_plugin")[1]["smoke_plugin"]["done"] == 4
 
-    wait(all_done, 300, "the 4 smoke runs to finish", lambda: squeue() + status_report(results, "smoke", True)[0])
+    wait(all_done, 300, "the 4 smoke runs to finish",
+         lambda: squeue() + status_report(results, "smoke_plugin", True)[0])
     by_job = {r["run_name"]: r["job_id"] for r in manifest["runs"]}
+    methods = []
     for name, folder in runs(results).items():
         record = json.loads((folder / "record.json").read_text())
         assert record["run_id"] == json.loads((folder / "spec.json").read_text())["run_id"] and record["sessions"] == 1
+        methods.append(record["spec"]["method"])
         attempts = GridTask.read_attempts(folder)
         assert [(a["executor"], a["job_id"], a["outcome"]) for a in attempts] == [("slurm", by_job[name], "done")]
         assert not (folder / "lease.json").exists() and not (folder / "error.json").exists()
-    assert len(runs(results)) == 4
+    assert sorted(methods) == ["gdfq", "gdfq", "gdfq_ie", "gdfq_ie"]
 
-    assert main(["status", "--grid", "smoke", "--results", str(results)]) == 0
+    assert main(["status", "--grid", "smoke_plugin", "--results", str(results)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["grid", "runs", "pending", "running", "done", "failed", "lost"]
-    assert table[1].split() == ["smoke", "4", "0", "0", "4", "0", "0"]
+    assert table[1].split() == ["smoke_plugin", "4", "0", "0", "4", "0", "0"]
+    assert main(["report", "--results", str(results), "--table", "table1"]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| dataset |"))
+    assert "| gdfq_ie |" in header
     # submitting again submits nothing
-    assert main(["run", "--grid", "smoke", "--executor", "slurm", "--profiles", str(profiles), "--device", "cpu",
+    assert main(["run", "--grid", str(grid), "--executor", "slurm", "--profiles", str(profiles), "--device", "cpu",
                  "--results", str(results)]) == 0
-    assert "nothing to run" in capsys.readouterr().out and len(read_manifests(results, "smoke")) == 1
+    assert "nothing to run" in capsys.readouterr().out and len(read_manifests(results, "smoke_plugin")) == 1
 
 
 LONG = """

@@ -1,4 +1,7 @@
-"""The method plugin interface: what a DFQ method contributes to the shared trainer (methods.md §12.2).
+"""The method plugin interface: what a DFQ method contributes to the shared trainer, and the method registry.
+
+Methods come from the bundled ``dfqbench.methods`` package (``@register_method``) and from other installed
+packages' ``dfqbench.methods`` entry points (:func:`register_entry_points`; README "Add your own method").
 
 The trainer owns the loop; a method builds its generator, samples latents and labels, and computes its
 generator and student objectives (already signed for minimisation). ``steps`` says in which order one
@@ -10,6 +13,7 @@ branch on a tensor's value, no CPU tensors created inside.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -165,6 +169,11 @@ class Method:
 
 
 METHODS: Registry[type[Method]] = Registry("method")
+# Where each registered method comes from: "dfqbench" (bundled) or "<distribution> <version>" (entry point).
+METHOD_SOURCES: dict[str, str] = {}
+# One line per installed plugin that could not be registered (also printed once to stderr as a warning).
+PLUGIN_PROBLEMS: list[str] = []
+_entry_points_loaded = False
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -174,7 +183,63 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def load_methods() -> Registry[type[Method]]:
-    """Import the bundled plugins (``dfqbench.methods``, the repository's ``methods/`` folder) and return the registry."""
+    """The registry with every method: the bundled plugins (``dfqbench.methods``, the repository's
+    ``methods/`` folder) and, once per process, those of other installed packages' ``dfqbench.methods``
+    entry points (:func:`register_entry_points`)."""
     import dfqbench.methods  # noqa: F401  (registers on import)
 
+    for name in METHODS.names():
+        METHOD_SOURCES.setdefault(name, "dfqbench")
+    global _entry_points_loaded
+    if not _entry_points_loaded:
+        _entry_points_loaded = True
+        for problem in register_entry_points():
+            PLUGIN_PROBLEMS.append(problem)
+            print(f"dfqbench: warning: {problem}", file=sys.stderr)
     return METHODS
+
+
+def register_entry_points() -> list[str]:
+    """Register each installed ``dfqbench.methods`` entry point ``name = "package.module:Class"`` under
+    ``name``; returns one line per entry that was not registered, naming its distribution and why.
+
+    The rules: the class must be a :class:`Method` subclass; a class that does not set ``name`` itself
+    (e.g. a subclass of a bundled method) is given the entry's name; one that sets a different ``name`` is
+    refused (the name is part of every run's spec and folder, so the two must agree); a name already taken
+    by a bundled method or by another distribution's entry is refused (a plugin never replaces a method).
+    A plugin that fails to import is reported and skipped; the other methods keep working.
+    """
+    from dfqbench.core.discovery import method_entries
+
+    problems = []
+    for entry in method_entries():
+        where = f"method plugin {entry.name!r} = {entry.value!r} (distribution {entry.distribution})"
+        try:
+            cls = entry.entry_point.load()
+        except Exception as exc:  # noqa: BLE001  (any import failure: report it and carry on)
+            problems.append(f"{where} not loaded: {type(exc).__name__}: {_first_line(exc)}")
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            problems.append(f"{where} not loaded: {cls!r} is not a subclass of dfqbench.core.plugin.Method")
+            continue
+        own = cls.__dict__.get("name")
+        if own is not None and own != entry.name:
+            problems.append(f"{where} not loaded: the class sets name = {own!r}; the entry point's name and the "
+                            "class's `name` must be equal (or leave `name` unset)")
+            continue
+        if entry.name in METHODS and METHODS.get(entry.name) is not cls:
+            taken = METHOD_SOURCES.get(entry.name, "another plugin")
+            what = "a bundled method" if taken == "dfqbench" else f"already registered by {taken}"
+            problems.append(f"{where} not loaded: {entry.name!r} is {what}; a plugin cannot replace it "
+                            "(rename the entry point)")
+            continue
+        if own is None:
+            cls.name = entry.name
+        METHODS.add(entry.name, cls)
+        METHOD_SOURCES.setdefault(entry.name, entry.distribution)
+    return problems
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"

@@ -8,6 +8,8 @@ The fingerprint hashes
 
 * the size and modification time of every ``.py`` file of the dfqbench package and of its methods folder,
   and the installed versions of dfqbench, torch and pytorchcv;
+* the installed method plugins (``dfqbench.methods`` entry points): each entry, its distribution and version,
+  and the size and time of the ``.py`` files of its top-level package (found without importing it);
 * every ``DFQBENCH_*`` environment variable, the home folder (pytorchcv downloads under it) and the launch
   options that reach a run spec (weights, weights folder, weights normalisation, protocol, overrides);
 * the size and time of the weights files and the listing of the weights folders those name.
@@ -30,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dfqbench.core.discovery import entries_fingerprint
 from dfqbench.launch.grid import Cell, Grid
 from dfqbench.launch.plan import Decision, LaunchOptions, Plan, assemble, plan_grid, select_cells
 from dfqbench.store import atomic_write_bytes
@@ -96,7 +99,7 @@ def fingerprint(options: LaunchOptions) -> str:
     weights = [options.weights, env.get("DFQBENCH_WEIGHTS")]
     folders = [options.weights_dir, env.get("DFQBENCH_WEIGHTS_DIR")]
     state = {
-        "schema": SCHEMA, "code": _code_files(), "versions": [_version(d) for d in ("dfqbench", "torch", "pytorchcv")],
+        "schema": SCHEMA, "code": _code_files(), "plugins": entries_fingerprint(), "versions": [_version(d) for d in ("dfqbench", "torch", "pytorchcv")],
         "env": sorted(env.items()), "home": str(Path.home()),  # pytorchcv's download folder is under ~
         "options": [options.weights, options.weights_dir, options.weights_norm, options.protocol, options.overrides],
         "weights": [[w, _stat(Path(w).expanduser())] for w in weights if w],
