@@ -176,7 +176,7 @@ def test_engine_flag_is_checked_first_and_reaches_the_request(tmp_path, capsys, 
 
     seen = []
 
-    def fake_run(request, progress):
+    def fake_run(request, progress, **options):
         seen.append(request)
         raise DfqbenchError("stop here")
 
