@@ -297,7 +297,7 @@ def test_unreadable_files_in_a_grid_fail_their_runs_once(tmp_path, capsys, monke
         assert not (folder.path / "lease.json").exists()
     for seed in (0, 1):
         error = json.loads(folders[seed].error_path.read_text())
-        assert error["type"] == "StoreError" and "--restart, or by deleting" in error["message"]
+        assert error["type"] == "StoreError" and "--restart`, or by deleting" in error["message"]
     text, counts = status_report(results)  # seed 2 was never launched by the grid: a "single run" here
     assert counts["g"] == {"failed": 2} and counts["(single runs)"] == {"failed": 1} and "lost:" not in text
 

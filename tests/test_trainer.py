@@ -166,7 +166,7 @@ def test_planted_checkpoint_pickle_never_runs(tiny_request, tmp_path):
     marker = tmp_path / "code-ran"
     folder.checkpoint_path.write_bytes(pickle.dumps({"epoch": 0, "evil": _Planted(str(marker))}, protocol=2))
     assert folder.checkpoint_epoch() is None and not marker.exists()
-    with pytest.raises(DfqbenchError, match=r"unreadable checkpoint .*checkpoint.pt.*--restart, or by deleting"):
+    with pytest.raises(DfqbenchError, match=r"unreadable checkpoint .*checkpoint.pt.*--restart`, or by deleting"):
         run(request, RecordingProgress())
     assert not marker.exists() and folder.error_path.exists() and not folder.is_done()
     args = ["run", "--method", "gdfq", "--model", "tiny_cifar10", "--bits", "w4a4", "--protocol", "quick",

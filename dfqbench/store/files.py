@@ -39,10 +39,15 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:limit] if text else ''}".rstrip(": ")
 
 
-def cannot_write(path: Path, exc: OSError) -> StoreError:
+class StoreWriteError(StoreError, OSError):
+    """A write the filesystem refused; an ``OSError`` too, so callers that tolerate failed writes (the plan
+    cache) still do, while the CLI prints it as one line."""
+
+
+def cannot_write(path: Path, exc: OSError) -> StoreWriteError:
     reason = exc.strerror or first_line(exc)
-    return StoreError(f"cannot write '{path}' ({reason}); give --results a folder you can write to, "
-                      "with space left")
+    return StoreWriteError(f"cannot write '{path}' ({reason}); check that its folder is writable and has space "
+                           "left (for results: give --results a folder you can write to)")
 
 
 @functools.lru_cache(maxsize=1)

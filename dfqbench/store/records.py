@@ -86,7 +86,7 @@ class RunRecord:
         if missing:
             raise RecordError(path, f"missing {', '.join(missing)}")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        for name in known & data.keys():
+        for name in (n for n in _TYPES if n in data):  # in a fixed order: the first bad field is named
             problem = _check(name, data[name])
             if problem:
                 raise RecordError(path, problem)
