@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from dfqbench.errors import DfqbenchError
 from dfqbench.launch.estimate import Estimate, formula_seconds
 from dfqbench.launch.grid import Cell, Grid, apply_filters, dataset_of, expand
-from dfqbench.store import ResultsStore, RunState, StoreError, run_state
+from dfqbench.store import ResultsStore, RunFolder, RunState, StoreError, run_state
 
 if TYPE_CHECKING:
     from dfqbench.launch.identity import Teacher
@@ -161,8 +161,6 @@ def _cost_key(c: PlannedCell) -> str:
 
 
 def _read_record(run_dir: Path | None) -> "RunRecord | None":
-    from dfqbench.store import RunFolder
-
     try:
         return RunFolder(run_dir).read_record() if run_dir else None
     except StoreError:

@@ -34,6 +34,7 @@ from dfqbench.specs import RunSpec
 from dfqbench.store import ResultsStore, RunFolder, atomic_write_json
 from dfqbench.store.files import StoreError, first_line
 from dfqbench.store.lease import Lease
+
 EXIT_CODES = {"done": 0, "failed": 1, "busy": 3, "interrupted": 130, "preempted": 143}
 
 
