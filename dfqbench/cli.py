@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.report.cli import add_report_parser, run_report
 from dfqbench.launch.cli import add_grid_arguments, add_status_parser, run_grid, run_status
+
+if TYPE_CHECKING:
+    from dfqbench.store import RunRecord
 
 OFFLINE_HELP = (
     "offline use: --weights FILE (or DFQBENCH_WEIGHTS) with --weights-norm imagenet|cifar10|… "
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "auto (default) is compiled on CUDA, eager on CPU. Recorded, not part of the run hash")
     run.add_argument("--log-every", type=int, default=50, help="iterations between logged diagnostics")
     run.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+    run.add_argument("--restart", action="store_true",
+                     help="start this run from scratch: delete its folder's checkpoint, metrics and record first "
+                          "(e.g. after an unreadable file); single runs only")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                      help="dotted overrides, e.g. train.epochs=3 method.temperature=10 quant.tracker=ema")
     add_grid_arguments(run)
@@ -64,6 +70,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     check_engine(args.engine)
     if args.grid is not None:  # before the imports below: a dry run from the plan cache never imports torch
+        if args.restart:
+            raise DfqbenchError("--restart is for single runs, not with --grid; to start a grid run from scratch, "
+                                "delete its folder (named in the error) and run the grid again")
         return run_grid(args)
     from dfqbench.core.progress import make_progress
     from dfqbench.runner import RunRequest, run
@@ -78,31 +87,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
         log_every=args.log_every, engine=args.engine,
     )
     progress = make_progress(force_plain=args.plain)
-    record = run(request, progress)
+    record = run(request, progress, restart=args.restart)
     progress.message(summarize(record))
     return 0
 
 
-def summarize(record: dict) -> str:
+def summarize(record: "RunRecord") -> str:
     """A short, readable summary of a finished run's record."""
-    spec = record["spec"]
+    spec = record.spec
 
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     teacher = spec["teacher"].get("source", "?")
-    best_at = "" if record["best_epoch"] is None else f"(epoch {record['best_epoch'] + 1} of {record['epochs']})"
+    best_at = "" if record.best_epoch is None else f"(epoch {record.best_epoch + 1} of {record.epochs})"
     return "\n".join([
         f"{spec['method']} {spec['model']} {spec['bits']} seed {spec['seed']} ({spec['protocol']} protocol, "
         f"teacher from {teacher})",
-        f"  FP teacher top-1      {pct(record['fp_top1'])}",
-        f"  calibrated only       {pct(record['calibrated_top1'])}   (ranges calibrated, no fine-tuning)",
-        f"  best over epochs      {pct(record['best_top1'])}   {best_at}",
-        f"  final epoch           {pct(record['final_top1'])}",
-        *([f"  DIVERGED              {record['diverged']} (training stopped; best is over the epochs before)"]
-          if record.get("diverged") else []),
-        f"  wall time             {record['wall_time_s']:.0f} s on {record['device']}",
-        f"  record                {record['run_name']}/record.json",
+        f"  FP teacher top-1      {pct(record.fp_top1)}",
+        f"  calibrated only       {pct(record.calibrated_top1)}   (ranges calibrated, no fine-tuning)",
+        f"  best over epochs      {pct(record.best_top1)}   {best_at}",
+        f"  final epoch           {pct(record.final_top1)}",
+        *([f"  DIVERGED              {record.diverged} (training stopped; best is over the epochs before)"]
+          if record.diverged else []),
+        f"  wall time             {record.wall_time_s or 0:.0f} s on {record.device}",
+        f"  record                {record.run_name}/record.json",
     ])
 
 

@@ -1,12 +1,17 @@
 """From a run request (CLI flags or a grid cell) to a finished record.
 
-Every input is validated — method, model, bits, protocol, overrides, weights, data, device — before
-anything is written, so bad input leaves no run folder behind. A run whose record exists is skipped.
+Every input is validated — method, model, bits, protocol, overrides, weights, data, device, and that the
+results folder is a folder this process can write — before anything is written, so bad input leaves no run
+folder behind. A run whose record exists is skipped (``restart`` starts it from scratch instead). A run is
+trained under its lease (:mod:`dfqbench.store.lease`; a grid task takes it before calling :func:`run`), so a
+single run and a grid never train the same run at once; under the lease, temp files that a killed process
+left are removed before training starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +25,8 @@ from dfqbench.errors import DfqbenchError
 from dfqbench.protocols import PROTOCOLS
 from dfqbench.quant import QuantConfig, parse_bits, quantize_model
 from dfqbench.specs import RunSpec, TrainConfig, apply_overrides
-from dfqbench.store import ResultsStore
+from dfqbench.store import ResultsStore, RunRecord
+from dfqbench.store.lease import Lease, describe_lease
 from dfqbench.validate import check_finite, check_seed
 from dfqbench.zoo import Evaluator, load_pretrained, load_test_set, model_info
 from dfqbench.zoo.identity import Teacher, teacher_identity
@@ -131,6 +137,8 @@ def prepare(request: RunRequest) -> "PreparedRun":
     from dfqbench.core.trainer import PreparedRun
 
     check_seed("seed", request.seed)
+    store = ResultsStore(request.results)
+    store.check()  # a file or a read-only folder: one line now, not a traceback after training
     method_cls = load_methods().get(request.method)
     info = model_info(request.model)
     settings = request_settings(method_cls, request)
@@ -148,7 +156,7 @@ def prepare(request: RunRequest) -> "PreparedRun":
     evaluator = Evaluator(test_set, loaded.normalization, device=device, max_images=train["eval_max_images"])
     method = method_cls(method_cls.config_class(**method_config), info.num_classes, info.input_size, info.dataset)
     return PreparedRun(spec=spec, method=method, teacher=loaded.model, student=student, evaluate=evaluator.evaluate,
-                       folder=ResultsStore(request.results).folder(spec), device=device, log_every=request.log_every,
+                       folder=store.folder(spec), device=device, log_every=request.log_every,
                        engine=engine)
 
 
@@ -169,19 +177,48 @@ def out_of_memory_message(device: torch.device, exc: BaseException) -> str:
             + "; lower --runs-per-gpu (or the profile's runs_per_gpu) or the batch size (train.batch_size=N)")
 
 
-def run(request: RunRequest, progress: Progress) -> dict[str, Any]:
-    """Validate, skip if done, otherwise train (resuming from a checkpoint) and write the record."""
-    from dfqbench.core.trainer import Trainer
-
+def run(request: RunRequest, progress: Progress, restart: bool = False, leased: bool = False) -> RunRecord:
+    """Validate, skip if done (unless ``restart``), otherwise train under the run's lease (resuming from a
+    checkpoint; with ``restart`` from scratch) and write the record. ``leased``: the caller holds the lease."""
     prepared = prepare(request)
     folder = prepared.folder
-    if folder.is_done():
-        progress.message(f"already done: {folder.path}")
-        return folder.read_record()
-    folder.create(prepared.spec)
-    progress.message(f"run {prepared.spec.run_name} -> {folder.path}")
+    if not restart:
+        record = folder.read_record()  # an unreadable record.json: one line naming it and --restart
+        if record is not None:
+            progress.message(f"already done: {folder.path}")
+            return record
+    lease = None if leased else Lease(folder.path, f"cli-{os.getpid()}", "cli")
+    if lease is not None:
+        holder = lease.acquire()
+        if holder is not None:
+            raise DfqbenchError(f"run {prepared.spec.run_name} is being trained by {describe_lease(holder)}; "
+                                "wait for it (dfqbench status) instead of training it twice")
+        lease.start()
     try:
+        return _train(prepared, progress, restart)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _train(prepared: "PreparedRun", progress: Progress, restart: bool) -> RunRecord:
+    """Under the run's lease: start over or clean up, train, and write the record (or error.json)."""
+    from dfqbench.core.trainer import Trainer
+
+    folder = prepared.folder
+    if not restart:
+        record = folder.read_record()  # finished by another process before we took the lease
+        if record is not None:
+            progress.message(f"already done: {folder.path}")
+            return record
+    try:
+        if restart:
+            folder.clear()
+        folder.remove_stale_tmp()
+        folder.create(prepared.spec)
+        progress.message(f"run {prepared.spec.run_name} -> {folder.path}")
         record = Trainer(prepared, progress).fit()
+        folder.write_record(record)
     except KeyboardInterrupt:
         raise
     except torch.cuda.OutOfMemoryError as exc:  # one line (error.json keeps the traceback); exit status 1
@@ -190,7 +227,6 @@ def run(request: RunRequest, progress: Progress) -> dict[str, Any]:
         folder.write_error(error)
         raise error from exc
     except BaseException as exc:
-        folder.write_error(exc)
+        folder.write_error(exc)  # best effort: a read-only or full folder cannot take it either
         raise
-    folder.write_record(record)
     return record

@@ -355,9 +355,9 @@ def test_tiny_end_to_end_run(name, tiny_request):
                  "train.range_update_epochs=1"]
     request = tiny_request(method=name, overrides=overrides)
     record = run(request, RecordingProgress())
-    assert record["spec"]["method"] == name and record["spec"]["train"]["batch_size"] == 5
-    assert all(math.isfinite(v) for v in record["top1_per_epoch"].values())
-    assert record["calibrated_top1"] is not None and record["best_top1"] >= record["final_top1"]
+    assert record.spec["method"] == name and record.spec["train"]["batch_size"] == 5
+    assert all(math.isfinite(v) for v in record.top1_per_epoch.values())
+    assert record.calibrated_top1 is not None and record.best_top1 >= record.final_top1
     rows = [json.loads(line) for line in prepare(request).folder.metrics_path.read_text().splitlines()]
     iters = [r for r in rows if r["type"] == "iter"]
     keys = {"g/loss", "g/bound", "g/ds", "g/as", "g/bns", "q/loss", "q/entropy_tau", "balance_gap", "H_g", "H_q"}

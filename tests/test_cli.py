@@ -181,7 +181,7 @@ def test_engine_flag_is_checked_first_and_reaches_the_request(tmp_path, capsys, 
 
     seen = []
 
-    def fake_run(request, progress):
+    def fake_run(request, progress, **options):
         seen.append(request)
         raise DfqbenchError("stop here")
 
@@ -200,7 +200,7 @@ def test_cuda_out_of_memory_is_one_line_exit_1_and_recorded(tmp_path, capsys, mo
     from dfqbench.core import trainer
     from dfqbench.launch.grid import load_grid
     from dfqbench.launch.plan import LaunchOptions, plan_grid
-    from dfqbench.launch.state import run_state
+    from dfqbench.store import run_state
     from dfqbench.launch.task import GridTask
 
     def no_memory(self):

@@ -55,14 +55,14 @@ def test_compiled_engine_equals_eager(method, tiny_request, tmp_path):
     eager = run(eager_request, RecordingProgress())
     compiled = run(compiled_request, RecordingProgress())
     assert dict(torch._dynamo.utils.counters["graph_break"]) == {}
-    assert compiled["run_id"] == eager["run_id"]  # the engine is not part of the run's identity
-    assert (eager["engine"], compiled["engine"]) == ("eager", "compiled")
-    assert compiled["compile_s"] > 0 and eager["compile_s"] == 0
+    assert compiled.run_id == eager.run_id  # the engine is not part of the run's identity
+    assert (eager.engine, compiled.engine) == ("eager", "compiled")
+    assert compiled.compile_s > 0 and eager.compile_s == 0
     rows_e, rows_c = _iteration_rows(eager_request), _iteration_rows(compiled_request)
     assert len(rows_e) == len(rows_c) >= (1 if method == "zeroq" else 20)
     assert rows_c == rows_e  # every loss term and diagnostic of every iteration, bit for bit
-    assert compiled["top1_per_epoch"] == eager["top1_per_epoch"]
-    assert compiled["images_generated"] == eager["images_generated"]
+    assert compiled.top1_per_epoch == eager.top1_per_epoch
+    assert compiled.images_generated == eager.images_generated
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -91,8 +91,8 @@ def test_compiled_engine_resumes_as_if_uninterrupted(tiny_request, tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(crashed, CrashAfterEpoch(1))
     resumed = run(crashed, RecordingProgress())
-    assert resumed["sessions"] == 2
-    assert resumed["top1_per_epoch"] == straight["top1_per_epoch"]
+    assert resumed.sessions == 2
+    assert resumed.top1_per_epoch == straight.top1_per_epoch
     assert _iteration_rows(crashed) == _iteration_rows(straight_request)
     a = prepare(straight_request).folder.load_checkpoint()
     b = prepare(crashed).folder.load_checkpoint()
@@ -118,9 +118,9 @@ def test_graph_replay_logic_equals_eager(method, tiny_request, tmp_path):
     record = trainer.fit()
     prepared.folder.write_record(record)
     assert _iteration_rows(request) == _iteration_rows(eager_request)
-    assert record["top1_per_epoch"] == eager["top1_per_epoch"]
+    assert record.top1_per_epoch == eager.top1_per_epoch
     captured = [entry for entry in trainer.engine.graphs.entries.values() if entry is not None]
-    assert len(captured) >= 2 and record["graphs_captured"] == len(captured)  # e.g. warm-up and fine-tuning phases
+    assert len(captured) >= 2 and record.graphs_captured == len(captured)  # e.g. warm-up and fine-tuning phases
 
 
 def test_engine_choice_and_resolution():

@@ -24,7 +24,7 @@ from dfqbench.launch.estimate import formula_seconds
 from dfqbench.launch.grid import apply_filters, expand, load_grid, parse_filters, parse_seeds
 from dfqbench.runner import predict_spec
 from dfqbench.launch.plan import LaunchOptions, plan_grid
-from dfqbench.launch.state import run_state
+from dfqbench.store import run_state
 from dfqbench.runner import RunRequest, prepare
 from dfqbench.specs import TrainConfig
 from dfqbench.zoo.tiny import build_tiny
@@ -213,6 +213,10 @@ together:
     assert len(plan.runs()) == 1 and plan.counts()["duplicate"] == 1
 
 
+MINIMAL_RECORD = {"spec": {"method": "gdfq", "model": "m", "bits": "w4a4", "seed": 0, "teacher": {}},
+                  "fp_top1": 90.0, "best_top1": 80.0, "final_top1": 79.0}
+
+
 def test_run_states_from_the_store(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -233,7 +237,13 @@ def test_run_states_from_the_store(tmp_path):
     assert run_state(run).state == "lost"
     (run / "error.json").write_text(json.dumps({"type": "RunDiverged", "message": "non-finite at epoch 3\nmore"}))
     assert run_state(run) .state == "failed" and run_state(run).reason == "RunDiverged: non-finite at epoch 3"
-    (run / "record.json").write_text("{}")
+    (run / "record.json").write_text("{}")  # not a record: the run is not done, and says which file is wrong
+    state = run_state(run)
+    assert state.state == "failed" and state.reason == "RunDiverged: non-finite at epoch 3"
+    (run / "error.json").unlink()
+    state = run_state(run)
+    assert state.state == "failed" and f"unreadable record '{run / 'record.json'}' (missing spec" in state.reason
+    (run / "record.json").write_text(json.dumps(MINIMAL_RECORD))
     assert run_state(run).state == "done"
 
 
@@ -245,7 +255,7 @@ def test_lease_liveness_sees_zombies_and_reused_pids():
     import subprocess
     import sys
 
-    from dfqbench.launch.lease import pid_alive, process_start
+    from dfqbench.store.lease import pid_alive, process_start
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     started = process_start(child.pid)
@@ -333,12 +343,12 @@ def test_status_reads_the_store_without_torch(tmp_path, monkeypatch):
     from dfqbench.launch.cli import results_root
     from dfqbench.store import RunFolder, atomic_write_json, default_results_root
 
-    probe = "import sys, dfqbench.store, dfqbench.launch.state; print('torch' in sys.modules)"
+    probe = "import sys, dfqbench.store, dfqbench.report.load; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
     folder = RunFolder(tmp_path / "run")
     atomic_write_json(folder.error_path, {"type": "RunDiverged", "message": "nan"})
     assert run_state(folder.path).state == "failed"
-    atomic_write_json(folder.record_path, {})
+    atomic_write_json(folder.record_path, MINIMAL_RECORD)
     assert run_state(folder.path).state == "done"
     monkeypatch.setenv("DFQBENCH_RESULTS", str(tmp_path / "elsewhere"))
     assert results_root(None) == default_results_root().resolve()
@@ -382,7 +392,7 @@ def test_cached_plan_reads_run_states_fresh_and_misses_on_any_change(tmp_path, m
 
     done = tmp_path / "results" / "runs" / full.runs()[0].run_name
     done.mkdir(parents=True)
-    (done / "record.json").write_text("{}")
+    (done / "record.json").write_text(json.dumps(MINIMAL_RECORD))
     assert cached_plan(grid, opts).counts()["done"] == 1  # states are read, not cached
 
     assert cached_plan(grid, opts, seeds=[7]) is None  # a cell never planned

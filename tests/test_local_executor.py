@@ -18,7 +18,7 @@ from dfqbench.cli import main
 from dfqbench.launch import local
 from dfqbench.launch.local import default_jobs, gpu_for_slot, worker_env
 from dfqbench.launch.manifest import read_manifests
-from dfqbench.launch.state import run_state
+from dfqbench.store import run_state
 from dfqbench.launch.status import status_report
 from dfqbench.launch.task import GridTask
 

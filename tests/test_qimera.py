@@ -288,10 +288,10 @@ def test_tiny_qimera_run_end_to_end(tiny_request):
     record = run(tiny_request(method="qimera", overrides=[
         "train.epochs=3", "train.iters_per_epoch=4", "train.batch_size=8", "train.warmup_epochs=1",
         "train.range_update_epochs=1", "method.superposed_prob=0.5", "method.superposed_k=3"]), RecordingProgress())
-    assert record["spec"]["method"] == "qimera"
-    assert record["spec"]["method_config"]["superposed_k"] == 3
-    assert all(math.isfinite(v) for v in record["top1_per_epoch"].values()) and record["best_top1"] is not None
-    assert record["images_generated"] >= 3 * 4 * 8
+    assert record.spec["method"] == "qimera"
+    assert record.spec["method_config"]["superposed_k"] == 3
+    assert all(math.isfinite(v) for v in record.top1_per_epoch.values()) and record.best_top1 is not None
+    assert record.images_generated >= 3 * 4 * 8
 
 
 # -- GDFQ with the superposed switch -----------------------------------------------------------------
@@ -343,8 +343,8 @@ def test_gdfq_with_superposed_on_runs(tiny_request):
     record = run(tiny_request(overrides=[
         "train.epochs=2", "train.iters_per_epoch=3", "train.batch_size=8", "train.warmup_epochs=1",
         "train.range_update_epochs=1", "method.superposed_prob=1.0", "method.superposed_k=3"]), RecordingProgress())
-    assert record["spec"]["method_config"]["superposed_prob"] == 1.0
-    assert all(math.isfinite(v) for v in record["top1_per_epoch"].values())
+    assert record.spec["method_config"]["superposed_prob"] == 1.0
+    assert all(math.isfinite(v) for v in record.top1_per_epoch.values())
 
 
 def test_freeze_applies_to_the_extracted_embedding_only():

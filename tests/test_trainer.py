@@ -65,12 +65,12 @@ def test_schedule_warmup_ranges_and_frozen_teacher(tiny_request):
     assert all(float(r["x_max"]) > 0 for r in first["ranges"])
     for later in (second, third):
         assert all(same_state(a, b) for a, b in zip(first["ranges"], later["ranges"]))
-    assert record["fp_top1"] == 100.0  # tiny labels are the teacher's own predictions
-    assert record["calibrated_top1"] == record["top1_per_epoch"]["0"]
-    assert record["final_top1"] == record["top1_per_epoch"]["2"]
-    assert record["best_top1"] == max(record["top1_per_epoch"].values())
-    assert record["images_generated"] == 3 * 4 * 8
-    assert record["epochs"] == 3 and record["iterations"] == 12
+    assert record.fp_top1 == 100.0  # tiny labels are the teacher's own predictions
+    assert record.calibrated_top1 == record.top1_per_epoch["0"]
+    assert record.final_top1 == record.top1_per_epoch["2"]
+    assert record.best_top1 == max(record.top1_per_epoch.values())
+    assert record.images_generated == 3 * 4 * 8
+    assert record.epochs == 3 and record.iterations == 12
 
 
 def test_metrics_log_every_loss_term_and_diagnostic(tiny_request):
@@ -98,7 +98,7 @@ def test_metrics_log_every_loss_term_and_diagnostic(tiny_request):
         assert all(r["R_after_q"] != r["R_after_g"] for r in iters if r["epoch"] == epoch)
     for row in iters:  # R = 1 − H/log C on the same batch
         assert row["R_after_g"] == pytest.approx(1 - row["H_g"] / torch.log(torch.tensor(10.0)).item(), abs=1e-5)
-    assert json.loads(folder.record_path.read_text())["run_id"] == record["run_id"]
+    assert json.loads(folder.record_path.read_text())["run_id"] == record.run_id
 
 
 def test_same_seed_is_bit_for_bit_and_diagnostics_do_not_perturb(tiny_request, tmp_path):
@@ -122,8 +122,8 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tiny_request
     capture = RecordingProgress()
     resumed = run(crashed, capture)
     assert any("resuming" in m and "after epoch 2/" in m for m in capture.messages)
-    assert resumed["sessions"] == 2 and not folder.error_path.exists()
-    assert resumed["top1_per_epoch"] == full["top1_per_epoch"]
+    assert resumed.sessions == 2 and not folder.error_path.exists()
+    assert resumed.top1_per_epoch == full.top1_per_epoch
     straight_ckpt = torch.load(prepare(straight).folder.checkpoint_path, weights_only=True)
     resumed_ckpt = torch.load(folder.checkpoint_path, weights_only=True)
     assert same_state(straight_ckpt["student"], resumed_ckpt["student"])
@@ -136,7 +136,7 @@ def test_finished_run_is_skipped(tiny_request):
     first = run(request, Progress())
     capture = RecordingProgress()
     again = run(request, capture)
-    assert again == json.loads(json.dumps(first))
+    assert again.to_dict() == json.loads(json.dumps(first.to_dict()))
     assert any(m.startswith("already done") for m in capture.messages)
 
 
@@ -166,7 +166,7 @@ def test_planted_checkpoint_pickle_never_runs(tiny_request, tmp_path):
     marker = tmp_path / "code-ran"
     folder.checkpoint_path.write_bytes(pickle.dumps({"epoch": 0, "evil": _Planted(str(marker))}, protocol=2))
     assert folder.checkpoint_epoch() is None and not marker.exists()
-    with pytest.raises(DfqbenchError, match=r"unreadable checkpoint .*checkpoint.pt.*delete it"):
+    with pytest.raises(DfqbenchError, match=r"unreadable checkpoint .*checkpoint.pt.*--restart`, or by deleting"):
         run(request, RecordingProgress())
     assert not marker.exists() and folder.error_path.exists() and not folder.is_done()
     args = ["run", "--method", "gdfq", "--model", "tiny_cifar10", "--bits", "w4a4", "--protocol", "quick",

@@ -333,14 +333,14 @@ def test_tiny_run_end_to_end_with_generated_calibration_and_diagnostics(tiny_req
     calib_ranges, calib_weights = evaluated[0]
     assert len(calib_weights) > 20 and all(torch.equal(calib_weights[k], student_init[k]) for k in calib_weights)
     assert all(float(r["x_max"]) > 0 for r in calib_ranges)
-    assert record["calibrated_top1"] is not None
+    assert record.calibrated_top1 is not None
     assert any(m.startswith("calibrated top-1") for m in progress.messages)
     assert len(evaluated) == 1 + 3
     # every training forward with gradients (Q and G steps, all epochs) updates the ranges: never frozen
     assert len(grad_forwards) == 3 * 3 * 6 and all(grad_forwards)
-    assert record["images_generated"] == 8 + 3 * 3 * 6 * 8
-    assert record["best_top1"] == max(record["top1_per_epoch"].values())
-    assert record["final_top1"] == record["top1_per_epoch"]["2"]
+    assert record.images_generated == 8 + 3 * 3 * 6 * 8
+    assert record.best_top1 == max(record.top1_per_epoch.values())
+    assert record.final_top1 == record.top1_per_epoch["2"]
     rows = [json.loads(line) for line in prepared.folder.metrics_path.read_text().splitlines()]
     iters = [r for r in rows if r["type"] == "iter"]
     assert iters
@@ -378,10 +378,10 @@ def test_resume_matches_uninterrupted_and_does_not_recalibrate(tiny_request, tmp
     resumed = run(crashed, second)
     assert any("resuming" in m for m in second.messages)
     assert not any(m.startswith("calibrated top-1") for m in second.messages)
-    assert resumed["sessions"] == 2
-    assert resumed["calibrated_top1"] == full["calibrated_top1"]
-    assert resumed["top1_per_epoch"] == full["top1_per_epoch"]
-    assert resumed["images_generated"] == full["images_generated"]
+    assert resumed.sessions == 2
+    assert resumed.calibrated_top1 == full.calibrated_top1
+    assert resumed.top1_per_epoch == full.top1_per_epoch
+    assert resumed.images_generated == full.images_generated
     a = torch.load(prepare(straight).folder.checkpoint_path, weights_only=True)
     b = torch.load(prepare(crashed).folder.checkpoint_path, weights_only=True)
     assert same_state(a["student"], b["student"]) and same_state(a["generator"], b["generator"])

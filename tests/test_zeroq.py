@@ -185,8 +185,8 @@ def test_zeroq_tiny_run_calibrates_once_and_freezes_ranges(tiny_request):
     prepared = prepare(tiny_request(method="zeroq", overrides=["method.steps=100"]))
     trainer = Trainer(prepared, RecordingProgress())
     record = trainer.fit()
-    assert record["calibrated_top1"] == record["best_top1"] == record["final_top1"] is not None
-    assert (record["epochs"], record["iterations"], record["images_generated"]) == (1, 1, 64)
+    assert record.calibrated_top1 == record.best_top1 == record.final_top1 is not None
+    assert (record.epochs, record.iterations, record.images_generated) == (1, 1, 64)
     quantizers = activation_quantizers(trainer.student)
     assert quantizers and all(not q.update_ranges for q in quantizers)
     # the frozen ranges are exactly the min/max (with 0) of one pass of the 64 distilled images
@@ -213,6 +213,6 @@ def test_zeroq_kd_tiny_run_trains_q_and_repeats_bit_for_bit(tiny_request, tmp_pa
         records.append(trainer.fit())
         states.append({k: v.clone() for k, v in trainer.student.state_dict().items()})
         assert any(not torch.equal(p, initial[k]) for k, p in trainer.student.named_parameters())
-    assert records[0]["top1_per_epoch"] == records[1]["top1_per_epoch"]
+    assert records[0].top1_per_epoch == records[1].top1_per_epoch
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
-    assert records[0]["images_generated"] == 3 * 4 * 8
+    assert records[0].images_generated == 3 * 4 * 8

@@ -48,7 +48,7 @@ from dfqbench.core.step import TrainStep
 from dfqbench.errors import RunDiverged
 from dfqbench.quant import activation_quantizers, set_range_update
 from dfqbench.specs import RunSpec, TrainConfig
-from dfqbench.store import RunFolder, git_state, package_versions
+from dfqbench.store import RunFolder, RunRecord, git_state, package_versions
 
 
 @dataclass
@@ -164,7 +164,7 @@ class Trainer:
         self.progress.message(f"resuming {self.run.spec.run_name} after epoch {self.start_epoch}/{self.cfg.epochs} (checkpoint)")
 
     # -- the loop ------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
+    def fit(self) -> RunRecord:
         started = time.perf_counter()
         self._resume()
         self.state["sessions"] += 1
@@ -277,21 +277,22 @@ class Trainer:
         self._count_compile_time()
         return {**self.engine.describe(), "compile_s": round(self.state["compile_s"], 3)}
 
-    def _record(self) -> dict[str, Any]:
+    def _record(self) -> RunRecord:
         best, best_epoch = self._best()
         last = self.cfg.epochs - 1
-        return {
-            "run_id": self.run.spec.run_id, "run_name": self.run.spec.run_name, "spec": self.run.spec.to_dict(),
-            "fp_top1": self.state["fp_top1"], "calibrated_top1": self.state["calibrated_top1"],
-            "best_top1": best, "best_epoch": best_epoch, "final_top1": self.state["top1"].get(last),
-            "top1_per_epoch": {str(k): v for k, v in sorted(self.state["top1"].items())},
-            "epochs": self.cfg.epochs, "iterations": self.cfg.epochs * self.cfg.iters_per_epoch,
-            "images_generated": self.state["images_generated"], "wall_time_s": round(self.state["elapsed_s"], 2),
-            "sessions": self.state["sessions"], "device": device_name(self.device), **self._engine_record(),
-            "diverged": self.state.get("diverged"),
-            "git": git_state(), "versions": package_versions(),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        engine = self._engine_record()
+        return RunRecord(
+            run_id=self.run.spec.run_id, run_name=self.run.spec.run_name, spec=self.run.spec.to_dict(),
+            fp_top1=self.state["fp_top1"], calibrated_top1=self.state["calibrated_top1"],
+            best_top1=best, best_epoch=best_epoch, final_top1=self.state["top1"].get(last),
+            top1_per_epoch={str(k): v for k, v in sorted(self.state["top1"].items())},
+            epochs=self.cfg.epochs, iterations=self.cfg.epochs * self.cfg.iters_per_epoch,
+            images_generated=self.state["images_generated"], wall_time_s=round(self.state["elapsed_s"], 2),
+            sessions=self.state["sessions"], device=device_name(self.device),
+            engine=engine.pop("engine"), compile_s=engine.pop("compile_s"), extra=engine,
+            diverged=self.state.get("diverged"), git=git_state(), versions=package_versions(),
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
 
 
 class _NoOptimizer(torch.optim.SGD):

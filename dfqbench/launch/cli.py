@@ -87,6 +87,9 @@ def run_grid(args: argparse.Namespace) -> int:
         raise DfqbenchError(f"invalid --runs-per-gpu {args.runs_per_gpu}: must be >= 1")
     grid = load_grid(args.grid)
     options = _options(args)
+    from dfqbench.store import ResultsStore
+
+    ResultsStore(options.results).check(write=not args.dry_run)  # before planning writes anything
     filters = parse_filters(args.only)
     seeds = parse_seeds(args.seeds) if args.seeds else None
     if args.dry_run:
@@ -167,7 +170,9 @@ def _submit_slurm(plan, todo, tasks, args: argparse.Namespace) -> int:
 
     profiles = load_profiles(args.profiles)
     work = [(task, profiles.for_cell(cell, args.profile)) for task, cell in zip(tasks, todo)]
-    folder = plan.options.results / "slurm" / plan.grid.name
+    from dfqbench.store import ResultsStore
+
+    folder = ResultsStore(plan.options.results).slurm_dir(plan.grid.name)
     submitted: list = []
     try:
         submitted = submit(work, folder, plan.grid.name, args.jobs, runs_per_gpu=args.runs_per_gpu)
@@ -187,7 +192,10 @@ def run_status(args: argparse.Namespace) -> int:
     from dfqbench.launch.manifest import read_manifests
     from dfqbench.launch.status import status_report
 
+    from dfqbench.store import ResultsStore
+
     results = results_root(args.results)
+    ResultsStore(results).check(write=False)
     if args.grid and not read_manifests(results, args.grid):
         from dfqbench.launch.grid import load_grid
         from dfqbench.launch.plan import LaunchOptions

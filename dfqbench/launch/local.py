@@ -21,10 +21,10 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, TextIO
 
 from dfqbench.launch.task import EXIT_CODES, GridTask
+from dfqbench.store import RunFolder, StoreError
 
 GRACE_S = 60.0  # how long interrupted workers get to exit before they are killed
 
@@ -129,9 +129,9 @@ def _settled_elsewhere(task: GridTask, index: int, total: int, result: LocalResu
                        say: Callable[[str], None]) -> bool:
     """True (and reported) when another launcher finished the run or holds it with a live lease since this
     grid was planned: no worker process is started for it (the worker would check again under the lease)."""
-    from dfqbench.launch.state import run_state
+    from dfqbench.store import run_state
 
-    state = run_state(task.folder.path)
+    state = run_state(task.folder)
     name = task.spec.run_name
     if state.state == "done":
         result.done.append(name)
@@ -153,7 +153,7 @@ def _start(task: GridTask, index: int, jobs: int, env: dict[str, str],
     log = None
     if jobs > 1:
         task.folder.path.mkdir(parents=True, exist_ok=True)
-        log = open(task.folder.path / "worker.log", "a")  # noqa: SIM115  (closed in _finish)
+        log = open(task.folder.worker_log_path, "a")  # noqa: SIM115  (closed in _finish)
     proc = subprocess.Popen(
         [python or sys.executable, "-m", "dfqbench.launch.worker", task.to_json()],
         env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
@@ -163,16 +163,16 @@ def _start(task: GridTask, index: int, jobs: int, env: dict[str, str],
 
 def _finish(proc: subprocess.Popen, task: GridTask, index: int, total: int, log: TextIO | None,
             result: LocalResult, say: Callable[[str], None]) -> None:
-    from dfqbench.launch.state import run_state
+    from dfqbench.store import run_state
 
     if log is not None:
         log.close()
     code = proc.returncode
     name = task.spec.run_name
-    state = run_state(task.folder.path)
+    state = run_state(task.folder)
     if state.state == "done":
         result.done.append(name)
-        say(f"[{index}/{total}] done {name}{_best(task.folder.path)}")
+        say(f"[{index}/{total}] done {name}{_best(task.folder)}")
     elif code == EXIT_CODES["busy"]:
         result.busy.append((name, "held by another live task"))
         say(f"[{index}/{total}] skipped {name}: another live task holds it")
@@ -182,19 +182,18 @@ def _finish(proc: subprocess.Popen, task: GridTask, index: int, total: int, log:
     else:
         reason = state.reason or f"worker exited with status {code} without a record or error"
         result.failed.append((name, reason))
-        log_hint = f" (log: {task.folder.path / 'worker.log'})" if log is not None else ""
+        log_hint = f" (log: {task.folder.worker_log_path})" if log is not None else ""
         say(f"[{index}/{total}] FAILED {name}: {reason}{log_hint}")
 
 
-def _best(run_dir: Path) -> str:
-    import json
-
+def _best(folder: RunFolder) -> str:
     try:
-        record = json.loads((run_dir / "record.json").read_text())
-        best = record.get("best_top1")
-        return "" if best is None else f": best top-1 {best:.2f} in {record.get('wall_time_s', 0):.0f} s"
-    except (OSError, ValueError):
+        record = folder.read_record()
+    except StoreError:
         return ""
+    if record is None or record.best_top1 is None:
+        return ""
+    return f": best top-1 {record.best_top1:.2f} in {record.wall_time_s or 0:.0f} s"
 
 
 def _stop_all(running: dict, result: LocalResult, total: int, say: Callable[[str], None]) -> None:

@@ -21,7 +21,9 @@ from dfqbench.launch.grid import Grid
 
 
 def launch_dir(results: Path) -> Path:
-    return Path(results) / "launch"
+    from dfqbench.store import ResultsStore
+
+    return ResultsStore(results).launch_dir()
 
 
 def write_manifest(results: Path, grid: Grid, executor: str, runs: list[dict[str, Any]],

@@ -1,7 +1,7 @@
 """From grid cells to planned runs: validity per cell, the run each cell maps to, and that run's state.
 
 Every cell ends in exactly one status: a run state (pending, running, done, failed, lost; see
-:mod:`dfqbench.launch.state`) or ``excluded`` (by the grid file), ``unsupported`` (the method's
+:mod:`dfqbench.store.state`) or ``excluded`` (by the grid file), ``unsupported`` (the method's
 ``unsupported_reason``) or ``invalid`` (anything ``runner.prepare`` would reject: an unregistered method,
 bad bits, an unknown override key, a missing weights file…), always with its reason. Cells that map to
 the same run id are counted once (the later ones are marked duplicates). Nothing here loads a model.
@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Callable
 from dfqbench.errors import DfqbenchError
 from dfqbench.launch.estimate import Estimate, formula_seconds
 from dfqbench.launch.grid import Cell, Grid, apply_filters, dataset_of, expand
-from dfqbench.launch.state import RunState, run_state
-from dfqbench.store import RunFolder
+from dfqbench.store import ResultsStore, RunFolder, RunState, StoreError, run_state
 
 if TYPE_CHECKING:
     from dfqbench.runner import RunRequest
     from dfqbench.specs import RunSpec
     from dfqbench.zoo.identity import Teacher
+    from dfqbench.store import RunRecord
 
 CELL_ONLY_STATES = ("excluded", "unsupported", "invalid")
 
@@ -102,7 +102,9 @@ class PlannedCell:
 
     @property
     def run_dir(self) -> Path | None:
-        return None if self.run_name is None or self.results is None else self.results / "runs" / self.run_name
+        if self.run_name is None or self.results is None:
+            return None
+        return ResultsStore(self.results).run_dir(self.run_name)
 
     @property
     def name(self) -> str:
@@ -137,8 +139,8 @@ class Plan:
         for c in self.runs():
             if c.status == "done":
                 record = _read_record(c.run_dir)
-                if record and str(record.get("device", "")).startswith("cuda"):
-                    measured.setdefault(_cost_key(c), []).append(float(record["wall_time_s"]))
+                if record and str(record.device).startswith("cuda") and record.wall_time_s is not None:
+                    measured.setdefault(_cost_key(c), []).append(float(record.wall_time_s))
         estimate = Estimate()
         for c in runs:
             if c.train is None or c.q_steps is None:
@@ -158,10 +160,10 @@ def _cost_key(c: PlannedCell) -> str:
     return json.dumps([c.cell.method, c.cell.model, c.train], sort_keys=True, default=str)
 
 
-def _read_record(run_dir: Path | None) -> dict[str, Any] | None:
+def _read_record(run_dir: Path | None) -> "RunRecord | None":
     try:
         return RunFolder(run_dir).read_record() if run_dir else None
-    except (OSError, ValueError):
+    except StoreError:
         return None
 
 
@@ -184,7 +186,7 @@ def assemble(grid: Grid, options: LaunchOptions, cells: list[Cell], decisions: l
         elif decision.run_name is None:
             state = RunState("pending", decision.reason)
         else:
-            state = run_state(options.results / "runs" / decision.run_name)
+            state = run_state(ResultsStore(options.results).run_dir(decision.run_name))
         item = PlannedCell(cell, state.state, state.reason, decision.run_name, decision.run_id, decision.train,
                            decision.q_steps, options.results, decision=decision)
         if extras is not None:

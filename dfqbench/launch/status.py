@@ -1,7 +1,7 @@
 """`dfqbench status`: per grid, how many launched runs are pending, running, done, failed or lost, and why.
 
 Reads only the results store: launch manifests say which runs belong to which grid (and which Slurm job a
-pending run waits in); run folders say each run's state (:mod:`dfqbench.launch.state`). Never sacct
+pending run waits in); run folders say each run's state (:mod:`dfqbench.store.state`). Never sacct
 (absent without slurmdbd) nor submitit's job state (which hangs on a job killed without a result).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dfqbench.launch.manifest import latest_jobs, read_manifests
-from dfqbench.launch.state import RUN_STATES, RunState, run_state
+from dfqbench.store import RUN_STATES, ResultsStore, RunState, run_state
 
 MAX_LISTED = 12
 
@@ -29,6 +29,7 @@ def grid_runs(manifests: list[dict[str, Any]]) -> dict[str, dict[str, list[str]]
 
 def status_report(results: Path, grid: str | None = None, verbose: bool = False) -> tuple[str, dict[str, Counter]]:
     """The status text and the per-grid counts (for tests and scripts)."""
+    store = ResultsStore(results)
     manifests = read_manifests(results, grid)
     grids = grid_runs(manifests)
     jobs = latest_jobs(manifests)
@@ -38,24 +39,21 @@ def status_report(results: Path, grid: str | None = None, verbose: bool = False)
     for name, runs in grids.items():
         states: dict[str, RunState] = {}
         for run_id, run_name in runs.items():
-            states[run_name] = run_state(results / "runs" / run_name)
+            states[run_name] = run_state(store.run(run_name))
             listed.add(run_name)
         counts[name] = Counter(s.state for s in states.values())
-        details += _details(name, states, {runs[r]: j for r, j in jobs.items() if r in runs}, results, verbose)
+        details += _details(name, states, {runs[r]: j for r, j in jobs.items() if r in runs}, store, verbose)
     if grid is None:
-        others = _unlaunched(results, listed)
+        others = _unlaunched(store, listed)
         if others:
             counts["(single runs)"] = Counter(s.state for s in others.values())
-            details += _details("(single runs)", others, {}, results, verbose)
+            details += _details("(single runs)", others, {}, store, verbose)
     lines = [_table(counts)] if counts else [f"no launched grids in {results}" + (f" for grid {grid!r}" if grid else "")]
     return "\n".join(lines + details), counts
 
 
-def _unlaunched(results: Path, listed: set[str]) -> dict[str, RunState]:
-    runs_dir = results / "runs"
-    if not runs_dir.is_dir():
-        return {}
-    return {p.name: run_state(p) for p in sorted(runs_dir.iterdir()) if p.is_dir() and p.name not in listed}
+def _unlaunched(store: ResultsStore, listed: set[str]) -> dict[str, RunState]:
+    return {f.name: run_state(f) for f in store.runs() if f.name not in listed}
 
 
 def _table(counts: dict[str, Counter]) -> str:
@@ -66,7 +64,8 @@ def _table(counts: dict[str, Counter]) -> str:
     return "\n".join([fmt(header), *(fmt(r) for r in rows)])
 
 
-def _details(grid: str, states: dict[str, RunState], jobs: dict[str, str], results: Path, verbose: bool) -> list[str]:
+def _details(grid: str, states: dict[str, RunState], jobs: dict[str, str], store: ResultsStore,
+             verbose: bool) -> list[str]:
     lines = []
     titles = {"failed": "failed (re-run with --retry-failed)",
               "lost": "lost: died without a result (running the grid again resumes them)", "running": "running"}
@@ -80,8 +79,8 @@ def _details(grid: str, states: dict[str, RunState], jobs: dict[str, str], resul
         for run_name in names[:limit]:
             s = states[run_name]
             extra = [s.reason] if s.reason else []
-            if state == "failed":
-                extra.append(f"traceback in {results / 'runs' / run_name / 'error.json'}")
+            if state == "failed" and store.run(run_name).error_path.exists():
+                extra.append(f"traceback in {store.run(run_name).error_path}")
             if state in ("pending", "lost") and run_name in jobs:
                 extra.append(f"Slurm job {jobs[run_name]}")
             if s.partial and state != "done":

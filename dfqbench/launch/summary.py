@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from dfqbench.launch.plan import Plan, PlannedCell
-from dfqbench.launch.state import RUN_STATES
+from dfqbench.store import RUN_STATES
 
 MAX_LISTED = 12
 

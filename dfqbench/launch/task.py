@@ -29,12 +29,12 @@ from typing import Any
 import submitit
 
 from dfqbench.core.progress import Progress, make_progress
-from dfqbench.launch.lease import Lease
 from dfqbench.runner import RunRequest
 from dfqbench.specs import RunSpec
-from dfqbench.store import RunFolder, atomic_write_json
+from dfqbench.store import ResultsStore, RunFolder, atomic_write_json
+from dfqbench.store.files import StoreError, first_line
+from dfqbench.store.lease import Lease
 
-ATTEMPTS_FILE = "attempts.json"
 EXIT_CODES = {"done": 0, "failed": 1, "busy": 3, "interrupted": 130, "preempted": 143}
 
 
@@ -56,7 +56,7 @@ class GridTask:
 
     @property
     def folder(self) -> RunFolder:
-        return RunFolder(Path(self.request.results) / "runs" / self.spec.run_name)
+        return ResultsStore(self.request.results).folder(self.spec)
 
     def to_json(self) -> str:
         return json.dumps({"request": dataclasses.asdict(self.request), "spec": self.spec.to_dict(),
@@ -72,10 +72,13 @@ class GridTask:
         folder = self.folder
         if folder.is_done():
             return Outcome("done", "already done")
-        if folder.error_path.exists() and not self.retry_failed:
+        if (folder.error_path.exists() or folder.has_record()) and not self.retry_failed:  # error or bad record
             return Outcome("failed", "failed before; not retried without --retry-failed")
         lease = Lease(folder.path, job_id, executor)
-        holder = lease.acquire()
+        try:
+            holder = lease.acquire()
+        except StoreError as exc:  # the results folder cannot be written: nothing can be recorded there either
+            return Outcome("failed", str(exc), ran=True)
         if holder is not None:
             return Outcome("busy", f"held by job {holder.get('job_id')} on {holder.get('host')}")
         if folder.is_done():  # finished by another task between our check and the lease
@@ -102,27 +105,26 @@ class GridTask:
             lease.release()
 
     def _run(self, progress: Progress) -> Outcome:
-        from dfqbench.launch.state import error_reason
         from dfqbench.runner import run
+        from dfqbench.store import error_reason
 
         folder = self.folder
         try:
-            record = run(self.request, progress)
+            record = run(self.request, progress, leased=True)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001  (every failure is recorded, the grid goes on)
-            if not folder.error_path.exists():  # failed before training started: runner wrote nothing
-                folder.create(self.spec)
-                folder.write_error(exc)
-            return Outcome("failed", error_reason(folder.error_path), ran=True)
-        if record["run_id"] != self.spec.run_id:
-            message = (f"ran as {record['run_name']}, not as planned: the teacher weights or settings changed "
+            if not folder.error_path.exists():  # failed before training started (e.g. an unreadable record)
+                self._record_error(exc)
+            return Outcome("failed", error_reason(folder) if folder.error_path.exists() else first_line(exc),
+                           ran=True)
+        if record.run_id != self.spec.run_id:
+            message = (f"ran as {record.run_name}, not as planned: the teacher weights or settings changed "
                        "between planning and running; plan the grid again")
             try:
                 raise RuntimeError(message)
             except RuntimeError as exc:
-                folder.create(self.spec)
-                folder.write_error(exc)
+                self._record_error(exc)
             return Outcome("failed", message, ran=True)
         return Outcome("done", None, ran=True)
 
@@ -140,15 +142,27 @@ class GridTask:
                 break
         self._write_attempts(attempts)
 
+    def _record_error(self, exc: BaseException) -> None:
+        """error.json for a failure runner.run did not record (best effort: a read-only folder takes nothing)."""
+        try:
+            self.folder.create(self.spec)
+        except StoreError:
+            pass
+        self.folder.write_error(exc)
+
     def _write_attempts(self, attempts: list[dict[str, Any]]) -> None:
-        atomic_write_json(self.folder.path / ATTEMPTS_FILE, attempts)
+        try:
+            atomic_write_json(self.folder.attempts_path, attempts)
+        except StoreError:
+            pass  # bookkeeping only: a folder that takes no writes fails the run itself, with its own message
 
     @staticmethod
     def read_attempts(run_dir: Path) -> list[dict[str, Any]]:
         try:
-            return json.loads((run_dir / ATTEMPTS_FILE).read_text())
+            attempts = json.loads(RunFolder(run_dir).attempts_path.read_text())
         except (OSError, ValueError):
             return []
+        return [a for a in attempts if isinstance(a, dict)] if isinstance(attempts, list) else []
 
 
 def _drop_error(folder: RunFolder, exc_type: str) -> None:

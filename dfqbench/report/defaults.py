@@ -17,7 +17,6 @@ not installed, a protocol or cell it does not support) has no default.
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 from dfqbench.configuration import flat_configuration, override_key, plain

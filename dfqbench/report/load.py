@@ -1,11 +1,10 @@
 """Reading a results folder for reporting: finished records, unfinished folders, and spec filters.
 
-Reads only what runs have written (``runs/*/record.json``, ``spec.json``, ``error.json``,
-``metrics.jsonl``); never trains. Safe while a grid is still running: a folder without ``record.json`` is
-counted, never raised, by the states of :mod:`dfqbench.launch.state` (running = a live lease, failed, lost,
-pending; torch-free), with ``started`` for a pending folder that already has metrics or a checkpoint (a run
-outside the launcher, or one interrupted).
-A record that cannot be parsed is counted as unreadable.
+Reads only what runs have written, through :mod:`dfqbench.store` (records, specs, metrics, run states; torch-
+free); never trains. Safe while a grid is still running: a folder without ``record.json`` is counted, never
+raised, by the store's run states (running = a live lease, failed, lost, pending), with ``started`` for a
+pending folder that already has metrics or a checkpoint (a run outside the launcher, or one interrupted).
+A record that does not read as a valid :class:`dfqbench.store.RunRecord` is counted as unreadable.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from typing import Any, Iterable
 import yaml
 
 from dfqbench.errors import DfqbenchError
-from dfqbench.launch.state import run_state
-from dfqbench.store import RESULTS_ENV, default_results_root
+from dfqbench.store import RESULTS_ENV, RecordError, ResultsStore, RunFolder, default_results_root, run_state
+from dfqbench.store import RunRecord as StoredRecord  # the typed record.json (this module has its own RunRecord)
 from dfqbench.specs import read_yaml
 
 _METRIC_FIELD = {"best": "best_top1", "final": "final_top1"}
@@ -124,105 +123,50 @@ class Scan:
         return ", ".join(f"{v} {k}" for k, v in counts.items() if v or k == "finished") + f" under {self.root}"
 
 
-def _read_json(path: Path) -> tuple[Any | None, str | None]:
-    """(data, None) or (None, why): a missing, half-written or non-JSON file is a reason, not an exception."""
+def _scan_folder(folder: RunFolder, scan: Scan) -> None:
     try:
-        return json.loads(path.read_bytes()), None
-    except FileNotFoundError:
-        return None, "missing"
-    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return None, f"{type(exc).__name__}: {str(exc)[:80]}"
-
-
-_RECORD_KEYS = ("spec", "fp_top1", "best_top1", "final_top1")
-_SPEC_KEYS = ("method", "model", "bits", "seed", "teacher")
-
-
-def _valid_record(data: Any) -> str | None:
-    if not isinstance(data, dict):
-        return "not a JSON object"
-    missing = [k for k in _RECORD_KEYS if k not in data]
-    if not missing and isinstance(data["spec"], dict):
-        missing = [f"spec.{k}" for k in _SPEC_KEYS if k not in data["spec"]]
-    return f"missing {', '.join(missing)}" if missing else _wrong_type(data)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
-
-
-# field -> (check, what it should be), for the fields the report computes with
-_RECORD_TYPES: dict[str, tuple[Any, str]] = {
-    "spec": (lambda v: isinstance(v, dict), "an object"),
-    "fp_top1": (lambda v: v is None or _is_number(v), "a finite number or null"),
-    "best_top1": (lambda v: v is None or _is_number(v), "a finite number or null"),
-    "final_top1": (lambda v: v is None or _is_number(v), "a finite number or null"),
-    "run_id": (lambda v: isinstance(v, str), "a string"),
-    "finished_at": (lambda v: isinstance(v, str), "a string"),
-    "spec.method": (lambda v: isinstance(v, str), "a string"),
-    "spec.model": (lambda v: isinstance(v, str), "a string"),
-    "spec.bits": (lambda v: isinstance(v, str), "a string"),
-    "spec.seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "spec.teacher": (lambda v: isinstance(v, dict), "an object"),
-    "spec.dataset": (lambda v: isinstance(v, str), "a string"),
-    "spec.protocol": (lambda v: isinstance(v, str), "a string"),
-    "spec.train": (lambda v: isinstance(v, dict), "an object"),
-    "spec.method_config": (lambda v: isinstance(v, dict), "an object"),
-    "spec.quant": (lambda v: isinstance(v, dict), "an object"),
-}
-
-
-def _wrong_type(data: dict[str, Any]) -> str | None:
-    """``"spec.bits is 4 (int), expected a string"`` for the first field of a wrong type (absent optional
-    fields are fine), else None."""
-    for name, (ok, expected) in _RECORD_TYPES.items():
-        node, present = (data["spec"], name[5:] in data["spec"]) if name.startswith("spec.") else (data, name in data)
-        if present:
-            value = node[name[5:] if name.startswith("spec.") else name]
-            if not ok(value):
-                return f"{name} is {json.dumps(value)[:40]} ({type(value).__name__}), expected {expected}"
-    return None
-
-
-def _scan_folder(folder: Path, scan: Scan) -> None:
-    record_path = folder / "record.json"
-    data, why = _read_json(record_path)
-    if data is not None:
-        why = _valid_record(data)
-        if why is None:
-            scan.records.append(RunRecord(folder, data))
-            return
-    if why != "missing":
-        scan.unreadable.append((record_path, why or "?"))
+        stored = folder.read_record()
+    except RecordError as exc:
+        scan.unreadable.append((folder.record_path, exc.reason))
         return
-    spec, _ = _read_json(folder / "spec.json")
-    spec = spec if isinstance(spec, dict) and _wrong_type({"spec": spec}) is None else None  # unusable: no cell
-    started = (folder / "metrics.jsonl").exists() or (folder / "checkpoint.pt").exists()
+    if stored is not None:
+        scan.records.append(RunRecord(folder.path, stored.to_dict()))
+        return
+    started = folder.metrics_path.exists() or folder.checkpoint_path.exists()
     state = run_state(folder)  # the launcher's lease-aware states, as `dfqbench status` shows them
     name = "started" if state.state == "pending" and started else state.state
-    scan.unfinished.append(Unfinished(folder, name, spec, state.reason or ""))
+    scan.unfinished.append(Unfinished(folder.path, name, _usable_spec(folder.read_spec()), state.reason or ""))
+
+
+def _usable_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An unfinished run's spec if the fields cells group by have their types (else it is counted in no cell)."""
+    if spec is None:
+        return None
+    try:
+        StoredRecord.from_dict({"spec": spec, "fp_top1": None, "best_top1": None, "final_top1": None})
+    except RecordError:
+        return None
+    return spec
 
 
 def scan_results(root: str | os.PathLike | None) -> Scan:
     """Read every run folder under ``<root>/runs``; a missing root is a one-line error."""
     root = results_root(root)
+    store = ResultsStore(root)
+    store.check(write=False)  # a file: one line
     if not root.is_dir():
         raise DfqbenchError(f"results folder '{root}' does not exist; give --results DIR or set {RESULTS_ENV}")
     scan = Scan(root)
-    runs = root / "runs"
-    if not runs.is_dir():
-        return scan
-    with os.scandir(runs) as entries:
-        folders = sorted(Path(e.path) for e in entries if e.is_dir() and not e.name.startswith("."))
-    for folder in folders:
+    for folder in store.runs():
         _scan_folder(folder, scan)
     return scan
 
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
-    """The rows of ``metrics.jsonl``; lines that do not parse (a half-written tail) are skipped."""
+    """The rows of ``metrics.jsonl``; lines that do not parse (a half-written tail) are skipped (a report
+    shows what it can; resuming a run refuses such a file, :meth:`dfqbench.store.RunFolder.read_metrics`)."""
     try:
-        text = (folder / "metrics.jsonl").read_text()
+        text = RunFolder(folder).metrics_path.read_text()
     except (OSError, UnicodeDecodeError):
         return []
     rows = []

@@ -23,7 +23,7 @@ from torch import nn
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.zoo import tiny
-from dfqbench.zoo.normalization import NORMALIZATIONS, Normalization, parse_normalization
+from dfqbench.zoo.normalization import NORMALIZATIONS, Normalization
 
 ENV_WEIGHTS = "DFQBENCH_WEIGHTS"
 ENV_WEIGHTS_DIR = "DFQBENCH_WEIGHTS_DIR"

@@ -109,8 +109,13 @@ class Lease:
 
     def acquire(self) -> dict[str, Any] | None:
         """Take the lease; returns None on success, else the live lease that holds the run."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".lease.", suffix=".tmp")
+        from dfqbench.store.files import cannot_write
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".lease.", suffix=".tmp")
+        except OSError as exc:
+            raise cannot_write(self.path, exc) from None
         try:
             with os.fdopen(fd, "w") as handle:
                 json.dump(self.data, handle)
@@ -137,14 +142,17 @@ class Lease:
         self._thread.start()
 
     def _beat(self) -> None:
-        from dfqbench.store import atomic_write_json
+        from dfqbench.store.files import StoreError, atomic_write_json
 
         while not self._stop.wait(self.data["heartbeat_every_s"]):
             current = read_lease(self.path.parent)
             if current is None or current.get("token") != self.data["token"]:
                 return  # taken over (we were judged dead): stop writing
             self.data["heartbeat"] = time.time()
-            atomic_write_json(self.path, self.data)
+            try:
+                atomic_write_json(self.path, self.data)
+            except StoreError:
+                pass  # a full or read-only disk: the run itself fails on its next write and says so
 
     def release(self) -> None:
         self._stop.set()
@@ -152,4 +160,7 @@ class Lease:
             self._thread.join(timeout=5)
         current = read_lease(self.path.parent)
         if current is not None and current.get("token") == self.data["token"]:
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:
+                pass  # a folder made read-only meanwhile: the lease dies with this process (then: lost)
