@@ -169,9 +169,9 @@ def test_per_run_csv(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("best_top1", "88.1", 'best_top1 is "88.1" (str), expected a finite number or null'),
-    ("spec.bits", 4, "spec.bits is 4 (int), expected a string"),
-    ("spec.teacher", "file", 'spec.teacher is "file" (str), expected an object'),
+    ("best_top1", "88.1", 'field best_top1 is a string "88.1", expected number or null'),
+    ("spec.bits", 4, "field spec.bits is a number 4, expected string"),
+    ("spec.teacher", "file", 'field spec.teacher is a string "file", expected object'),
 ])
 def test_record_with_a_wrong_type_is_skipped_with_one_line(tmp_path, capsys, field, value, message):
     root = tmp_path / "results"
