@@ -94,7 +94,7 @@ def _details(grid: str, states: dict[str, RunState], jobs: dict[str, str], resul
 
 def _run_rows(states: dict[str, RunState], ids: dict[str, str], jobs: dict[str, str]) -> list[dict[str, Any]]:
     return [{"run_name": name, "run_id": ids.get(name, name.rsplit("_", 1)[-1]), "state": s.state, "reason": s.reason,
-             "has_checkpoint": s.partial, "job_id": jobs.get(name)} for name, s in states.items()]
+             "partial": s.partial, "job_id": jobs.get(name)} for name, s in states.items()]
 
 
 def status_document(results: Path, grid: str | None = None) -> dict[str, Any]:
