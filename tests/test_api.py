@@ -70,7 +70,7 @@ def test_run_returns_the_record_and_load_results_has_one_row_per_run(finished):
     # asked again: not trained again, the same record
     again = dfqbench.run("gdfq", "tiny_cifar10", "w8a8", protocol="quick", overrides=OVERRIDES, results=results,
                          device="cpu", log_every=2, progress=False)
-    assert again == record
+    assert again == json.loads(json.dumps(record))  # read back from record.json (lists for tuples)
 
 
 def test_load_results_counts_unfinished_folders_and_filters_by_protocol(finished, tmp_path):
@@ -177,13 +177,11 @@ def test_resume_keeps_the_best_student_and_the_event_files_consistent(tmp_path, 
     (folder,) = (tmp_path / "res" / "runs").iterdir()
     assert (folder / "checkpoint.pt").exists() and not (folder / "best_student.pt").exists()
     monkeypatch.setattr(trainer, "save_best_student", real_save)
-    (folder / "error.json").unlink()
     with pytest.raises(RuntimeError, match="simulated crash"):
         dfqbench.run(**args, progress=CrashAtIteration(1, 3))
     assert torch.load(folder / "best_student.pt", weights_only=True)["epoch"] == 0  # repaired on resume
-    (folder / "error.json").unlink()
     record = dfqbench.run(**args, progress=False)
-    assert record["sessions"] == 3 and record["best_epoch"] == 0
+    assert record["sessions"] == 2 and record["best_epoch"] == 0  # sessions that reached a checkpoint
     assert dfqbench.evaluate(dfqbench.load_student(folder, "best"), folder) == record["best_top1"]
     assert dfqbench.evaluate(dfqbench.load_student(folder, "final"), folder) == record["final_top1"]
     scalars = _scalars(folder / "tensorboard")
