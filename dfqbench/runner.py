@@ -97,7 +97,7 @@ def prepare(request: RunRequest) -> "PreparedRun":
     from dfqbench.core.trainer import PreparedRun
 
     check_seed("seed", request.seed)
-    loggers = check_loggers(request.log)
+    loggers = check_loggers(getattr(request, "log", ()))  # a request pickled before --log existed has none
     method_cls = load_methods().get(request.method)
     info = model_info(request.model)
     bits = request.bits.lower()

@@ -175,11 +175,11 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         started = time.perf_counter()
         self._resume()
-        opening = time.perf_counter()  # a logger's start-up (W&B: seconds) is not the run's cost
-        self.loggers.open(self.run.spec, self.run.folder.path, self.start_epoch * self.cfg.iters_per_epoch)
-        started += time.perf_counter() - opening
         record = None
         try:
+            opening = time.perf_counter()  # a logger's start-up (W&B: seconds) is not the run's cost
+            self.loggers.open(self.run.spec, self.run.folder.path, self.start_epoch * self.cfg.iters_per_epoch)
+            started += time.perf_counter() - opening
             record = self._fit(started)
         finally:
             self.loggers.close(record)
