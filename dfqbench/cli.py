@@ -52,23 +52,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true",
                      help="start this run from scratch: delete its folder's checkpoint, metrics and record first "
                           "(e.g. after an unreadable file); single runs only")
+    run.add_argument("--log", action="append", default=[], metavar="tensorboard|wandb",
+                     help="also log every loss term, diagnostic and per-epoch top-1 to TensorBoard (event files in "
+                          "the run folder's tensorboard/) or Weights & Biases (WANDB_MODE=offline works offline); "
+                          "repeatable; optional extras: pip install 'dfqbench[tensorboard]' / 'dfqbench[wandb]'")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                      help="dotted overrides, e.g. train.epochs=3 method.temperature=10 quant.tracker=ema")
     add_grid_arguments(run)
 
     lst = sub.add_parser("list", help="list registered methods or models")
     lst.add_argument("what", choices=["methods", "models"])
+    lst.add_argument("--json", action="store_true", help="print one JSON document (a list of objects) on stdout")
     add_report_parser(sub)
     add_status_parser(sub)
     return parser
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def check_run_flags(args: argparse.Namespace) -> None:
+    """The checks of ``run`` that come before anything else, torch-free (a cached dry run never imports torch)."""
     if args.log_every < 1:
         raise DfqbenchError(f"invalid --log-every {args.log_every}: must be >= 1")
-    from dfqbench.core.engine_names import check_engine  # torch-free: a cached dry run must not import torch
+    from dfqbench.core.engine_names import check_engine
+    from dfqbench.core.loggers import check_loggers
 
     check_engine(args.engine)
+    check_loggers(args.log)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    check_run_flags(args)
     if args.grid is not None:  # before the imports below: a dry run from the plan cache never imports torch
         if args.restart:
             raise DfqbenchError("--restart is for single runs, not with --grid; to start a grid run from scratch, "
@@ -77,6 +89,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dfqbench.core.progress import make_progress
     from dfqbench.runner import RunRequest, run
 
+    if args.json:
+        raise DfqbenchError("--json prints a grid's dry-run plan (run --grid NAME --dry-run --json); a single run "
+                            "writes its record to <results>/runs/<run>/record.json")
     missing = [flag for flag in ("method", "model", "bits") if getattr(args, flag) is None]
     if missing:
         raise DfqbenchError(f"--{missing[0]} is required (or run a grid with --grid NAME|FILE)")
@@ -84,7 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         method=args.method, model=args.model, bits=args.bits, seed=args.seed or 0, protocol=args.protocol or "paper",
         overrides=list(args.overrides), weights=args.weights, weights_dir=args.weights_dir,
         weights_norm=args.weights_norm, data_root=args.data_root, results=args.results, device=args.device,
-        log_every=args.log_every, engine=args.engine,
+        log_every=args.log_every, engine=args.engine, log=list(args.log),
     )
     progress = make_progress(force_plain=args.plain)
     record = run(request, progress, restart=args.restart)
@@ -115,7 +130,27 @@ def summarize(record: "RunRecord") -> str:
     ])
 
 
+def list_document(what: str) -> list[dict]:
+    """``dfqbench list methods|models --json``: one object per registered method or zoo model."""
+    if what == "methods":
+        from dfqbench.core.plugin import load_methods
+
+        registry = load_methods()
+        return [{"name": name, "version": registry.get(name).version, "paper": registry.get(name).paper,
+                 "steps": list(registry.get(name).steps)} for name in registry]
+    from dfqbench.zoo.models import KNOWN_MODELS
+
+    return [{"name": name, "dataset": info.dataset, "num_classes": info.num_classes, "input_size": info.input_size,
+             "normalization": {"name": info.normalization.name, "mean": list(info.normalization.mean),
+                               "std": list(info.normalization.std)}} for name, info in KNOWN_MODELS.items()]
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
+    if args.json:
+        import json
+
+        print(json.dumps(list_document(args.what), indent=2))
+        return 0
     from rich.console import Console
     from rich.table import Table
 

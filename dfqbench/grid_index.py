@@ -1,9 +1,9 @@
 """A grid's cells as launched: ``<results>/launch/<grid>/cells.json``, the grid's membership for reports.
 
-`dfqbench run --grid NAME` (a launch, not a dry run) writes every planned cell there — its label, status,
+`dfqbench run --grid NAME` (a launch, not a dry run) writes every cell of the grid there — its label, status,
 reason, and for a run its id, folder name and spec — merged with earlier launches of the same grid cell by
-cell (a cell launched again, e.g. with other ``--weights``, replaces its entry; cells of launches restricted
-with ``--only``/``--seeds`` are added). `dfqbench report --grid NAME` reads it to select the grid's runs and
+cell (a cell planned again, e.g. with other ``--weights``, replaces its entry). A launch restricted with
+``--only``/``--seeds`` still records the whole grid as its file defines it, plus the cells it launched. `dfqbench report --grid NAME` reads it to select the grid's runs and
 show its pending cells without re-planning the grid, so the report imports neither torch nor any method
 plugin nor the launcher. Torch-free; written atomically.
 """

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dfqbench.core.engine import resolve_engine
+from dfqbench.core.loggers import check_loggers
 from dfqbench.core.plugin import Method, load_methods
 from dfqbench.configuration import changes
 from dfqbench.core.progress import Progress
@@ -53,6 +54,7 @@ class RunRequest:
     device: str = "auto"
     log_every: int = 50
     engine: str = "auto"  # auto | eager | compiled (dfqbench.core.engine); recorded, not hashed, like the device
+    log: list[str] = field(default_factory=list)  # experiment loggers: tensorboard, wandb (dfqbench.core.loggers)
 
 
 def resolve_device(text: str) -> torch.device:
@@ -139,6 +141,7 @@ def prepare(request: RunRequest) -> "PreparedRun":
     check_seed("seed", request.seed)
     store = ResultsStore(request.results)
     store.check()  # a file or a read-only folder: one line now, not a traceback after training
+    loggers = check_loggers(getattr(request, "log", ()))  # a request pickled before --log existed has none
     method_cls = load_methods().get(request.method)
     info = model_info(request.model)
     settings = request_settings(method_cls, request)
@@ -157,7 +160,7 @@ def prepare(request: RunRequest) -> "PreparedRun":
     method = method_cls(method_cls.config_class(**method_config), info.num_classes, info.input_size, info.dataset)
     return PreparedRun(spec=spec, method=method, teacher=loaded.model, student=student, evaluate=evaluator.evaluate,
                        folder=store.folder(spec), device=device, log_every=request.log_every,
-                       engine=engine)
+                       engine=engine, loggers=loggers)
 
 
 def out_of_memory_message(device: torch.device, exc: BaseException) -> str:

@@ -19,7 +19,9 @@ calibrated ranges: the evaluation after the last warm-up epoch, or, for methods 
 one no-grad pass of one generated batch through Q (eval mode; ranges updating if the range window is
 open) before epoch 0. The student stays in eval mode (frozen BN statistics) unless the method says
 otherwise; the teacher is frozen with no gradients. Every epoch ends with an evaluation, a metrics
-write and a checkpoint, all atomic, so a killed run resumes from its last finished epoch.
+write and a checkpoint, all atomic, so a killed run resumes from its last finished epoch; an epoch that
+improves the best top-1 also writes ``best_student.pt`` (:mod:`dfqbench.core.snapshots`). What is logged
+also goes to the run's experiment loggers (``--log``; :mod:`dfqbench.core.loggers`).
 
 Divergence (a NaN/inf among the logged values) ends training at that point, as a result rather than an
 error: the official loops train on through NaN and report the best epoch, which can only be one before
@@ -41,9 +43,11 @@ from torch import nn
 
 from dfqbench.core.diagnostics import WindowMeans, non_finite, probing
 from dfqbench.core.engine import make_engine
+from dfqbench.core.loggers import Loggers
 from dfqbench.core.plugin import Method
 from dfqbench.core.probe import GameProbe
 from dfqbench.core.progress import Progress
+from dfqbench.core.snapshots import repair_best_student, save_best_student
 from dfqbench.core.step import TrainStep
 from dfqbench.errors import RunDiverged
 from dfqbench.quant import activation_quantizers, set_range_update
@@ -64,6 +68,7 @@ class PreparedRun:
     device: torch.device
     log_every: int = 50
     engine: str = "eager"  # eager | compiled (resolved; dfqbench.core.engine)
+    loggers: tuple[str, ...] = ()  # experiment loggers besides metrics.jsonl (dfqbench.core.loggers)
 
 
 def seed_everything(seed: int) -> None:
@@ -129,6 +134,7 @@ class Trainer:
         self.quantizers = activation_quantizers(self.student)
         self.probe = GameProbe(self.method, self.generator, self.teacher, self.student, self.quantizers)
         self.window = WindowMeans()
+        self.loggers = Loggers(run.loggers)
         self.metrics: list[dict[str, Any]] = []
         self.state: dict[str, Any] = {
             "fp_top1": None, "calibrated_top1": None, "top1": {}, "images_generated": 0,
@@ -160,6 +166,8 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         self.state = ckpt["state"]
         self.start_epoch = ckpt["epoch"] + 1
+        # a crash between this epoch's checkpoint and its best_student.pt leaves the file one epoch behind
+        repair_best_student(self.run.folder.path, self.run.spec.run_id, ckpt, self.state["top1"])
         self.metrics = [row for row in self.run.folder.read_metrics() if row.get("epoch", -1) <= ckpt["epoch"]]
         self.progress.message(f"resuming {self.run.spec.run_name} after epoch {self.start_epoch}/{self.cfg.epochs} (checkpoint)")
 
@@ -167,6 +175,17 @@ class Trainer:
     def fit(self) -> RunRecord:
         started = time.perf_counter()
         self._resume()
+        record = None
+        try:
+            opening = time.perf_counter()  # a logger's start-up (W&B: seconds) is not the run's cost
+            self.loggers.open(self.run.spec, self.run.folder.path, self.start_epoch * self.cfg.iters_per_epoch)
+            started += time.perf_counter() - opening
+            record = self._fit(started)
+        finally:
+            self.loggers.close(record)
+        return record
+
+    def _fit(self, started: float) -> dict[str, Any]:
         self.state["sessions"] += 1
         # The method's setup (ZeroQ's distillation) is part of the run's cost; it runs again in each session.
         self.state["elapsed_s"] += self.setup_seconds
@@ -191,6 +210,8 @@ class Trainer:
                 "type": "epoch", "epoch": epoch, "top1": top1, "lr_q": self.opt_q.param_groups[0]["lr"],
                 "lr_g": self.opt_g.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_started,
             })
+            self.loggers.log({f"epoch/{k}": v for k, v in self.metrics[-1].items() if k in EPOCH_LOGGED and v is not None},
+                             (epoch + 1) * self.cfg.iters_per_epoch)
             with warnings.catch_warnings():  # during warm-up Q has no optimizer step yet; that is intended
                 warnings.filterwarnings("ignore", message="Detected call of")
                 self.sched_g.step()
@@ -200,7 +221,10 @@ class Trainer:
             self._count_compile_time()
             self.run.folder.write_metrics(self.metrics)
             self.run.folder.save_checkpoint(self._checkpoint(epoch))
-            self.progress.end_epoch(epoch, top1, self._best()[0])
+            best, best_epoch = self._best()
+            if best_epoch == epoch:  # after the checkpoint: a resume repairs a crash in between (core.snapshots)
+                save_best_student(self.run.folder.path, self.run.spec.run_id, epoch, best, self.student.state_dict())
+            self.progress.end_epoch(epoch, top1, best)
         self.progress.stop()
         self.state["elapsed_s"] += time.perf_counter() - started
         return self._record()
@@ -219,6 +243,7 @@ class Trainer:
                     raise RunDiverged(f"non-finite values in epoch {epoch + 1} of {self.cfg.epochs}, iteration {it + 1} "
                                       f"of {self.cfg.iters_per_epoch}: {', '.join(bad)}")
                 self.metrics.append({"type": "iter", "epoch": epoch, "iter": it, **values})
+                self.loggers.log(values, epoch * self.cfg.iters_per_epoch + it + 1)
                 self.progress.iteration(epoch, it, values)
             else:
                 self.progress.iteration(epoch, it, None)
@@ -293,6 +318,9 @@ class Trainer:
             diverged=self.state.get("diverged"), git=git_state(), versions=package_versions(),
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
+
+
+EPOCH_LOGGED = ("top1", "lr_q", "lr_g", "seconds")  # per-epoch values sent to the loggers as epoch/<name>
 
 
 class _NoOptimizer(torch.optim.SGD):

@@ -22,6 +22,8 @@ def add_grid_arguments(run: argparse.ArgumentParser) -> None:
                        help="print the cells, the runs done/pending/failed and the estimated device time; run nothing "
                             "(answered from the plan cache when nothing it depends on changed; "
                             "DFQBENCH_PLAN_CACHE=off turns it off)")
+    group.add_argument("--json", action="store_true",
+                       help="with --dry-run: print the plan as one JSON document on stdout (cells, states, estimate)")
     group.add_argument("--only", nargs="+", action="extend", metavar="KEY=VALUE[,VALUE]",
                        help="keep the cells matching every filter, e.g. --only method=adasg,adadfq bits=w3a3 "
                             "(put KEY=VALUE overrides before --only)")
@@ -44,7 +46,16 @@ def add_status_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     status.add_argument("--grid", metavar="NAME", help="only this grid (its launches; a never-launched grid is planned)")
     status.add_argument("--results", help="results folder (env DFQBENCH_RESULTS; default ./results)")
     status.add_argument("--verbose", "-v", action="store_true", help="list every run with its state")
+    status.add_argument("--json", action="store_true", help="print one JSON document on stdout: per grid the "
+                        "counts per state and every run with its state and reason")
     return status
+
+
+def _json(document: object) -> str:
+    """One JSON document (``--json``): indented, keys in a stable order, never NaN."""
+    import json
+
+    return json.dumps(document, indent=2, default=str, allow_nan=False)
 
 
 def _path(text: str | None) -> str | None:
@@ -65,16 +76,13 @@ def _options(args: argparse.Namespace):
         results=results_root(args.results), device=args.device,
         weights=_path(args.weights), weights_dir=_path(args.weights_dir), weights_norm=args.weights_norm,
         data_root=_path(args.data_root), log_every=args.log_every, overrides=list(args.overrides),
-        protocol=args.protocol, engine=args.engine,
+        protocol=args.protocol, engine=args.engine, log=list(args.log or []),
     )
 
 
-def run_grid(args: argparse.Namespace) -> int:
-    """``dfqbench run --grid …``: plan, then dry-run, run locally or submit to Slurm."""
+def grid_inputs(args: argparse.Namespace):
+    """The checked flags of ``run --grid``: (grid, launch options, --only filters, --seeds); one-line errors."""
     from dfqbench.launch.grid import load_grid, parse_filters, parse_seeds
-    from dfqbench.launch.plan import plan_grid
-    from dfqbench.launch.plancache import plan_dry, remember
-    from dfqbench.launch.summary import describe
 
     single = [flag for flag, value in (("--method", args.method), ("--model", args.model), ("--bits", args.bits),
                                        ("--seed", args.seed)) if value is not None]
@@ -90,11 +98,22 @@ def run_grid(args: argparse.Namespace) -> int:
     from dfqbench.store import ResultsStore
 
     ResultsStore(options.results).check(write=not args.dry_run)  # before planning writes anything
-    filters = parse_filters(args.only)
-    seeds = parse_seeds(args.seeds) if args.seeds else None
+    return grid, options, parse_filters(args.only), parse_seeds(args.seeds) if args.seeds else None
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    """``dfqbench run --grid …``: plan, then dry-run, run locally or submit to Slurm."""
+    from dfqbench.launch.plan import plan_grid
+    from dfqbench.launch.plancache import plan_dry, remember
+    from dfqbench.launch.summary import describe, plan_document
+
+    grid, options, filters, seeds = grid_inputs(args)
     if args.dry_run:
-        print(describe(plan_dry(grid, options, filters, seeds), args.retry_failed))
+        plan = plan_dry(grid, options, filters, seeds)
+        print(_json(plan_document(plan, args.retry_failed)) if args.json else describe(plan, args.retry_failed))
         return 0
+    if args.json:
+        raise DfqbenchError("--json prints a dry run's plan: give --dry-run too (a launch prints progress, not JSON)")
     plan = plan_grid(grid, options, filters, seeds)
     remember(plan)
     invalid = plan.invalid()
@@ -106,7 +125,17 @@ def run_grid(args: argparse.Namespace) -> int:
         _fetch_teachers(plan, args.retry_failed)
         plan = plan_grid(grid, options, filters, seeds)
         remember(plan)
+    _index_grid(plan, plan_grid(grid, options) if filters or seeds else None)
     return _launch(plan, args)
+
+
+def _index_grid(plan, whole=None) -> None:
+    """Record the grid's cells for `report --grid` (:mod:`dfqbench.grid_index`): the whole grid as its file
+    defines it (``whole``, planned without --only/--seeds when those restricted this launch) and this launch's."""
+    from dfqbench.grid_index import write_grid_index
+
+    cells = ([] if whole is None else whole.cells) + plan.cells
+    write_grid_index(plan.options.results, plan.grid.name, [_index_entry(c) for c in cells])
 
 
 def _fetch_teachers(plan, retry_failed: bool) -> None:
@@ -126,12 +155,10 @@ def _index_entry(cell) -> dict:
 
 
 def _launch(plan, args: argparse.Namespace) -> int:
-    from dfqbench.grid_index import write_grid_index
     from dfqbench.launch.manifest import write_manifest
     from dfqbench.launch.task import GridTask
 
     counts, todo = plan.counts(), plan.to_launch(args.retry_failed)
-    write_grid_index(plan.options.results, plan.grid.name, [_index_entry(c) for c in plan.cells])
     notes = [f"{counts[s]} {s}" for s in ("done", "running", "failed", "unsupported", "excluded") if counts[s]]
     print(f"grid {plan.grid.name}: {len(plan.runs())} runs, {len(todo)} to run" + (f" ({', '.join(notes)})" if notes else ""))
     if counts["running"]:
@@ -190,8 +217,7 @@ def _submit_slurm(plan, todo, tasks, args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     from dfqbench.launch.manifest import read_manifests
-    from dfqbench.launch.status import status_report
-
+    from dfqbench.launch.status import status_document, status_report
     from dfqbench.store import ResultsStore
 
     results = results_root(args.results)
@@ -200,11 +226,17 @@ def run_status(args: argparse.Namespace) -> int:
         from dfqbench.launch.grid import load_grid
         from dfqbench.launch.plan import LaunchOptions
         from dfqbench.launch.plancache import plan_dry
-        from dfqbench.launch.summary import describe
+        from dfqbench.launch.summary import describe, plan_document
 
         plan = plan_dry(load_grid(args.grid), LaunchOptions(results=results))
+        if args.json:  # never launched: no runs of it to report, and its plan
+            print(_json({**status_document(results, args.grid), "launched": False, "plan": plan_document(plan)}))
+            return 0
         print(f"grid {args.grid!r} was never launched into {results}; its plan:")
         print(describe(plan))
+        return 0
+    if args.json:
+        print(_json({**status_document(results, args.grid), "launched": True if args.grid else None}))
         return 0
     text, _ = status_report(results, args.grid, args.verbose)
     print(text)

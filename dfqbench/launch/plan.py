@@ -48,6 +48,7 @@ class LaunchOptions:
     overrides: list[str] = field(default_factory=list)  # applied after the grid's own
     protocol: str | None = None  # replaces the cells' protocol when given
     engine: str = "auto"  # how each run's step executes; recorded, not in the run id nor the plan cache's key
+    log: list[str] = field(default_factory=list)  # experiment loggers of every run (--log); not in the run id
 
     def request(self, cell: Cell) -> "RunRequest":
         from dfqbench.runner import RunRequest
@@ -57,7 +58,7 @@ class LaunchOptions:
             protocol=self.protocol or cell.protocol, overrides=self.overrides_for(cell),
             weights=self.weights, weights_dir=self.weights_dir, weights_norm=self.weights_norm,
             data_root=self.data_root, results=str(self.results), device=self.device, log_every=self.log_every,
-            engine=self.engine,
+            engine=self.engine, log=list(self.log),
         )
 
     def overrides_for(self, cell: Cell) -> list[str]:

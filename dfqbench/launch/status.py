@@ -89,3 +89,33 @@ def _details(grid: str, states: dict[str, RunState], jobs: dict[str, str], store
         if len(names) > limit:
             lines.append(f"  … and {len(names) - limit} more (--verbose lists all)")
     return lines
+
+
+def _run_rows(states: dict[str, RunState], ids: dict[str, str], jobs: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"run_name": name, "run_id": ids.get(name, name.rsplit("_", 1)[-1]), "state": s.state, "reason": s.reason,
+             "partial": s.partial, "job_id": jobs.get(name)} for name, s in states.items()]
+
+
+def status_document(results: Path, grid: str | None = None) -> dict[str, Any]:
+    """`dfqbench status --json`: per launched grid (and, without ``grid``, the runs of no grid) the counts per
+    state and every run with its state, reason and Slurm job."""
+    manifests = read_manifests(results, grid)
+    grids = grid_runs(manifests)
+    jobs = latest_jobs(manifests)
+    out: list[dict[str, Any]] = []
+    listed: set[str] = set()
+    for name, runs in grids.items():
+        states = {run_name: run_state(results / "runs" / run_name) for run_name in runs.values()}
+        listed.update(states)
+        ids = {run_name: run_id for run_id, run_name in runs.items()}
+        run_jobs = {runs[r]: j for r, j in jobs.items() if r in runs}
+        counts = Counter(s.state for s in states.values())
+        out.append({"grid": name, "runs": len(states), "counts": {s: counts[s] for s in RUN_STATES},
+                    "run_states": _run_rows(states, ids, run_jobs)})
+    if grid is None:
+        others = _unlaunched(results, listed)
+        if others:
+            counts = Counter(s.state for s in others.values())
+            out.append({"grid": None, "runs": len(others), "counts": {s: counts[s] for s in RUN_STATES},
+                        "run_states": _run_rows(others, {}, {})})
+    return {"results": str(results), "grid": grid, "grids": out}

@@ -122,3 +122,31 @@ def run_details(runs: list[PlannedCell]) -> list[str]:
         lines.append(f"pending with an unknown run id: {len(pending_unknown)}")
         lines.extend(_reasons(pending_unknown))
     return lines
+
+
+def plan_document(plan: Plan, retry_failed: bool = False) -> dict:
+    """The dry-run report as one JSON-able document (``dfqbench run --grid … --dry-run --json``): the grid, the
+    counts, the estimate and every cell with its status, reason and run."""
+    grid, counts = plan.grid, plan.counts()
+    todo = plan.to_launch(retry_failed)
+    estimate = plan.estimate(todo)
+    cells = []
+    for c in plan.cells:
+        cells.append({
+            "label": c.cell.label, "method": c.cell.method, "model": c.cell.model, "bits": c.cell.bits,
+            "seed": c.cell.seed, "protocol": plan.options.protocol or c.cell.protocol, "variant": c.cell.variant,
+            "profile": c.cell.profile, "dataset": c.cell.values.get("dataset"),
+            "overrides": plan.options.overrides_for(c.cell), "status": c.status, "reason": c.reason,
+            "run_name": c.run_name, "run_id": c.run_id, "duplicate_of": c.duplicate_of,
+            "to_run": any(c is t for t in todo),
+        })
+    return {
+        "grid": grid.name, "grid_file": str(grid.path), "description": grid.description,
+        "results": str(plan.options.results), "varying": varying(plan),
+        "cells_total": len(plan.cells), "filtered_out": plan.filtered_out, "runs": len(plan.runs()),
+        "counts": {s: counts[s] for s in (*RUN_STATES, "excluded", "unsupported", "invalid", "duplicate")},
+        "to_run": len(todo),
+        "estimate": {"gpu_hours": estimate.hours, "formula_runs": estimate.formula_runs,
+                     "measured_runs": estimate.measured_runs, "unknown_runs": estimate.unknown_runs},
+        "cells": cells,
+    }

@@ -1,0 +1,362 @@
+"""The Python API: run cells and grids, and read results back as pandas DataFrames and PyTorch modules.
+
+::
+
+    import dfqbench
+
+    record = dfqbench.run("gdfq", "resnet20_cifar10", "w4a4", seed=0, protocol="quick")
+    runs = dfqbench.load_results("results")               # one row per run
+    metrics = dfqbench.load_metrics(runs.iloc[0])          # per-iteration and per-epoch logs
+    student = dfqbench.load_student(runs.iloc[0], "best")  # the fake-quantized student, ready to evaluate
+    dfqbench.evaluate(student, runs.iloc[0])               # == the record's best_top1
+
+:func:`run` and :func:`run_grid` go through the command line's code (``runner.run``, ``launch.cli``) with its
+checks; bad input raises :class:`dfqbench.errors.DfqbenchError` with the CLI's one-line message instead of
+exiting. Readers go through the results store's readers (:mod:`dfqbench.report.load`, :mod:`dfqbench.store`).
+This module imports nothing heavy at import time (``import dfqbench`` stays light); torch, pandas and the
+trainer load inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
+
+from dfqbench.core.progress import Progress  # torch-free
+from dfqbench.errors import DfqbenchError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from torch import nn
+
+Overrides = Union[Sequence[str], Mapping[str, Any], None]
+RunRef = Any  # a run folder path, a row of load_results (or any mapping with "path" or "run_name"), a record dict,
+# or a run id / run name (with results=)
+
+LEADING_COLUMNS = ("method", "model", "dataset", "bits", "seed", "protocol", "state", "fp_top1", "calibrated_top1",
+                   "best_top1", "best_epoch", "final_top1", "diverged", "epochs", "wall_time_s", "device", "engine",
+                   "run_id", "run_name", "path", "reason")
+
+
+# -- running ---------------------------------------------------------------------------------------------
+def _override_list(overrides: Overrides) -> list[str]:
+    """``["train.epochs=3"]`` as is; ``{"train.epochs": 3}`` as ``["train.epochs=3"]`` (values as YAML)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        return [overrides]
+    if isinstance(overrides, Mapping):
+        from dfqbench.launch.grid import override_text
+
+        return [override_text(str(key), value) for key, value in overrides.items()]
+    return [str(text) for text in overrides]
+
+
+def _log_list(log: str | Iterable[str] | None) -> list[str]:
+    return [log] if isinstance(log, str) else list(log or [])
+
+
+def _progress(progress: "bool | Progress") -> Progress:
+    from dfqbench.core.progress import make_progress
+
+    if isinstance(progress, Progress):
+        return progress
+    return make_progress() if progress else SilentProgress()
+
+
+def _run_args(**values: Any):
+    """The parsed ``dfqbench run`` namespace (the parser's defaults) with ``values`` set: the CLI's checks then
+    see exactly what they see for flags."""
+    from dfqbench.cli import build_parser
+
+    args = build_parser().parse_args(["run"])
+    for key, value in values.items():
+        if not hasattr(args, key):
+            raise TypeError(f"unknown option {key!r}")
+        setattr(args, key, value)
+    return args
+
+
+def run(method: str, model: str, bits: str, seed: int = 0, protocol: str = "paper", overrides: Overrides = None,
+        results: str | os.PathLike | None = None, *, weights: str | None = None, weights_dir: str | None = None,
+        weights_norm: str | None = None, data_root: str | None = None, device: str = "auto", engine: str = "auto",
+        log: str | Iterable[str] | None = None, log_every: int = 50, progress: "bool | Progress" = True) -> dict[str, Any]:
+    """Run one cell (``dfqbench run``) and return its record (the content of ``record.json``).
+
+    A finished run is not trained again (its record is returned); an interrupted one resumes from its last
+    epoch. ``overrides``: ``["train.epochs=3"]`` or ``{"train.epochs": 3}``; ``log``: ``"tensorboard"``,
+    ``"wandb"`` or a list of them; ``progress``: True (progress lines or a live bar), False (silent) or a
+    :class:`dfqbench.core.progress.Progress`. Bad input raises :class:`DfqbenchError` before anything is written.
+    """
+    from dfqbench.cli import check_run_flags
+    from dfqbench.runner import RunRequest
+    from dfqbench.runner import run as run_request
+
+    log_names = _log_list(log)
+    check_run_flags(_run_args(log_every=log_every, engine=engine, log=log_names))
+    request = RunRequest(
+        method=method, model=model, bits=bits, seed=seed, protocol=protocol, overrides=_override_list(overrides),
+        weights=weights, weights_dir=weights_dir, weights_norm=weights_norm, data_root=data_root,
+        results=None if results is None else str(results), device=device, log_every=log_every, engine=engine,
+        log=log_names,
+    )
+    return run_request(request, _progress(progress))
+
+
+def _only_list(only: Mapping[str, Any] | Sequence[str] | None) -> list[str] | None:
+    """``{"bits": ["w4a4", "w3a3"], "seed": 0}`` → ``["bits=w4a4,w3a3", "seed=0"]`` (``--only``)."""
+    if only is None:
+        return None
+    if isinstance(only, str):
+        return [only]
+    if isinstance(only, Mapping):
+        texts = []
+        for key, values in only.items():
+            values = values if isinstance(values, (list, tuple, set)) else [values]
+            texts.append(f"{key}=" + ",".join(str(v) for v in values))
+        return texts
+    return [str(text) for text in only]
+
+
+def run_grid(grid: str | os.PathLike, results: str | os.PathLike | None = None, *,
+             only: Mapping[str, Any] | Sequence[str] | None = None, seeds: str | Iterable[int] | None = None,
+             protocol: str | None = None, overrides: Overrides = None, dry_run: bool = False,
+             retry_failed: bool = False, executor: str = "local", jobs: int | None = None,
+             runs_per_gpu: int | None = None, profile: str | None = None, profiles: str | None = None,
+             weights: str | None = None, weights_dir: str | None = None, weights_norm: str | None = None,
+             data_root: str | None = None, device: str = "auto", engine: str = "auto",
+             log: str | Iterable[str] | None = None, log_every: int = 50) -> "pd.DataFrame":
+    """Run a grid (``dfqbench run --grid``): a shipped grid's name or a YAML file, filtered with ``only``
+    (``{"bits": "w4a4"}`` or ``["bits=w4a4"]``) and ``seeds`` (``[0, 1]`` or ``"0-4"``).
+
+    Returns :func:`load_results`' frame of the grid's runs after the launch (one row per run; failed runs
+    have ``state == "failed"`` and their reason). With ``dry_run=True`` nothing runs: one row per cell of the
+    plan (``--dry-run --json``'s ``cells``), the rest of that document in ``frame.attrs``. A Slurm launch
+    returns after submitting (the runs are then pending). Ctrl-C stops the local workers and raises
+    KeyboardInterrupt (finished runs are kept; run it again to resume).
+    """
+    from dfqbench.cli import check_run_flags
+    from dfqbench.launch.cli import grid_inputs, run_grid as launch_grid
+
+    if executor not in ("local", "slurm"):
+        from dfqbench.registry import unknown_choice
+
+        raise DfqbenchError(unknown_choice("executor", executor, ["local", "slurm"]))
+    if seeds is not None and not isinstance(seeds, str):
+        seeds = ",".join(str(int(s)) for s in seeds)
+    args = _run_args(grid=str(grid), results=None if results is None else str(results), only=_only_list(only),
+                     seeds=seeds, protocol=protocol, overrides=_override_list(overrides), dry_run=dry_run,
+                     retry_failed=retry_failed, executor=executor, jobs=jobs, runs_per_gpu=runs_per_gpu,
+                     profile=profile, profiles=profiles, weights=weights, weights_dir=weights_dir,
+                     weights_norm=weights_norm, data_root=data_root, device=device, engine=engine,
+                     log=_log_list(log), log_every=log_every)
+    check_run_flags(args)
+    if dry_run:
+        return _plan_frame(*grid_inputs(args), retry_failed)
+    code = launch_grid(args)
+    if code == 130:
+        raise KeyboardInterrupt("grid interrupted; run it again to resume (finished runs are kept)")
+    return _grid_results(*grid_inputs(args))
+
+
+def _plan_frame(grid, options, filters, seeds, retry_failed: bool) -> "pd.DataFrame":
+    import pandas as pd
+
+    from dfqbench.launch.plancache import plan_dry
+    from dfqbench.launch.summary import plan_document
+
+    document = plan_document(plan_dry(grid, options, filters, seeds), retry_failed)
+    frame = pd.DataFrame(document.pop("cells"))
+    frame.attrs.update(document)
+    return frame
+
+
+def _grid_results(grid, options, filters, seeds) -> "pd.DataFrame":
+    """The results rows of the planned grid's runs (a run without a folder yet is a pending row)."""
+    from dfqbench.launch.plancache import plan_dry
+    from dfqbench.report.load import Scan, filter_scan, scan_results
+
+    plan = plan_dry(grid, options, filters, seeds)
+    runs = [c for c in plan.runs() if c.run_id is not None]
+    root = Path(options.results)
+    scan = scan_results(root) if root.is_dir() else Scan(root)
+    scan = filter_scan(scan, (), {c.run_id for c in runs})
+    found = {r.spec.get("run_id") for r in scan.records} | {u.spec.get("run_id") for u in scan.unfinished if u.spec}
+    extra = [{"method": c.cell.method, "model": c.cell.model, "dataset": c.cell.values.get("dataset"),
+              "bits": c.cell.bits, "seed": c.cell.seed, "protocol": options.protocol or c.cell.protocol,
+              "state": c.status, "reason": c.reason, "run_id": c.run_id, "run_name": c.run_name,
+              "path": str(c.run_dir) if c.run_dir else None} for c in runs if c.run_id not in found]
+    return _frame(scan, extra)
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+def load_results(results_dir: str | os.PathLike | None = None, grid: str | os.PathLike | None = None, *,
+                 protocol: str | None = None) -> "pd.DataFrame":
+    """Every run under ``results_dir`` (default ``$DFQBENCH_RESULTS`` or ``./results``) as one row: method,
+    model, dataset, bits, seed, protocol, state (done, running, started, pending, failed, lost, unreadable),
+    the accuracies (``fp_top1``, ``calibrated_top1``, ``best_top1``, ``best_epoch``, ``final_top1``),
+    ``diverged``, ``epochs``, ``wall_time_s``, ``device``, ``engine``, ``run_id``, ``run_name``, ``path``,
+    ``reason`` (why a run failed or is held), and the whole spec flattened as ``spec.<dotted key>`` columns
+    (lists as tuples).
+
+    ``grid``: only that grid's runs, as its launches into ``results_dir`` planned them (``dfqbench report
+    --grid``; its runs without a folder yet are pending rows). ``protocol``: only runs of that protocol.
+    """
+    from argparse import Namespace
+
+    from dfqbench.report.load import filter_scan, scan_results
+
+    scan = scan_results(results_dir)
+    if grid is not None:
+        from dfqbench.report.cli import grid_selection
+
+        run_ids, missing, _ = grid_selection(Namespace(grid=str(grid)), scan.root)
+        scan.unfinished += missing
+        scan = filter_scan(scan, (), run_ids)
+    if protocol is not None:
+        from dfqbench.report.load import Where
+
+        scan = filter_scan(scan, [Where("protocol", (protocol,))])
+    return _frame(scan)
+
+
+def _flat_spec(spec: dict[str, Any] | None) -> dict[str, Any]:
+    from dfqbench.report.load import flatten
+
+    if not spec:
+        return {}
+    return {f"spec.{k}": tuple(v) if isinstance(v, list) else v for k, v in flatten(spec).items()}
+
+
+def _frame(scan, extra: list[dict[str, Any]] = ()) -> "pd.DataFrame":
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    for r in scan.records:
+        record, spec = r.record, r.spec
+        rows.append({
+            "method": spec["method"], "model": spec["model"], "dataset": spec.get("dataset"), "bits": spec["bits"],
+            "seed": spec["seed"], "protocol": spec.get("protocol", "custom"), "state": "done",
+            **{k: record.get(k) for k in ("fp_top1", "calibrated_top1", "best_top1", "best_epoch", "final_top1",
+                                          "diverged", "epochs", "wall_time_s", "device", "engine")},
+            "run_id": record.get("run_id", spec.get("run_id")), "run_name": r.path.name, "path": str(r.path),
+            "reason": None, **_flat_spec(spec),
+        })
+    for u in scan.unfinished:
+        spec = u.spec or {}
+        rows.append({
+            "method": spec.get("method"), "model": spec.get("model"), "dataset": spec.get("dataset"),
+            "bits": spec.get("bits"), "seed": spec.get("seed"), "protocol": spec.get("protocol"), "state": u.state,
+            "run_id": spec.get("run_id"), "run_name": u.path.name, "path": str(u.path), "reason": u.message or None,
+            **_flat_spec(u.spec),
+        })
+    for path, why in scan.unreadable:
+        rows.append({"state": "unreadable", "run_name": path.parent.name, "path": str(path.parent), "reason": why})
+    rows.extend(extra)
+    frame = pd.DataFrame(rows)
+    spec_columns = sorted({k for row in rows for k in row if k.startswith("spec.")})
+    return frame.reindex(columns=[*LEADING_COLUMNS, *spec_columns])
+
+
+def run_dir(run: RunRef, results: str | os.PathLike | None = None) -> Path:
+    """The folder of ``run``: a run folder path; a row of :func:`load_results` or a record dict (its ``path``,
+    else its ``run_name`` under ``results``); or a run id or run name under ``results`` (default
+    ``$DFQBENCH_RESULTS`` or ``./results``)."""
+    from dfqbench.report.load import results_root
+
+    if hasattr(run, "get") and not isinstance(run, (str, os.PathLike)):  # a mapping or a pandas row
+        path = run.get("path")
+        if isinstance(path, (str, os.PathLike)) and path:
+            return _checked(Path(path))
+        run = run.get("run_name") or run.get("run_id")
+        if not run:
+            raise DfqbenchError("a run given as a mapping needs its 'path', 'run_name' or 'run_id' "
+                                "(a row of dfqbench.load_results or a record)")
+    text = os.fspath(run)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _checked(path)
+    runs = results_root(results) / "runs"
+    if (runs / text).is_dir():
+        return _checked(runs / text)
+    matches = sorted(p for p in runs.glob(f"*_{text}") if p.is_dir()) if runs.is_dir() and "/" not in text else []
+    if len(matches) == 1:
+        return _checked(matches[0])
+    raise DfqbenchError(f"no run {text!r} under '{runs}': give a run folder, a row of dfqbench.load_results, or "
+                        "a run id or run name with results=DIR")
+
+
+def _checked(path: Path) -> Path:
+    if not (path / "spec.json").is_file():
+        raise DfqbenchError(f"'{path}' is not a run folder (no spec.json)")
+    return path
+
+
+def _spec(path: Path) -> dict[str, Any]:
+    from dfqbench.store import RunFolder
+
+    try:
+        return json.loads(RunFolder(path).spec_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DfqbenchError(f"unreadable spec.json in '{path}' ({type(exc).__name__})") from None
+
+
+def load_metrics(run: RunRef, results: str | os.PathLike | None = None) -> "pd.DataFrame":
+    """The run's ``metrics.jsonl`` as a frame: one row per logged iteration (``type == "iter"``: every loss
+    term and diagnostic) and per epoch (``type == "epoch"``: top1, lr_q, lr_g, seconds), with ``step``, the
+    global iteration count the loggers use (iteration rows: epoch × iters_per_epoch + iter + 1; epoch rows:
+    the step of the epoch's last iteration)."""
+    import pandas as pd
+
+    from dfqbench.report.load import read_metrics
+
+    path = run_dir(run, results)
+    rows = read_metrics(path)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=["type", "epoch", "iter", "step"])
+    iters = int(_spec(path)["train"]["iters_per_epoch"])
+    iteration = frame["iter"] if "iter" in frame else pd.Series(float("nan"), index=frame.index)
+    frame["step"] = (frame["epoch"] * iters + iteration.fillna(iters - 1) + 1).astype("int64")
+    if "iter" in frame:
+        frame["iter"] = frame["iter"].astype("Int64")  # epoch rows have none
+    first = [c for c in ("type", "epoch", "iter", "step") if c in frame]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def load_student(run: RunRef, which: str = "best", results: str | os.PathLike | None = None,
+                 device: str = "cpu") -> "nn.Module":
+    """The run's fake-quantized student with its trained weights, BN statistics and activation ranges, in eval
+    mode with the ranges frozen: ``which="best"`` (the epoch of the record's ``best_top1``) or ``"final"``
+    (the last epoch). Its input is normalised as the teacher's (the spec's ``normalization``); :func:`evaluate`
+    does that."""
+    from dfqbench.core.snapshots import load_student_module, student_state
+    from dfqbench.store import RunFolder
+
+    path = run_dir(run, results)
+    state, _epoch = student_state(path, which, RunFolder(path).read_record())
+    return load_student_module(_spec(path), state).to(device)
+
+
+def evaluate(model: "nn.Module", run: RunRef, results: str | os.PathLike | None = None, *,
+             data_root: str | None = None, device: str = "cpu") -> float:
+    """Top-1 (percent) of ``model`` on the run's test set, normalised and subsetted as the run evaluated
+    (``train.eval_max_images``); ``data_root`` as ``dfqbench run --data-root`` (env ``DFQBENCH_DATA``)."""
+    from dfqbench.zoo import Evaluator, Normalization, load_test_set, model_info
+
+    spec = _spec(run_dir(run, results))
+    norm = spec["normalization"]
+    normalization = Normalization(tuple(norm["mean"]), tuple(norm["std"]), norm.get("name", "custom"))
+    test_set = load_test_set(model_info(spec["model"]), data_root)
+    evaluator = Evaluator(test_set, normalization, device=device, max_images=spec["train"].get("eval_max_images"))
+    model.eval()
+    return evaluator.evaluate(model.to(device))
+
+
+class SilentProgress(Progress):
+    """A progress sink that shows nothing (``progress=False``)."""
+
+    def message(self, text: str) -> None:
+        pass

@@ -1,0 +1,166 @@
+"""Experiment loggers (``--log tensorboard``, ``--log wandb``): what the trainer logs, also sent elsewhere.
+
+The trainer always writes ``metrics.jsonl`` (the results store); a logger receives the same values as they
+are logged: at every logged iteration every loss term (``g/…``, ``q/…``, window means) and diagnostic
+(``R_*``, ``delta_*``, ``balance_gap``, ``H_g``, ``H_q``, point values), and after every epoch its top-1 and
+learning rates under ``epoch/…``. The step is the global iteration count (1-based: epoch e, iteration i ↦
+e·iters_per_epoch + i + 1; an epoch's values at the step of its last iteration), so every tag shares one
+x-axis. At the end the record's accuracies go out as a summary.
+
+Loggers are optional extras (``pip install 'dfqbench[tensorboard]'`` / ``'dfqbench[wandb]'``); asking for
+one whose package is missing is a one-line error before anything is written. This module imports neither
+torch nor the loggers' packages at import time (the CLI checks ``--log`` before a cached dry run).
+
+- ``tensorboard``: event files in ``<run folder>/tensorboard/`` (``tensorboard --logdir results/runs``). A
+  resumed run purges the events logged after its checkpoint (``purge_step``), so no step appears twice.
+- ``wandb``: one W&B run per dfqbench run (name = the run name, config = the spec), its files under
+  ``<run folder>/wandb/``; ``WANDB_PROJECT`` (default ``dfqbench``), ``WANDB_MODE=offline`` and the other
+  ``WANDB_*`` variables apply. Its id is kept in ``<run folder>/wandb_id`` so that a resumed run continues
+  the same W&B run (points of an epoch re-run after a crash appear twice there).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from dfqbench.errors import DfqbenchError
+from dfqbench.registry import unknown_choice
+
+if TYPE_CHECKING:
+    from dfqbench.specs import RunSpec
+
+# name → (the package it needs, the extra that installs it)
+LOGGERS: dict[str, tuple[str, str]] = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+SUMMARY_KEYS = ("fp_top1", "calibrated_top1", "best_top1", "best_epoch", "final_top1", "wall_time_s")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_loggers(names: Iterable[str] | None) -> tuple[str, ...]:
+    """The requested logger names, each once, in order; an unknown name or a missing package is a one-line
+    :class:`DfqbenchError` naming the choices or the install command."""
+    if isinstance(names, str):
+        names = [names]
+    checked: list[str] = []
+    for name in names or ():
+        if not isinstance(name, str) or name not in LOGGERS:
+            raise DfqbenchError(unknown_choice("logger (--log)", name, list(LOGGERS)))
+        package, extra = LOGGERS[name]
+        if not _installed(package):
+            raise DfqbenchError(f"--log {name} needs the {package} package, which is not installed; "
+                                f"pip install 'dfqbench[{extra}]'")
+        if name not in checked:
+            checked.append(name)
+    return tuple(checked)
+
+
+class RunLogger:
+    """What a logger implements. ``first_step``: the step the run (re)starts after (0 for a fresh run)."""
+
+    def open(self, spec: "RunSpec", folder: Path, first_step: int) -> None:
+        raise NotImplementedError
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def close(self, summary: dict[str, Any] | None) -> None:
+        """``summary``: the accuracies of the finished run, or None when it stopped early (crash, Ctrl-C)."""
+        raise NotImplementedError
+
+
+class TensorBoardLogger(RunLogger):
+    """Scalars through ``torch.utils.tensorboard.SummaryWriter`` into ``<run folder>/tensorboard/``."""
+
+    def __init__(self) -> None:
+        self.writer: Any = None
+        self.last_step = 0
+
+    def open(self, spec: "RunSpec", folder: Path, first_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.last_step = first_step
+        # purge_step hides every event at or after it from earlier sessions: the part of an epoch that a
+        # crash cut short is re-run and logged again.
+        self.writer = SummaryWriter(log_dir=str(folder / "tensorboard"),
+                                    purge_step=first_step + 1 if first_step > 0 else None)
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+        self.last_step = step
+
+    def close(self, summary: dict[str, Any] | None) -> None:
+        if self.writer is None:
+            return
+        for key, value in (summary or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"summary/{key}", value, self.last_step)
+        self.writer.close()
+        self.writer = None
+
+
+class WandbLogger(RunLogger):
+    """A W&B run (``wandb.init`` in the run folder; offline with ``WANDB_MODE=offline``)."""
+
+    def __init__(self) -> None:
+        self.run: Any = None
+
+    def open(self, spec: "RunSpec", folder: Path, first_step: int) -> None:
+        import wandb
+
+        id_file = folder / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else None
+        if not run_id:
+            from dfqbench.store import atomic_write_bytes
+
+            run_id = secrets.token_hex(4)  # W&B ids: lowercase letters and digits
+            atomic_write_bytes(id_file, run_id.encode())
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "dfqbench", name=spec.run_name, id=run_id,
+                              resume="allow", dir=str(folder), config=json.loads(json.dumps(spec.to_dict())),
+                              group=f"{spec.method}_{spec.model}_{spec.bits}", reinit="create_new")
+        self.run.define_metric("iteration")
+        self.run.define_metric("*", step_metric="iteration")
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        self.run.log({**values, "iteration": step})
+
+    def close(self, summary: dict[str, Any] | None) -> None:
+        if self.run is None:
+            return
+        for key, value in (summary or {}).items():
+            self.run.summary[key] = value
+        self.run.finish(exit_code=0 if summary is not None else 1)
+        self.run = None
+
+
+_CLASSES: dict[str, type[RunLogger]] = {"tensorboard": TensorBoardLogger, "wandb": WandbLogger}
+
+
+class Loggers:
+    """The run's loggers as one: opened after a resume, closed once (also when training raises)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.loggers = [_CLASSES[name]() for name in check_loggers(names)]
+
+    def open(self, spec: "RunSpec", folder: Path, first_step: int) -> None:
+        for logger in self.loggers:
+            logger.open(spec, folder, first_step)
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        for logger in self.loggers:
+            logger.log(values, step)
+
+    def close(self, record: dict[str, Any] | None) -> None:
+        summary = None if record is None else {k: record[k] for k in SUMMARY_KEYS if record.get(k) is not None}
+        for logger in self.loggers:
+            logger.close(summary)
