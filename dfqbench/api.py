@@ -102,7 +102,7 @@ def run(method: str, model: str, bits: str, seed: int = 0, protocol: str = "pape
         results=None if results is None else str(results), device=device, log_every=log_every, engine=engine,
         log=log_names,
     )
-    return run_request(request, _progress(progress))
+    return run_request(request, _progress(progress)).to_dict()
 
 
 def _only_list(only: Mapping[str, Any] | Sequence[str] | None) -> list[str] | None:
@@ -278,7 +278,9 @@ def run_dir(run: RunRef, results: str | os.PathLike | None = None) -> Path:
     path = Path(text).expanduser()
     if path.is_dir():
         return _checked(path)
-    runs = results_root(results) / "runs"
+    from dfqbench.store import ResultsStore
+
+    runs = ResultsStore(results_root(results)).runs_dir
     if (runs / text).is_dir():
         return _checked(runs / text)
     matches = sorted(p for p in runs.glob(f"*_{text}") if p.is_dir()) if runs.is_dir() and "/" not in text else []
@@ -336,7 +338,8 @@ def load_student(run: RunRef, which: str = "best", results: str | os.PathLike | 
     from dfqbench.store import RunFolder
 
     path = run_dir(run, results)
-    state, _epoch = student_state(path, which, RunFolder(path).read_record())
+    stored = RunFolder(path).read_record()
+    state, _epoch = student_state(path, which, None if stored is None else stored.to_dict())
     return load_student_module(_spec(path), state).to(device)
 
 

@@ -32,6 +32,7 @@ from dfqbench.errors import DfqbenchError
 from dfqbench.registry import unknown_choice
 
 if TYPE_CHECKING:
+    from dfqbench.store import RunRecord
     from dfqbench.specs import RunSpec
 
 # name → (the package it needs, the extra that installs it)
@@ -160,7 +161,8 @@ class Loggers:
         for logger in self.loggers:
             logger.log(values, step)
 
-    def close(self, record: dict[str, Any] | None) -> None:
-        summary = None if record is None else {k: record[k] for k in SUMMARY_KEYS if record.get(k) is not None}
+    def close(self, record: "RunRecord | None") -> None:
+        values = None if record is None else record.to_dict()
+        summary = None if values is None else {k: values[k] for k in SUMMARY_KEYS if values.get(k) is not None}
         for logger in self.loggers:
             logger.close(summary)

@@ -99,13 +99,14 @@ def _run_rows(states: dict[str, RunState], ids: dict[str, str], jobs: dict[str, 
 def status_document(results: Path, grid: str | None = None) -> dict[str, Any]:
     """`dfqbench status --json`: per launched grid (and, without ``grid``, the runs of no grid) the counts per
     state and every run with its state, reason and Slurm job."""
+    store = ResultsStore(results)
     manifests = read_manifests(results, grid)
     grids = grid_runs(manifests)
     jobs = latest_jobs(manifests)
     out: list[dict[str, Any]] = []
     listed: set[str] = set()
     for name, runs in grids.items():
-        states = {run_name: run_state(results / "runs" / run_name) for run_name in runs.values()}
+        states = {run_name: run_state(store.run(run_name)) for run_name in runs.values()}
         listed.update(states)
         ids = {run_name: run_id for run_id, run_name in runs.items()}
         run_jobs = {runs[r]: j for r, j in jobs.items() if r in runs}
@@ -113,7 +114,7 @@ def status_document(results: Path, grid: str | None = None) -> dict[str, Any]:
         out.append({"grid": name, "runs": len(states), "counts": {s: counts[s] for s in RUN_STATES},
                     "run_states": _run_rows(states, ids, run_jobs)})
     if grid is None:
-        others = _unlaunched(results, listed)
+        others = _unlaunched(store, listed)
         if others:
             counts = Counter(s.state for s in others.values())
             out.append({"grid": None, "runs": len(others), "counts": {s: counts[s] for s in RUN_STATES},

@@ -63,8 +63,11 @@ def grid_selection(args: argparse.Namespace, root: Path) -> tuple[set[str], list
     from dfqbench.grid_index import grid_name, read_grid_index
     from dfqbench.report.load import Unfinished
 
+    from dfqbench.store import ResultsStore
+
+    store = ResultsStore(root)
     name = grid_name(args.grid)
-    cells = read_grid_index(root, name)
+    cells = read_grid_index(store, name)
     if cells is None:
         raise DfqbenchError(f"grid {name!r} was never launched into '{root}' (report --grid shows the runs its launches "
                             f"planned); run `dfqbench run --grid {args.grid} --results {root}`, or report without --grid")
@@ -79,7 +82,7 @@ def grid_selection(args: argparse.Namespace, root: Path) -> tuple[set[str], list
             unknown += cell.get("status") not in ("excluded", "unsupported", "invalid")
             continue
         run_ids.add(cell["run_id"])
-        folder = root / "runs" / cell["run_name"]
+        folder = store.run_dir(cell["run_name"])
         statuses["done" if (folder / "record.json").is_file() else "not finished"] += 1
         if not folder.exists() and isinstance(cell.get("spec"), dict):
             missing.append(Unfinished(folder, "pending", cell["spec"]))
