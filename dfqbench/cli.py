@@ -12,9 +12,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from dfqbench.errors import DfqbenchError
-from dfqbench.report.cli import add_report_parser, run_report
-from dfqbench.launch.cli import add_grid_arguments, add_status_parser, run_grid, run_status
+from dfqbench.errors import DfqbenchError  # everything else is imported inside main(), where Ctrl-C is caught
 
 OFFLINE_HELP = (
     "offline use: --weights FILE (or DFQBENCH_WEIGHTS) with --weights-norm imagenet|cifar10|… "
@@ -23,6 +21,9 @@ OFFLINE_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dfqbench.launch.cli import add_grid_arguments, add_status_parser
+    from dfqbench.report.cli import add_report_parser
+
     parser = argparse.ArgumentParser(prog="dfqbench", description="Data-free quantization benchmark harness.",
                                      epilog=OFFLINE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +65,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     check_engine(args.engine)
     if args.grid is not None:  # before the imports below: a dry run from the plan cache never imports torch
+        from dfqbench.launch.cli import run_grid
+
         return run_grid(args)
     from dfqbench.core.progress import make_progress
     from dfqbench.runner import RunRequest, run
@@ -132,12 +135,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from dfqbench.report.cli import run_report
+
+    return run_report(args)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from dfqbench.launch.cli import run_status
+
+    return run_status(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Ctrl-C at any point, imports included, is one line and exit status 130 (no traceback)."""
     try:
-        return {"run": _cmd_run, "list": _cmd_list, "report": run_report,
-                "status": run_status}[args.command](args)
+        args = build_parser().parse_args(argv)
+        return {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report,
+                "status": _cmd_status}[args.command](args)
     except DfqbenchError as exc:
         print(f"dfqbench: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)  # 2: bad input; a run that failed at run time (CUDA OOM) sets 1

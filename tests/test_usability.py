@@ -1,0 +1,155 @@
+"""Issue 13, usability: a teacher with non-finite weights, one weights file over a multi-model grid, model-name
+suggestions, Ctrl-C during imports, the run summary and progress output. Nothing here trains longer than the
+tiny run of tests/conftest.py."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfqbench.cli import main
+from dfqbench.zoo import build_model
+
+from conftest import TINY_OVERRIDES
+from test_cli import TINY_ARGS
+
+
+def _one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dfqbench: error:"), lines
+    return lines[0]
+
+
+def _save(model_name: str, path: Path, poison: str | None = None) -> Path:
+    state = build_model(model_name).state_dict()
+    if poison is not None:
+        state[poison].view(-1)[0] = float("nan")
+    torch.save(state, path)
+    return path
+
+
+# -- 1. the teacher's weights are finite ------------------------------------------------------------------------
+def test_teacher_with_nan_weights_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    weights = _save("tiny_cifar10", tmp_path / "nan.pth", poison="features.stage2.0.body.0.conv.weight")
+    code = main([*TINY_ARGS, "--weights", str(weights), "--results", str(tmp_path / "R"), *TINY_OVERRIDES])
+    line = _one_error_line(capsys)
+    assert code == 2
+    assert "nan.pth" in line and "'features.stage2.0.body.0.conv.weight' (1 of 1152 values NaN or infinite)" in line
+    assert "must be finite" in line
+    assert not (tmp_path / "R").exists()
+
+
+def test_grid_with_nan_teacher_does_not_start_and_writes_nothing(tmp_path, capsys):
+    weights = _save("tiny_cifar10", tmp_path / "nan.pth", poison="output.bias")
+    code = main(["run", "--grid", "smoke", "--device", "cpu", "--weights", str(weights),
+                 "--results", str(tmp_path / "R")])
+    line = _one_error_line(capsys)
+    assert code == 2 and "invalid cells" in line and "'output.bias'" in line and "non-finite" in line
+    assert not (tmp_path / "R" / "runs").exists()
+
+
+# -- 2. one weights file is one model's teacher -----------------------------------------------------------------
+def _two_model_grid(tmp_path: Path) -> Path:
+    path = tmp_path / "two.yaml"
+    path.write_text("name: two\nbase: {method: gdfq, bits: w4a4, protocol: quick, seed: 0}\n"
+                    "axes: {model: [resnet20_cifar10, resnet20_cifar100]}\n")
+    return path
+
+
+def test_env_weights_file_for_one_model_skips_the_other_models_cells(tmp_path, capsys, monkeypatch):
+    """The README's offline DFQBENCH_WEIGHTS=<resnet20 file> over a grid of two models: the other model's cells
+    are 'skip' in the dry run, with the reason, not pending; a launch makes no run folder for them."""
+    monkeypatch.setenv("DFQBENCH_PLAN_CACHE", "off")
+    monkeypatch.setenv("DFQBENCH_WEIGHTS", str(_save("resnet20_cifar10", tmp_path / "r20.pth")))
+    grid = str(_two_model_grid(tmp_path))
+    assert main(["run", "--grid", grid, "--dry-run", "--results", str(tmp_path / "R")]) == 0
+    out = capsys.readouterr().out
+    assert "cells: 2 = 1 runs + 1 skipped" in out and "runs: 1 pending" in out
+    assert "1 × no weights for resnet20_cifar100 (DFQBENCH_WEIGHTS 'r20.pth' is for resnet20_cifar10)" in out
+    assert [line.split()[-1] for line in out.splitlines() if line.startswith("resnet20_cifar1")] == ["1", "skip"]
+
+    code = main(["run", "--grid", grid, "--device", "cpu", "--only", "model=resnet20_cifar100",
+                 "--results", str(tmp_path / "R")])
+    out = capsys.readouterr().out
+    assert code == 0 and "nothing to run" in out and "1 cells skipped: no teacher weights" in out
+    assert not (tmp_path / "R" / "runs").exists()
+
+
+def test_weights_flag_that_fits_no_zoo_model_is_named_with_its_mismatch(tmp_path):
+    from dfqbench.zoo import single_file_misfit
+
+    odd = tmp_path / "odd.pth"
+    torch.save({"w": torch.zeros(3)}, odd)
+    reason = single_file_misfit("resnet20_cifar10", str(odd))
+    assert reason.startswith("no weights for resnet20_cifar10 (--weights 'odd.pth' does not fit it: ")
+    assert "unexpected keys (e.g. 'w')" in reason
+    tiny = _save("tiny_cifar10", tmp_path / "tiny.pth")
+    assert single_file_misfit("tiny_cifar10", str(tiny)) is None
+    assert single_file_misfit("resnet20_cifar10", str(tiny)).endswith("'tiny.pth' is for tiny_cifar10)")
+
+
+# -- 3. suggestions prefer the zoo's names ----------------------------------------------------------------------
+@pytest.mark.parametrize("typed, suggested", [
+    ("resnet20", "did you mean 'resnet20_cifar10' or 'resnet20_cifar100'?"),
+    ("mobilenetv2", "did you mean 'mobilenetv2_w1'?"),
+    ("resnt18", "did you mean 'resnet18'?"),
+    ("densenet4", "did you mean 'densenet201'?"),  # no zoo name is close: pytorchcv's
+])
+def test_model_suggestions_prefer_the_zoo(typed, suggested, tmp_path, capsys):
+    args = list(TINY_ARGS) + ["--results", str(tmp_path / "R")]
+    args[args.index("--model") + 1] = typed
+    assert main(args) == 2
+    line = _one_error_line(capsys)
+    assert f"unknown model {typed!r}; {suggested}" in line and "resnet200" not in line
+    assert not (tmp_path / "R").exists()
+
+
+# -- 6. Ctrl-C while importing ----------------------------------------------------------------------------------
+class _InterruptOnImport:
+    """A meta-path finder that raises KeyboardInterrupt when ``name`` is imported (Ctrl-C during the import)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == self.name:
+            raise KeyboardInterrupt
+        return None
+
+
+@pytest.fixture
+def interrupt_import(monkeypatch):
+    def arm(name: str) -> None:
+        for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+            monkeypatch.delitem(sys.modules, module)
+        monkeypatch.setattr(sys, "meta_path", [_InterruptOnImport(name), *sys.meta_path])
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
+    yield arm
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("module, args", [
+    ("dfqbench.launch.cli", ["run", "--grid", "smoke", "--dry-run"]),
+    ("dfqbench.runner", [*TINY_ARGS]),
+    ("dfqbench.report.cli", ["report", "--results", "nowhere"]),
+])
+def test_ctrl_c_while_the_cli_imports_is_one_line_exit_130(module, args, interrupt_import, capsys):
+    interrupt_import(module)
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dfqbench: interrupted; re-run the same command to resume from the last checkpoint"]
+
+
+def test_ctrl_c_while_a_worker_imports_is_one_line_exit_130(interrupt_import, capsys):
+    from dfqbench.launch import worker
+
+    interrupt_import("dfqbench.launch.task")
+    assert worker.main(["{}"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dfqbench worker: interrupted; the run resumes from its last checkpoint next time"]
