@@ -72,7 +72,7 @@ def teacher_for(request: RunRequest) -> Teacher:
             normalization = parse_normalization(norm_text)
         return Teacher({"source": "file", "sha256": file_sha256(path)}, dataclasses.asdict(normalization), str(path))
     if info.name == zoo_models.TINY_NAME:
-        return Teacher({"source": "builtin", "seed": 0}, dataclasses.asdict(normalization))
+        return Teacher(dict(zoo_models.tiny.TEACHER_ID), dataclasses.asdict(normalization))
     cached = _pytorchcv_file(info.name)
     if cached is None or not cached.is_file():
         return Teacher(None, dataclasses.asdict(normalization), None if cached is None else str(cached))

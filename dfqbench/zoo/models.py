@@ -338,7 +338,7 @@ def load_pretrained(
         if norm_text is not None:
             normalization = parse_normalization(norm_text)
     elif info.name == TINY_NAME:
-        model, teacher_id = tiny.build_tiny(seed=0), {"source": "builtin", "seed": 0}
+        model, teacher_id = tiny.build_tiny(seed=0), dict(tiny.TEACHER_ID)
     else:
         model, teacher_id = _download(info.name)
         _check_finite(model.state_dict(), f"pytorchcv ({teacher_id['file']})", info.name)
