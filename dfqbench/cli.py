@@ -68,36 +68,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from dfqbench.launch.cli import run_grid
 
         return run_grid(args)
-    from dfqbench.core.progress import make_progress
-    from dfqbench.runner import RunRequest, run
+    from dfqbench.core.progress import make_progress  # torch-free
 
     missing = [flag for flag in ("method", "model", "bits") if getattr(args, flag) is None]
     if missing:
         raise DfqbenchError(f"--{missing[0]} is required (or run a grid with --grid NAME|FILE)")
+    progress = make_progress(force_plain=args.plain)
+    progress.stage(f"preparing {args.method} {args.model} {args.bits} seed {args.seed or 0}: importing torch, "
+                   "checking the request")
+    from dfqbench.runner import RunRequest, run
+
     request = RunRequest(
         method=args.method, model=args.model, bits=args.bits, seed=args.seed or 0, protocol=args.protocol or "paper",
         overrides=list(args.overrides), weights=args.weights, weights_dir=args.weights_dir,
         weights_norm=args.weights_norm, data_root=args.data_root, results=args.results, device=args.device,
         log_every=args.log_every, engine=args.engine,
     )
-    progress = make_progress(force_plain=args.plain)
     record = run(request, progress)
-    progress.message(summarize(record))
+    progress.stop()
+    from dfqbench.store import ResultsStore
+
+    folder = ResultsStore(request.results).root / "runs" / record["run_name"]
+    print(summarize(record, request.overrides, folder.resolve() / "record.json"), flush=True)
     return 0
 
 
-def summarize(record: dict) -> str:
-    """A short, readable summary of a finished run's record."""
+def summarize(record: dict, overrides: Sequence[str] = (), path: object = None) -> str:
+    """A short, readable summary of a finished run's record: the overrides asked for, the numbers, and the
+    record's absolute path. The best epoch is shown as the record's 0-based index (``best_epoch``, as in
+    ``top1_per_epoch`` and metrics.jsonl) and as the 1-based count the progress lines use."""
     spec = record["spec"]
 
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     teacher = spec["teacher"].get("source", "?")
-    best_at = "" if record["best_epoch"] is None else f"(epoch {record['best_epoch'] + 1} of {record['epochs']})"
+    best = record["best_epoch"]
+    best_at = "" if best is None else f"(best_epoch {best}: epoch {best + 1} of {record['epochs']})"
     return "\n".join([
         f"{spec['method']} {spec['model']} {spec['bits']} seed {spec['seed']} ({spec['protocol']} protocol, "
         f"teacher from {teacher})",
+        *([f"  overrides             {' '.join(overrides)}"] if overrides else []),
         f"  FP teacher top-1      {pct(record['fp_top1'])}",
         f"  calibrated only       {pct(record['calibrated_top1'])}   (ranges calibrated, no fine-tuning)",
         f"  best over epochs      {pct(record['best_top1'])}   {best_at}",
@@ -105,7 +116,7 @@ def summarize(record: dict) -> str:
         *([f"  DIVERGED              {record['diverged']} (training stopped; best is over the epochs before)"]
           if record.get("diverged") else []),
         f"  wall time             {record['wall_time_s']:.0f} s on {record['device']}",
-        f"  record                {record['run_name']}/record.json",
+        f"  record                {path or record['run_name'] + '/record.json'}",
     ])
 
 

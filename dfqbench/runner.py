@@ -90,9 +90,12 @@ def resolve_settings(method_cls: type[Method], dataset: str, model: str, bits: s
     return sections["train"], sections["method"], sections["quant"]
 
 
-def prepare(request: RunRequest) -> "PreparedRun":
-    """Validate the request and build everything the trainer needs; writes nothing."""
+def prepare(request: RunRequest, progress: Progress | None = None) -> "PreparedRun":
+    """Validate the request and build everything the trainer needs; writes nothing (``progress`` is told the
+    slow stages: loading the teacher and the test set)."""
     from dfqbench.core.trainer import PreparedRun
+
+    stage = progress.stage if progress is not None else (lambda text: None)
 
     check_seed("seed", request.seed)
     method_cls = load_methods().get(request.method)
@@ -103,7 +106,9 @@ def prepare(request: RunRequest) -> "PreparedRun":
     )
     device = resolve_device(request.device)
     engine = resolve_engine(request.engine, device)
+    stage(f"loading the teacher {info.name}")
     loaded = load_pretrained(info.name, request.weights, request.weights_dir, request.weights_norm)
+    stage(f"loading the {info.dataset} test set")
     test_set = load_test_set(info, request.data_root)
     spec = RunSpec(
         method=method_cls.name, method_version=method_cls.version, model=info.name, dataset=info.dataset,
@@ -115,6 +120,7 @@ def prepare(request: RunRequest) -> "PreparedRun":
     for p in student.parameters():
         p.requires_grad_(True)
     evaluator = Evaluator(test_set, loaded.normalization, device=device, max_images=train["eval_max_images"])
+    stage(f"test set: {test_set.description}; evaluating on {evaluator.num_images} images")
     method = method_cls(method_cls.config_class(**method_config), info.num_classes, info.input_size, info.dataset)
     return PreparedRun(spec=spec, method=method, teacher=loaded.model, student=student, evaluate=evaluator.evaluate,
                        folder=ResultsStore(request.results).folder(spec), device=device, log_every=request.log_every,
@@ -142,13 +148,13 @@ def run(request: RunRequest, progress: Progress) -> dict[str, Any]:
     """Validate, skip if done, otherwise train (resuming from a checkpoint) and write the record."""
     from dfqbench.core.trainer import Trainer
 
-    prepared = prepare(request)
+    prepared = prepare(request, progress)
     folder = prepared.folder
     if folder.is_done():
         progress.message(f"already done: {folder.path}")
         return folder.read_record()
     folder.create(prepared.spec)
-    progress.message(f"run {prepared.spec.run_name} -> {folder.path}")
+    progress.message(f"run {prepared.spec.run_name} -> {folder.path.resolve()}")
     try:
         record = Trainer(prepared, progress).fit()
     except KeyboardInterrupt:

@@ -153,3 +153,95 @@ def test_ctrl_c_while_a_worker_imports_is_one_line_exit_130(interrupt_import, ca
     assert worker.main(["{}"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["dfqbench worker: interrupted; the run resumes from its last checkpoint next time"]
+
+
+# -- 4. progress: stages, timestamps, the last top-1, a steady ETA ----------------------------------------------
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_eta_counts_training_iterations_and_epoch_ends_separately_and_does_not_jump():
+    """1 s per iteration, 10 s per evaluation, a 30 s first iteration (compilation): the ETA is iterations
+    left × 1 s + epochs left × 10 s, the same just before and just after an evaluation (minus its 10 s)."""
+    from dfqbench.core.progress import EtaClock
+
+    clock = _FakeClock()
+    eta = EtaClock(clock, skip=2)
+    eta.start(epochs=4, iters=5, first_epoch=0)
+    history = []
+    for epoch in range(4):
+        for it in range(5):
+            clock.now += 30.0 if (epoch, it) == (0, 0) else 1.0
+            eta.iteration(epoch, it)
+            history.append(eta.remaining())
+        clock.now += 10.0  # evaluation + checkpoint
+        eta.end_epoch(epoch)
+        history.append(eta.remaining())
+    assert history[:2] == [None, None]  # nothing timed yet (first iterations skipped)
+    assert history[4] == 15 * 1.0 + 4 * 0.0  # epoch 0, iteration 4: 15 iterations left, no evaluation timed yet
+    assert history[5] == 15 * 1.0 + 3 * 10.0  # after the first evaluation: 15 iterations and 3 evaluations left
+    assert history[6] == 14 * 1.0 + 3 * 10.0  # the next iteration (its gap holds the evaluation) is not counted
+    assert [history[5 + 6 * k] for k in range(4)] == [45.0, 30.0, 15.0, 0.0]  # after each evaluation
+    assert [history[4 + 6 * k] for k in range(1, 4)] == [40.0, 25.0, 10.0]  # just before each: 10 s more (that evaluation)
+    assert eta.text() == "0:00:00"
+
+
+def test_plain_lines_have_timestamps():
+    import io
+    import re
+
+    from dfqbench.core.progress import Progress
+
+    stream = io.StringIO()
+    progress = Progress(stream)
+    progress.stage("loading the teacher x")
+    progress.start(2, 3, 0)
+    progress.end_epoch(0, 50.0, 50.0)
+    lines = stream.getvalue().splitlines()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d loading the teacher x", lines[0])
+    assert re.fullmatch(r"\d\d:\d\d:\d\d epoch 1/2 done: top-1 50\.00 \(best 50\.00\), ETA -:--:--", lines[1])
+
+
+def test_rich_bar_shows_the_last_top1_when_the_evaluation_finishes():
+    from dfqbench.core.progress import RichProgress
+
+    progress = RichProgress()
+    progress.start(epochs=2, iters=4, first_epoch=0)
+    try:
+        for it in range(4):
+            progress.iteration(0, it, {"q/loss": 1.5} if it == 3 else None)
+        assert progress.bar.tasks[0].fields["info"] == "q/loss=1.5 last top-1 -"
+        progress.end_epoch(0, 61.25, 61.25)
+        assert progress.bar.tasks[0].fields["info"] == "q/loss=1.5 last top-1 61.25"  # not at the next log window
+        assert progress.bar.tasks[0].fields["eta"] != "-:--:--"
+    finally:
+        progress.stop()
+
+
+# -- 4 and 5. a single run: its stages in order, then a summary with the overrides and the absolute record path --
+def test_single_run_prints_its_stages_and_a_summary_that_agrees_with_the_record(tmp_path, capsys, monkeypatch):
+    import json
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    code = main([*TINY_ARGS, "--results", "relative-results", *TINY_OVERRIDES, "quant.tracker=ema"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    stages = ["preparing gdfq tiny_cifar10 w4a4 seed 0", "loading the teacher tiny_cifar10", "loading the tiny test set",
+              "setting up the trainer", "evaluating the FP teacher", "epoch 1/3: training", "epoch 1/3 done",
+              "epoch 2/3: training", "epoch 3/3 done"]
+    found = [next(i for i, line in enumerate(out) if line[9:].startswith(s)) for s in stages]
+    assert found == sorted(found)
+    assert all(re.match(r"\d\d:\d\d:\d\d ", out[i]) for i in found)
+    (record_path,) = (tmp_path / "relative-results" / "runs").glob("*/record.json")
+    record = json.loads(record_path.read_text())
+    summary = out[out.index(next(line for line in out if line.startswith("gdfq tiny_cifar10 w4a4 seed 0"))):]
+    assert summary[1] == "  overrides             " + " ".join([*TINY_OVERRIDES, "quant.tracker=ema"])
+    assert summary[-1] == f"  record                {record_path.resolve()}"
+    best = record["best_epoch"]
+    assert f"(best_epoch {best}: epoch {best + 1} of 3)" in "\n".join(summary)
+    assert record["top1_per_epoch"][str(best)] == record["best_top1"]
