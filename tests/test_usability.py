@@ -4,6 +4,7 @@ tiny run of tests/conftest.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -245,3 +246,30 @@ def test_single_run_prints_its_stages_and_a_summary_that_agrees_with_the_record(
     best = record["best_epoch"]
     assert f"(best_epoch {best}: epoch {best + 1} of 3)" in "\n".join(summary)
     assert record["top1_per_epoch"][str(best)] == record["best_top1"]
+
+
+# -- 7. the tiny model separates bit-widths and methods ---------------------------------------------------------
+def test_smoke_cells_and_methods_on_the_tiny_model_score_differently(tmp_path):
+    """The smoke grid's settings (its base, from the grid file) at W4A4 and W3A3, and three methods at W4A4: every
+    run's (calibrated, best, final) top-1 differs from every other's; the teacher itself is at 89.45 %."""
+    from dfqbench.core.progress import Progress
+    from dfqbench.launch.grid import load_grid
+    from dfqbench.launch.plan import LaunchOptions, plan_grid
+    from dfqbench.runner import run
+
+    class Quiet(Progress):
+        def message(self, text: str) -> None:
+            pass
+
+    plan = plan_grid(load_grid("smoke"), LaunchOptions(results=tmp_path, device="cpu"), seeds=[0])
+    requests = {c.cell.bits: c.request for c in plan.to_launch()}
+    assert sorted(requests) == ["w3a3", "w4a4"] and "quant.tracker=ema" in requests["w4a4"].overrides
+    scores = {}
+    for name, request in [("gdfq w4a4", requests["w4a4"]), ("gdfq w3a3", requests["w3a3"])]:
+        scores[name] = run(request, Quiet())
+    for method in ("qimera", "adasg"):
+        scores[f"{method} w4a4"] = run(dataclasses.replace(requests["w4a4"], method=method), Quiet())
+    assert {r["fp_top1"] for r in scores.values()} == {100 * 229 / 256}
+    triples = {name: (r["calibrated_top1"], r["best_top1"], r["final_top1"]) for name, r in scores.items()}
+    assert len(set(triples.values())) == len(triples), triples
+    assert triples["gdfq w4a4"][0] > triples["gdfq w3a3"][0]  # fewer bits, lower calibrated accuracy
