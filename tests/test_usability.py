@@ -264,12 +264,14 @@ def test_smoke_cells_and_methods_on_the_tiny_model_score_differently(tmp_path):
     plan = plan_grid(load_grid("smoke"), LaunchOptions(results=tmp_path, device="cpu"), seeds=[0])
     requests = {c.cell.bits: c.request for c in plan.to_launch()}
     assert sorted(requests) == ["w3a3", "w4a4"] and "quant.tracker=ema" in requests["w4a4"].overrides
+    threads = torch.get_num_threads()
     scores = {}
     for name, request in [("gdfq w4a4", requests["w4a4"]), ("gdfq w3a3", requests["w3a3"])]:
         scores[name] = run(request, Quiet())
     for method in ("qimera", "adasg"):
         scores[f"{method} w4a4"] = run(dataclasses.replace(requests["w4a4"], method=method), Quiet())
     assert {r["fp_top1"] for r in scores.values()} == {100 * 229 / 256}
+    assert {r["device"] for r in scores.values()} == {"cpu (1 threads)"} and torch.get_num_threads() == threads
     triples = {name: (r["calibrated_top1"], r["best_top1"], r["final_top1"]) for name, r in scores.items()}
     assert len(set(triples.values())) == len(triples), triples
     assert triples["gdfq w4a4"][0] > triples["gdfq w3a3"][0]  # fewer bits, lower calibrated accuracy

@@ -258,16 +258,19 @@ def _meta_state(name: str) -> dict[str, torch.Tensor]:
 
 
 @functools.lru_cache(maxsize=16)
-def _file_fit(path: str, size: int, mtime_ns: int, name: str) -> tuple[str | None, str | None]:
-    """(why the file does not fit ``name``, the zoo model it fits instead) or (None, None); reads it once.
-    Raises DfqbenchError for an unreadable file or non-finite weights (no model could use it)."""
-    state = _read_state(Path(path), name)
-    _check_finite(state, f"'{path}'", name)
+def _file_fit(path: str, size: int, mtime_ns: int, name: str) -> tuple[str | None, str | None, str | None]:
+    """(why the file does not fit ``name``, the zoo model it fits instead, why no model can use it: unreadable
+    or non-finite), each None when not the case; reads the file once per (path, size, mtime, model)."""
+    try:
+        state = _read_state(Path(path), name)
+        _check_finite(state, f"'{path}'", name)
+    except DfqbenchError as exc:
+        return None, None, str(exc)
     reason = _misfit(state, _meta_state(name))
     if reason is None:
-        return None, None
+        return None, None, None
     fits = next((m for m in KNOWN_MODELS if m != name and _misfit(state, _meta_state(m)) is None), None)
-    return reason, fits
+    return reason, fits, None
 
 
 def single_file_misfit(name: str, weights: str | None) -> str | None:
@@ -291,7 +294,9 @@ def single_file_misfit(name: str, weights: str | None) -> str | None:
         stat = path.stat()
     except OSError:
         return None  # missing: resolve_weights_file says so, as an invalid cell
-    reason, fits = _file_fit(str(path.resolve()), stat.st_size, stat.st_mtime_ns, info.name)
+    reason, fits, unusable = _file_fit(str(path.resolve()), stat.st_size, stat.st_mtime_ns, info.name)
+    if unusable:
+        raise DfqbenchError(unusable)
     if reason is None:
         return None
     owner = f"is for {fits}" if fits else f"does not fit it: {reason}"
