@@ -155,10 +155,7 @@ def run(request: RunRequest, progress: Progress) -> dict[str, Any]:
         return folder.read_record()
     folder.create(prepared.spec)
     progress.message(f"run {prepared.spec.run_name} -> {folder.path.resolve()}")
-    threads = torch.get_num_threads()
     try:
-        if prepared.spec.dataset == "tiny" and prepared.device.type == "cpu":
-            torch.set_num_threads(1)  # 8x8 tensors: intra-op threads only add synchronisation (20x slower under load)
         record = Trainer(prepared, progress).fit()
     except KeyboardInterrupt:
         raise
@@ -170,7 +167,5 @@ def run(request: RunRequest, progress: Progress) -> dict[str, Any]:
     except BaseException as exc:
         folder.write_error(exc)
         raise
-    finally:
-        torch.set_num_threads(threads)
     folder.write_record(record)
     return record
