@@ -8,7 +8,7 @@ The task: 10 classes of 8×8 RGB images, each class a smooth colour pattern (a s
 bilinearly upsampled) plus Gaussian pixel noise (std ``NOISE``). The teacher is fitted to it in closed form
 at build time, with no gradient training: seeded convolution weights, BN running statistics measured on
 ``FIT_IMAGES`` task images, and the classifier set by linear discriminant analysis on the pooled features
-(class means and a shared, ridge-regularised covariance). Its test set is ``TEST_IMAGES`` further task
+(class means and a shared, ridge-regularised covariance), its logits temperature-scaled. Its test set is ``TEST_IMAGES`` further task
 images with their true classes, so the FP top-1 is below 100 % and the quantized student's depends on the
 bit-width and on the method (unlike a network labelling random inputs with its own predictions, whose
 logit margins are so thin that any 3- or 4-bit student predicts one class). Everything is a function of the
@@ -105,9 +105,12 @@ def _fitted_state(seed: int, num_classes: int) -> dict[str, torch.Tensor]:
             net(_normalize(images))  # BN running statistics of the task's images
             net.eval()
             feats = net.features(_normalize(images)).flatten(1)
+            _scale_last_stage(net, 1.0 / float(feats.std(0).mean()))  # pooled features of unit spread
+            feats = net.features(_normalize(images)).flatten(1)
             weight, bias = _lda(feats, labels, num_classes)
-            net.output.weight.copy_(weight)
-            net.output.bias.copy_(bias)
+            scale = _temperature(feats @ weight.T + bias, labels)
+            net.output.weight.copy_(weight * scale)
+            net.output.bias.copy_(bias * scale)
         for module in net.modules():  # back to PyTorch's default, as in pytorchcv's models: a student whose BN
             if isinstance(module, nn.BatchNorm2d):  # trains (ZAQ) then updates its statistics without a host sync
                 module.momentum = 0.1
@@ -115,6 +118,15 @@ def _fitted_state(seed: int, num_classes: int) -> dict[str, torch.Tensor]:
     finally:
         torch.set_num_threads(threads)
         torch.set_rng_state(rng_state)
+
+
+def _scale_last_stage(net: TinyNet, factor: float) -> None:
+    """Multiply the last unit's output by ``factor`` > 0 through its two BNs' affine parameters (the ReLU after
+    their sum commutes with a positive factor), so the classifier's weights need not make up for a small scale."""
+    unit = net.features.stage2[-1]
+    for bn in (unit.body[-1].bn, unit.identity_conv[1]):
+        bn.weight.mul_(factor)
+        bn.bias.mul_(factor)
 
 
 def _lda(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,6 +137,15 @@ def _lda(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[t
     cov += _RIDGE * cov.diagonal().mean() * torch.eye(len(cov))
     weight = torch.linalg.solve(cov, means.T).T
     return weight, -0.5 * (weight * means).sum(1)
+
+
+def _temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature scaling: the factor on the logits with the least cross-entropy on the fit set (a fixed grid of
+    2^-8 … 2^2). LDA's logits are overconfident (up to ~190); scaled, they are the size of a trained net's,
+    so the student's KD gradients are too, and the predictions (hence the FP top-1) stay the same."""
+    grid = [2.0 ** (k / 4) for k in range(-32, 9)]
+    losses = [float(torch.nn.functional.cross_entropy(logits * s, labels)) for s in grid]
+    return grid[losses.index(min(losses))]
 
 
 def tiny_test_set(n: int = TEST_IMAGES, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
