@@ -12,9 +12,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Sequence
 
-from dfqbench.errors import DfqbenchError
-from dfqbench.report.cli import add_report_parser, run_report
-from dfqbench.launch.cli import add_grid_arguments, add_status_parser, run_grid, run_status
+from dfqbench.errors import DfqbenchError  # everything else is imported inside main(), where Ctrl-C is caught
 
 if TYPE_CHECKING:
     from dfqbench.store import RunRecord
@@ -26,6 +24,9 @@ OFFLINE_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dfqbench.launch.cli import add_grid_arguments, add_status_parser
+    from dfqbench.report.cli import add_report_parser
+
     parser = argparse.ArgumentParser(prog="dfqbench", description="Data-free quantization benchmark harness.",
                                      epilog=OFFLINE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,9 +86,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.restart:
             raise DfqbenchError("--restart is for single runs, not with --grid; to start a grid run from scratch, "
                                 "delete its folder (named in the error) and run the grid again")
+        from dfqbench.launch.cli import run_grid
+
         return run_grid(args)
-    from dfqbench.core.progress import make_progress
-    from dfqbench.runner import RunRequest, run
+    from dfqbench.core.progress import make_progress  # torch-free
 
     if args.json:
         raise DfqbenchError("--json prints a grid's dry-run plan (run --grid NAME --dry-run --json); a single run "
@@ -95,30 +97,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
     missing = [flag for flag in ("method", "model", "bits") if getattr(args, flag) is None]
     if missing:
         raise DfqbenchError(f"--{missing[0]} is required (or run a grid with --grid NAME|FILE)")
+    progress = make_progress(force_plain=args.plain)
+    progress.stage(f"preparing {args.method} {args.model} {args.bits} seed {args.seed or 0}: importing torch, "
+                   "checking the request")
+    from dfqbench.runner import RunRequest, run
+
     request = RunRequest(
         method=args.method, model=args.model, bits=args.bits, seed=args.seed or 0, protocol=args.protocol or "paper",
         overrides=list(args.overrides), weights=args.weights, weights_dir=args.weights_dir,
         weights_norm=args.weights_norm, data_root=args.data_root, results=args.results, device=args.device,
         log_every=args.log_every, engine=args.engine, log=list(args.log),
     )
-    progress = make_progress(force_plain=args.plain)
     record = run(request, progress, restart=args.restart)
-    progress.message(summarize(record))
+    progress.stop()
+    print(summarize(record, request.overrides, record_path(request, record)), flush=True)
     return 0
 
 
-def summarize(record: "RunRecord") -> str:
-    """A short, readable summary of a finished run's record."""
+def record_path(request, record: "RunRecord"):
+    """The absolute path of the run's record.json."""
+    from dfqbench.store import ResultsStore
+
+    return ResultsStore(request.results).run(record.run_name).record_path.resolve()
+
+
+def summarize(record: "RunRecord", overrides: Sequence[str] = (), path: object = None) -> str:
+    """A short, readable summary of a finished run's record: the overrides asked for, the numbers, and the
+    record's absolute path. The best epoch is shown as the record's 0-based index (``best_epoch``, as in
+    ``top1_per_epoch`` and metrics.jsonl) and as the 1-based count the progress lines use."""
     spec = record.spec
 
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     teacher = spec["teacher"].get("source", "?")
-    best_at = "" if record.best_epoch is None else f"(epoch {record.best_epoch + 1} of {record.epochs})"
+    best = record.best_epoch
+    best_at = "" if best is None else f"(best_epoch {best}: epoch {best + 1} of {record.epochs})"
     return "\n".join([
         f"{spec['method']} {spec['model']} {spec['bits']} seed {spec['seed']} ({spec['protocol']} protocol, "
         f"teacher from {teacher})",
+        *([f"  overrides             {' '.join(overrides)}"] if overrides else []),
         f"  FP teacher top-1      {pct(record.fp_top1)}",
         f"  calibrated only       {pct(record.calibrated_top1)}   (ranges calibrated, no fine-tuning)",
         f"  best over epochs      {pct(record.best_top1)}   {best_at}",
@@ -126,7 +144,7 @@ def summarize(record: "RunRecord") -> str:
         *([f"  DIVERGED              {record.diverged} (training stopped; best is over the epochs before)"]
           if record.diverged else []),
         f"  wall time             {record.wall_time_s or 0:.0f} s on {record.device}",
-        f"  record                {record.run_name}/record.json",
+        f"  record                {path or f'{record.run_name}/record.json'}",
     ])
 
 
@@ -177,12 +195,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from dfqbench.report.cli import run_report
+
+    return run_report(args)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from dfqbench.launch.cli import run_status
+
+    return run_status(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Ctrl-C at any point, imports included, is one line and exit status 130 (no traceback)."""
     try:
-        return {"run": _cmd_run, "list": _cmd_list, "report": run_report,
-                "status": run_status}[args.command](args)
+        args = build_parser().parse_args(argv)
+        return {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report,
+                "status": _cmd_status}[args.command](args)
     except DfqbenchError as exc:
         print(f"dfqbench: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)  # 2: bad input; a run that failed at run time (CUDA OOM) sets 1

@@ -134,9 +134,12 @@ def predict_spec(request: RunRequest) -> RunSpec | None:
                       teacher_identity(request.model, request.weights, request.weights_dir, request.weights_norm))
 
 
-def prepare(request: RunRequest) -> "PreparedRun":
-    """Validate the request and build everything the trainer needs; writes nothing."""
+def prepare(request: RunRequest, progress: Progress | None = None) -> "PreparedRun":
+    """Validate the request and build everything the trainer needs; writes nothing (``progress`` is told the
+    slow stages: loading the teacher and the test set)."""
     from dfqbench.core.trainer import PreparedRun
+
+    stage = progress.stage if progress is not None else (lambda text: None)
 
     check_seed("seed", request.seed)
     store = ResultsStore(request.results)
@@ -147,7 +150,9 @@ def prepare(request: RunRequest) -> "PreparedRun":
     settings = request_settings(method_cls, request)
     device = resolve_device(request.device)
     engine = resolve_engine(request.engine, device)
+    stage(f"loading the teacher {info.name}")
     loaded = load_pretrained(info.name, request.weights, request.weights_dir, request.weights_norm)
+    stage(f"loading the {info.dataset} test set")
     test_set = load_test_set(info, request.data_root)
     spec = build_spec(method_cls, request, settings, Teacher(loaded.teacher_id, loaded.normalization))
     assert spec is not None  # a loaded teacher always has an identity
@@ -157,6 +162,7 @@ def prepare(request: RunRequest) -> "PreparedRun":
     for p in student.parameters():
         p.requires_grad_(True)
     evaluator = Evaluator(test_set, loaded.normalization, device=device, max_images=train["eval_max_images"])
+    stage(f"test set: {test_set.description}; evaluating on {evaluator.num_images} images")
     method = method_cls(method_cls.config_class(**method_config), info.num_classes, info.input_size, info.dataset)
     return PreparedRun(spec=spec, method=method, teacher=loaded.model, student=student, evaluate=evaluator.evaluate,
                        folder=store.folder(spec), device=device, log_every=request.log_every,
@@ -183,7 +189,7 @@ def out_of_memory_message(device: torch.device, exc: BaseException) -> str:
 def run(request: RunRequest, progress: Progress, restart: bool = False, leased: bool = False) -> RunRecord:
     """Validate, skip if done (unless ``restart``), otherwise train under the run's lease (resuming from a
     checkpoint; with ``restart`` from scratch) and write the record. ``leased``: the caller holds the lease."""
-    prepared = prepare(request)
+    prepared = prepare(request, progress)
     folder = prepared.folder
     if not restart:
         record = folder.read_record()  # an unreadable record.json: one line naming it and --restart
@@ -219,7 +225,7 @@ def _train(prepared: "PreparedRun", progress: Progress, restart: bool) -> RunRec
             folder.clear()
         folder.remove_stale_tmp()
         folder.create(prepared.spec)
-        progress.message(f"run {prepared.spec.run_name} -> {folder.path}")
+        progress.message(f"run {prepared.spec.run_name} -> {folder.path.resolve()}")
         record = Trainer(prepared, progress).fit()
         folder.write_record(record)
     except KeyboardInterrupt:

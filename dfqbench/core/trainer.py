@@ -106,6 +106,7 @@ class Trainer:
     def __init__(self, run: PreparedRun, progress: Progress) -> None:
         self.run = run
         self.progress = progress
+        progress.stage(f"setting up the trainer on {run.device} ({run.engine} engine): student, generator, optimisers")
         self.cfg = TrainConfig(**run.spec.train)
         self.method = run.method
         self.device = run.device
@@ -173,6 +174,17 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> RunRecord:
+        """Train to the end (or resume) and return the record. A tiny-model run on the CPU trains on one thread
+        (restored after): on 8×8 tensors intra-op threads only add synchronisation, 25-50× slower under load."""
+        threads = torch.get_num_threads()
+        if self.run.spec.dataset == "tiny" and self.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            return self._fit_with_loggers()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit_with_loggers(self) -> RunRecord:
         started = time.perf_counter()
         self._resume()
         record = None
@@ -190,15 +202,18 @@ class Trainer:
         # The method's setup (ZeroQ's distillation) is part of the run's cost; it runs again in each session.
         self.state["elapsed_s"] += self.setup_seconds
         if self.state["fp_top1"] is None:
+            self.progress.stage("evaluating the FP teacher")
             self.state["fp_top1"] = self.run.evaluate(self.teacher)
             self.progress.message(f"FP teacher top-1: {self.state['fp_top1']:.2f}")
         if self.cfg.warmup_epochs == 0 and self.start_epoch == 0 and self.state["calibrated_top1"] is None:
+            self.progress.stage("calibrating: activation ranges from one generated batch, then evaluating Q")
             self.state["calibrated_top1"] = self._calibrate_on_generated_batch()
             self.progress.message(f"calibrated top-1 (pretrained weights, ranges from one generated batch): "
                                   f"{self.state['calibrated_top1']:.2f}")
         self.progress.start(self.cfg.epochs, self.cfg.iters_per_epoch, self.start_epoch)
         for epoch in range(self.start_epoch, self.cfg.epochs):
             epoch_started = time.perf_counter()
+            self.progress.start_epoch(epoch)
             try:
                 self._train_epoch(epoch)
             except RunDiverged as exc:

@@ -167,6 +167,9 @@ def _launch(plan, args: argparse.Namespace) -> int:
         print(f"  {counts['failed']} failed runs are not retried (--retry-failed retries them)")
     if counts["unsupported"]:
         print(f"  {counts['unsupported']} cells skipped as unsupported by their method (reasons: --dry-run)")
+    if counts["skipped"]:
+        first = next(c for c in plan.cells if c.status == "skipped")
+        print(f"  {counts['skipped']} cells skipped: no teacher weights (e.g. {first.reason}; reasons: --dry-run)")
     if not todo:
         print("nothing to run")
         return 0

@@ -89,7 +89,8 @@ def run_local(tasks: list[GridTask], jobs: int, device: str, out: TextIO | None 
     (a Slurm array task running several runs uses both: :class:`dfqbench.launch.task.SlurmTaskGroup`).
     """
     out = out or sys.stdout
-    say: Callable[[str], None] = lambda text: print(text, file=out, flush=True)  # noqa: E731
+    say: Callable[[str], None] = lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", file=out,  # noqa: E731
+                                                    flush=True)  # timestamped, as the workers' plain lines
     gpus = visible_gpus() if device in ("auto", "cuda") else []
     plain = jobs > 1 or not sys.stdout.isatty()
     result = LocalResult()

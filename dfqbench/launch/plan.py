@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from dfqbench.zoo.identity import Teacher
     from dfqbench.store import RunRecord
 
-CELL_ONLY_STATES = ("excluded", "unsupported", "invalid")
+CELL_ONLY_STATES = ("excluded", "unsupported", "skipped", "invalid")  # skipped: no teacher weights for the model
 
 
 @dataclass
@@ -230,7 +230,7 @@ def decide(cell: Cell, options: LaunchOptions, registry, teachers: dict) -> tupl
     """One cell's decision, with the run request and spec a launch needs (None where there is no run)."""
     from dfqbench.quant import parse_bits
     from dfqbench.runner import build_spec, request_settings
-    from dfqbench.zoo import model_info
+    from dfqbench.zoo import model_info, single_file_misfit
     from dfqbench.zoo.identity import teacher_identity
 
     if cell.excluded:
@@ -244,6 +244,9 @@ def decide(cell: Cell, options: LaunchOptions, registry, teachers: dict) -> tupl
         if reason:
             return Decision("unsupported", f"{cell.method} does not support {info.name} at {cell.bits}: {reason}"), \
                 request, None
+        misfit = single_file_misfit(info.name, request.weights)  # one weights file is one model's teacher
+        if misfit:
+            return Decision("skipped", misfit), request, None
         settings = request_settings(method_cls, request)
         if info.name not in teachers:
             try:

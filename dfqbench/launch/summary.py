@@ -2,7 +2,8 @@
 
 The matrix has one row per combination of the varying keys other than method and seed and one column
 per method; an entry is the number of runs (``d/n`` once some are done), ``-`` for cells the grid
-excludes, ``n/a`` for cells the method does not support and ``!`` for invalid cells.
+excludes, ``n/a`` for cells the method does not support, ``skip`` for cells without teacher weights (a single
+weights file set for another model) and ``!`` for invalid cells.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _entry(cells: list[PlannedCell]) -> str:
         text = f"{done}/{len(runs)}" if done else str(len(runs))
         return text + ("!" * bool(failed))
     status = cells[0].status
-    return {"excluded": "-", "unsupported": "n/a", "invalid": "!"}.get(status, "?")
+    return {"excluded": "-", "unsupported": "n/a", "skipped": "skip", "invalid": "!"}.get(status, "?")
 
 
 def _reasons(cells: list[PlannedCell]) -> list[str]:
@@ -81,7 +82,8 @@ def describe(plan: Plan, retry_failed: bool = False) -> str:
     shown = ", ".join(f"{k} ×{n}" for k, n in varying(plan).items())
     lines.append(f"varying: {shown or 'nothing'}")
     n_runs = len(plan.runs())
-    parts = [f"{n_runs} runs"] + [f"{counts[s]} {s}" for s in ("excluded", "unsupported", "invalid") if counts[s]]
+    parts = [f"{n_runs} runs"] + [f"{counts[s]} {s}" for s in ("excluded", "unsupported", "skipped", "invalid")
+                                  if counts[s]]
     if counts["duplicate"]:
         parts.append(f"{counts['duplicate']} duplicates of another cell's run")
     lines.append(f"cells: {len(plan.cells)} = " + " + ".join(parts)
@@ -93,6 +95,7 @@ def describe(plan: Plan, retry_failed: bool = False) -> str:
     todo = plan.to_launch(retry_failed)
     lines.append(f"to run: {len(todo)} runs, estimated {plan.estimate(todo).text()}")
     for status, title in (("excluded", "excluded by the grid"), ("unsupported", "unsupported by the method"),
+                          ("skipped", "skipped: no teacher weights (no run folder is made for them)"),
                           ("invalid", "invalid (the grid will not start until these are fixed or filtered out "
                                       "with --only)")):
         cells = [c for c in plan.cells if c.status == status]

@@ -16,8 +16,7 @@ import os
 import signal
 import sys
 
-from dfqbench.core.progress import make_progress
-from dfqbench.launch.task import EXIT_CODES, GridTask
+INTERRUPTED = 130  # EXIT_CODES["interrupted"]; the heavy imports (torch) come after the handlers, inside main()
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -29,9 +28,21 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Run the task; Ctrl-C at any point, while importing torch too, ends with one line and status 130."""
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("dfqbench worker: interrupted; the run resumes from its last checkpoint next time", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
+    from dfqbench.core.progress import make_progress
+    from dfqbench.launch.task import EXIT_CODES, GridTask
+
     task = GridTask.from_json(argv[0])
     plain = os.environ.get("DFQBENCH_WORKER_PLAIN", "1") == "1"
     job_id = os.environ.get("DFQBENCH_WORKER_JOB_ID") or f"local-{os.getpid()}"
@@ -39,7 +50,7 @@ def main(argv: list[str]) -> int:
     try:
         outcome = task.execute(job_id, executor, progress=make_progress(force_plain=plain))
     except KeyboardInterrupt:
-        return EXIT_CODES["interrupted"]
+        return EXIT_CODES["interrupted"]  # the task cleaned up (lease, attempts); nothing more to say
     if outcome.reason:
         print(f"dfqbench worker: {task.spec.run_name}: {outcome.status}: {outcome.reason}", file=sys.stderr)
     return EXIT_CODES[outcome.status]

@@ -9,6 +9,7 @@ from dfqbench.zoo.models import (
     load_pretrained,
     model_info,
     resolve_weights_file,
+    single_file_misfit,
 )
 from dfqbench.zoo.normalization import NORMALIZATIONS, Normalization, parse_normalization
 
@@ -27,4 +28,5 @@ __all__ = [
     "model_info",
     "parse_normalization",
     "resolve_weights_file",
+    "single_file_misfit",
 ]

@@ -5,7 +5,7 @@ One function, :func:`teacher_identity`, is used both when a run loads its teache
 the two can never disagree. The identity is
 
 * ``{"source": "file", "sha256": …}`` for a local weights file (``--weights``/``--weights-dir`` or env);
-* ``{"source": "builtin", "seed": 0}`` for the tiny test model's built-in weights;
+* ``tiny.TEACHER_ID`` for the tiny test model's built-in weights (fitted at build time);
 * ``{"source": "pytorchcv", "pytorchcv": <version>, "file": …, "sha256": …}`` for pytorchcv's download,
   or None while that file is not downloaded yet (its hash is unknown until it is).
 
@@ -78,7 +78,7 @@ def teacher_identity(model: str, weights: str | None = None, weights_dir: str | 
             normalization = parse_normalization(norm_text)
         return Teacher({"source": "file", "sha256": file_sha256(path)}, normalization, str(path))
     if info.name == zoo_models.TINY_NAME:
-        return Teacher({"source": "builtin", "seed": 0}, normalization)
+        return Teacher(dict(zoo_models.tiny.TEACHER_ID), normalization)
     cached = pytorchcv_file(info.name)
     if cached is None or not cached.is_file():
         return Teacher(None, normalization, None if cached is None else str(cached))

@@ -88,8 +88,8 @@ def model_info(name: str) -> ModelInfo:
     if key in KNOWN_MODELS:
         return KNOWN_MODELS[key]
     if key not in _pytorchcv_names():
-        close = difflib.get_close_matches(key, sorted(_pytorchcv_names() | set(KNOWN_MODELS)), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ";"
+        close = suggest_models(key)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ";"
         raise DfqbenchError(
             f"unknown model {name!r}{hint} choices: {', '.join(sorted(KNOWN_MODELS))}, "
             "or any pytorchcv model name (see pytorchcv.model_provider._models)"
@@ -108,6 +108,19 @@ def model_info(name: str) -> ModelInfo:
     size = int(meta["img_size"]) if meta.get("img_size", "NA") != "NA" else 224
     scale = float(meta["img_scale"]) if meta.get("img_scale", "NA") != "NA" else 0.875
     return ModelInfo(key, "imagenet", 1000, size, _IMAGENET, scale)
+
+
+def suggest_models(key: str, limit: int = 2) -> list[str]:
+    """Names to suggest for an unknown model: the zoo's own names first (those starting with ``key``, then
+    those containing it), then the closest spelling among all names, a zoo name winning near-ties; so
+    ``resnet20`` suggests ``resnet20_cifar10`` rather than pytorchcv's ``resnet200``."""
+    zoo = list(KNOWN_MODELS)
+    for found in ([n for n in zoo if n.startswith(key)], [n for n in zoo if key and key in n]):
+        if found:
+            return found[:limit]
+    close = difflib.get_close_matches(key, sorted(_pytorchcv_names() | set(zoo)), n=8)
+    score = lambda n: difflib.SequenceMatcher(None, key, n).ratio() + (0.05 if n in zoo else 0.0)  # noqa: E731
+    return sorted(close, key=score, reverse=True)[:1]
 
 
 def build_model(name: str) -> nn.Module:
@@ -173,8 +186,8 @@ def _find_in_folder(name: str, folder: Path, origin: str) -> Path:
     )
 
 
-def _load_file(model: nn.Module, path: Path, name: str) -> None:
-    """Load a state_dict file (plain, or under "state_dict", "module." stripped) with strict=True."""
+def _read_state(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """A state_dict file's tensors (plain, or under "state_dict"; "module." stripped), read with weights_only."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors, truncated zips, full pickled modules ...
@@ -184,18 +197,101 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DfqbenchError(f"weights file '{path}' does not hold a state_dict of tensors for model {name!r}")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    own = model.state_dict()
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _misfit(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str | None:
+    """Why ``state`` does not load into a model whose state_dict is ``own`` (keys and shapes), or None."""
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or extra or shapes:
-        parts = [f"{len(missing)} missing keys (e.g. {missing[0]!r})" if missing else "",
-                 f"{len(extra)} unexpected keys (e.g. {extra[0]!r})" if extra else "",
-                 f"{len(shapes)} shape mismatches (e.g. {shapes[0]!r}: file {list(state[shapes[0]].shape)} "
-                 f"vs model {list(own[shapes[0]].shape)})" if shapes else ""]
-        raise DfqbenchError(f"weights file '{path}' does not fit model {name!r}: " + ", ".join(p for p in parts if p))
+    if not (missing or extra or shapes):
+        return None
+    parts = [f"{len(missing)} missing keys (e.g. {missing[0]!r})" if missing else "",
+             f"{len(extra)} unexpected keys (e.g. {extra[0]!r})" if extra else "",
+             f"{len(shapes)} shape mismatches (e.g. {shapes[0]!r}: file {list(state[shapes[0]].shape)} "
+             f"vs model {list(own[shapes[0]].shape)})" if shapes else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def _non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The first floating-point tensor holding NaN or infinity, described, or None when all are finite."""
+    for key, value in state.items():
+        if value.is_floating_point() or value.is_complex():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                return f"{key!r} ({bad} of {value.numel()} values NaN or infinite)"
+    return None
+
+
+def _check_finite(state: dict[str, torch.Tensor], source: str, name: str) -> None:
+    bad = _non_finite(state)
+    if bad:
+        raise DfqbenchError(f"teacher {name!r} from {source} has non-finite weights: {bad}; "
+                            "the teacher's weights must be finite (re-export or re-download them)")
+
+
+def _load_file(model: nn.Module, path: Path, name: str) -> None:
+    """Load a state_dict file with strict=True; its shapes must fit and its values be finite."""
+    state = _read_state(path, name)
+    reason = _misfit(state, model.state_dict())
+    if reason:
+        raise DfqbenchError(f"weights file '{path}' does not fit model {name!r}: {reason}")
+    _check_finite(state, f"'{path}'", name)
     model.load_state_dict(state, strict=True)
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_state(name: str) -> dict[str, torch.Tensor]:
+    """``name``'s state_dict shapes, from a model built on the meta device (no memory, no initialisation)."""
+    with torch.device("meta"):
+        return build_model(name).state_dict()
+
+
+@functools.lru_cache(maxsize=16)
+def _file_fit(path: str, size: int, mtime_ns: int, name: str) -> tuple[str | None, str | None, str | None]:
+    """(why the file does not fit ``name``, the zoo model it fits instead, why no model can use it: unreadable
+    or non-finite), each None when not the case; reads the file once per (path, size, mtime, model)."""
+    try:
+        state = _read_state(Path(path), name)
+        _check_finite(state, f"'{path}'", name)
+    except DfqbenchError as exc:
+        return None, None, str(exc)
+    reason = _misfit(state, _meta_state(name))
+    if reason is None:
+        return None, None, None
+    fits = next((m for m in KNOWN_MODELS if m != name and _misfit(state, _meta_state(m)) is None), None)
+    return reason, fits, None
+
+
+def single_file_misfit(name: str, weights: str | None) -> str | None:
+    """Whether a single weights file (``weights`` or ``DFQBENCH_WEIGHTS``) is for another model than ``name``.
+
+    One file holds one model's weights. A grid that spans several models with one file set (e.g. the
+    offline ``DFQBENCH_WEIGHTS=resnet20_cifar10.pth`` over ``paper_table1``) has no teacher for the other
+    models: this returns the reason to skip their cells (``"no weights for resnet18 (DFQBENCH_WEIGHTS is for
+    resnet20_cifar10: …)"``), or None when no single file is set or it fits. The match is decided by loading
+    the file's state_dict (once per file, size and mtime) and comparing its keys and tensor shapes with the
+    model's, not by the file name. Raises DfqbenchError for an unreadable file or non-finite weights.
+    """
+    info = model_info(name)
+    text, origin = weights, "--weights"
+    if text is None and info.name != TINY_NAME and os.environ.get(ENV_WEIGHTS):
+        text, origin = os.environ[ENV_WEIGHTS], ENV_WEIGHTS
+    if text is None:
+        return None
+    path = Path(text).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:
+        return None  # missing: resolve_weights_file says so, as an invalid cell
+    reason, fits, unusable = _file_fit(str(path.resolve()), stat.st_size, stat.st_mtime_ns, info.name)
+    if unusable:
+        raise DfqbenchError(unusable)
+    if reason is None:
+        return None
+    owner = f"is for {fits}" if fits else f"does not fit it: {reason}"
+    return f"no weights for {info.name} ({origin} '{path.name}' {owner})"
 
 
 def _download(name: str) -> nn.Module:
@@ -234,6 +330,8 @@ def load_pretrained(
     if teacher.teacher_id is None:  # downloaded, but not where pytorchcv's metadata says: nothing to hash
         raise DfqbenchError(f"pytorchcv downloaded {info.name!r} but its file {teacher.file} is missing; "
                             f"give local weights with --weights FILE (or {ENV_WEIGHTS})")
+    if path is None and info.name != TINY_NAME:  # a local file was checked when it was read
+        _check_finite(model.state_dict(), f"pytorchcv ({teacher.teacher_id['file']})", info.name)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
