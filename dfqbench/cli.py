@@ -189,7 +189,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             table.add_column(column)
         for name, info in KNOWN_MODELS.items():
             table.add_row(name, info.dataset, str(info.num_classes), str(info.input_size), info.normalization.name)
-    Console(width=max(100, Console().width)).print(table)
+    Console(width=max(132, Console().width)).print(table)
     if args.what == "models":
         print("Any other pytorchcv model name works too (dataset inferred from its suffix).")
     return 0
