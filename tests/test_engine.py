@@ -120,7 +120,7 @@ def test_graph_replay_logic_equals_eager(method, tiny_request, tmp_path):
     assert _iteration_rows(request) == _iteration_rows(eager_request)
     assert record.top1_per_epoch == eager.top1_per_epoch
     captured = [entry for entry in trainer.engine.graphs.entries.values() if entry is not None]
-    assert len(captured) >= 2 and record.extra["graphs_captured"] == len(captured)  # e.g. warm-up and fine-tuning phases
+    assert len(captured) >= 2 and record.extra["graphs_captured"] == len(captured)  # e.g. warm-up, fine-tuning
 
 
 def test_engine_choice_and_resolution():
