@@ -18,6 +18,9 @@ if [ "$kind" = gdfq ]; then
   sed -i 's/^\(\s*\)assert torch.cuda.device_count() >= gpu0 + ngpus\(.*\)$/\1pass  # CPU\2/' "$out/utils/model_transform.py"
   # One iteration instead of the hard-coded 200 per epoch (Trainer.train). The files have CRLF endings.
   sed -i 's/^\(\s*\)iters = 200\(\r\?\)$/\1iters = 1\2/' "$out/trainer.py"
+  # Current torch: the training-accuracy meter views a non-contiguous slice; reshape instead (utils/compute.py).
+  sed -i 's/correct\[:k\]\.view(-1)/correct[:k].reshape(-1)/' "$out/utils/compute.py"
+  grep -q 'correct\[:k\].reshape(-1)' "$out/utils/compute.py"
   grep -q 'iters = 1.\?$' "$out/trainer.py" && grep -q 'pass  # CPU' "$out/utils/model_transform.py"
 fi
 echo "$kind $commit -> $out"
