@@ -233,8 +233,7 @@ def iteration_run():
     for h in handles:
         h.remove()
     logged = next(row for row in trainer.metrics if row.get("type") == "iter")
-    return {"data": data, "trainer": trainer, "seen": seen, "logged": logged, "ranges_before": ranges_before,
-            "ranges_module": student}
+    return {"data": data, "trainer": trainer, "seen": seen, "logged": logged, "ranges_before": ranges_before}
 
 
 def test_iteration_starts_from_the_official_state(iteration_run):

@@ -23,7 +23,8 @@ from golden_common import FORMAT, random_batches  # noqa: E402
 
 SOURCES = {
     "gdfq": ("xushoukai/GDFQ", "a93210e7309527cdd0ac2763d2a6928a8a767838", "quantization_utils"),
-    "zeroq": ("amirgholami/ZeroQ", "9715739b8731a44d064901b50260aeebbe9a10bc", "classification/utils/quantization_utils"),
+    "zeroq": ("amirgholami/ZeroQ", "9715739b8731a44d064901b50260aeebbe9a10bc",
+              "classification/utils/quantization_utils"),
     "zaq": ("FLHonker/ZAQ-code", "e7e9f55791e36c6784d58c356d3ced76a7583369", "quantization/quant_utils"),
 }
 
