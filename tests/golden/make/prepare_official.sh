@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Export an official repository from its git mirror (the search tool's `fetch`) into a scratch folder OUTSIDE
+# dfqbench and apply the CPU / current-torch patches the golden scripts need (tests/golden/README.md).
+#   prepare_official.sh gdfq  /work/.mirror/xushoukai+GDFQ/repo        /tmp/golden/GDFQ
+#   prepare_official.sh zeroq /work/.mirror/amirgholami+ZeroQ/repo     /tmp/golden/ZeroQ
+#   prepare_official.sh zaq   /work/.mirror/FLHonker+ZAQ-code/repo     /tmp/golden/ZAQ
+set -euo pipefail
+kind=$1; mirror=$2; out=$3
+declare -A COMMIT=([gdfq]=a93210e7309527cdd0ac2763d2a6928a8a767838
+                   [zeroq]=9715739b8731a44d064901b50260aeebbe9a10bc
+                   [zaq]=e7e9f55791e36c6784d58c356d3ced76a7583369)
+commit=${COMMIT[$kind]:?"unknown kind $kind: expected gdfq, zeroq or zaq"}
+rm -rf "$out" && mkdir -p "$out"
+git --git-dir="$mirror" archive "$commit" | tar -x -C "$out"
+if [ "$kind" = gdfq ]; then
+  # CPU: drop every .cuda() call in the trainer, and the GPU-count assert / .cuda() of utils.data_parallel.
+  sed -i 's/\.cuda()//g' "$out/trainer.py" "$out/utils/model_transform.py"
+  sed -i 's/^\(\s*\)assert torch.cuda.device_count() >= gpu0 + ngpus\(.*\)$/\1pass  # CPU\2/' "$out/utils/model_transform.py"
+  # One iteration instead of the hard-coded 200 per epoch (Trainer.train). The files have CRLF endings.
+  sed -i 's/^\(\s*\)iters = 200\(\r\?\)$/\1iters = 1\2/' "$out/trainer.py"
+  # Current torch: the training-accuracy meter views a non-contiguous slice; reshape instead (utils/compute.py).
+  sed -i 's/correct\[:k\]\.view(-1)/correct[:k].reshape(-1)/' "$out/utils/compute.py"
+  grep -q 'correct\[:k\].reshape(-1)' "$out/utils/compute.py"
+  grep -q 'iters = 1.\?$' "$out/trainer.py" && grep -q 'pass  # CPU' "$out/utils/model_transform.py"
+fi
+echo "$kind $commit -> $out"
