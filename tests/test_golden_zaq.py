@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from golden_b_helpers import (build_step, check_generator_step, check_close, check_digests, load_fixture, resnet20, run_iteration, seeded_state,
-                              to_official_generator)
+from golden_b_helpers import (build_step, check_close, check_digests, check_generator_step, load_fixture, resnet20,
+                              run_iteration, seeded_state, to_official_generator)
 from dfqbench.core.plugin import Sample, load_methods
 from dfqbench.methods import zaq as zaq_module
 

@@ -152,7 +152,7 @@ def copy_patched(src: Path, dst: Path, patches: dict[str, list[tuple[str, str]]]
 
     if dst.exists():
         shutil.rmtree(dst)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for rel, subs in patches.items():
         path = dst / rel
         text = path.read_text()
