@@ -54,7 +54,7 @@ class AdaDFQConfig:
 class AdaDFQ(AdaSG):
     name = "adadfq"
     paper = "Qian et al., Adaptive Data-Free Quantization, CVPR 2023"
-    version = "1"
+    version = "2"  # 2: ema_gdfq tracker bit-exact with the official float32 arithmetic (golden tests)
     config_class = AdaDFQConfig
 
     @classmethod

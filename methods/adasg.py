@@ -96,7 +96,7 @@ class AdaSGConfig:
 class AdaSG(Method):
     name = "adasg"
     paper = "Qian et al., Rethinking Data-Free Quantization as a Zero-Sum Game, AAAI 2023"
-    version = "1"
+    version = "2"  # 2: ema_gdfq tracker bit-exact with the official float32 arithmetic (golden tests)
     config_class = AdaSGConfig
     student_in_generator_loss = True
 

@@ -53,7 +53,7 @@ class GDFQConfig:
 class GDFQ(Method):
     name = "gdfq"
     paper = "Xu et al., Generative Low-bitwidth Data Free Quantization, ECCV 2020"
-    version = "1"
+    version = "2"  # 2: ema_gdfq tracker bit-exact with the official float32 arithmetic (golden tests)
     config_class = GDFQConfig
 
     @classmethod

@@ -91,7 +91,7 @@ def script_bits(wbits: int, abits: int) -> int:
 class Qimera(Method):
     name = "qimera"
     paper = "Choi et al., Qimera: Data-free Quantization with Synthetic Boundary Supporting Samples, NeurIPS 2021"
-    version = "1"
+    version = "2"  # 2: ema_gdfq tracker bit-exact with the official float32 arithmetic (golden tests)
     config_class = QimeraConfig
 
     def __init__(self, config: QimeraConfig, num_classes: int, input_size: int, dataset: str) -> None:

@@ -199,7 +199,7 @@ class ZeroQKD(_DistilledDataMethod):
     name = "zeroq_kd"
     paper = ("Cai et al., ZeroQ, CVPR 2020: distilled data + KD fine-tune, the protocol of ZeroQ rows in "
              "Zhong et al., IntraQ, CVPR 2022 (IntraQ issue #1)")
-    version = "1"
+    version = "2"  # 2: ema_gdfq tracker bit-exact with the official float32 arithmetic (golden tests)
     config_class = ZeroQKDConfig
     default_tracker = "ema_gdfq"  # IntraQ's QuantAct is GDFQ's compounding EMA
     shuffle = True

@@ -10,12 +10,14 @@ Fixtures (README in each folder: commit, functions, patches, inputs):
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from golden_b_helpers import check_close, check_digests, load_fixture, resnet20
-from dfqbench.core.distill import UNIFORM_VARIANCE, DistillSettings, ZeroQLoss, distill_batch
+from dfqbench.core.distill import UNIFORM_VARIANCE, ZeroQLoss, distill_batch
 from dfqbench.core.plugin import Sample, StepContext, load_methods
 
 NET_SEED = 40  # as in tests/golden/make/make_zeroq.py
@@ -39,10 +41,17 @@ def test_official_initial_images_are_on_zeroqs_grid():
     assert torch.equal(x0, load_fixture("zeroq", "distill_3step")["x0"])
 
 
+def _zeroq_settings(**changes):
+    """The distillation settings a zeroq run uses (its config: DistillSettings fields plus the image count)."""
+    cls = load_methods().get("zeroq")
+    presets = cls.paper_protocol("cifar10", "resnet20_cifar10", 8, 8)["method"]
+    return dataclasses.replace(cls.config_class(**{**cls.default_config(), **presets}), **changes)
+
+
 def test_zeroq_bn_statistics_loss_matches_official(teacher):
     fx = load_fixture("zeroq", "distill_1step")
     own = fx["own_loss"][0].double()  # (layers + input, 2): own_loss of the mean and of the std, in order
-    loss_fn = ZeroQLoss(teacher)
+    loss_fn = ZeroQLoss(teacher, _zeroq_settings().eps)
     try:
         assert len(loss_fn.targets) == own.shape[0] - 1
         total, terms = loss_fn(fx["x0"])
@@ -67,9 +76,10 @@ def test_zeroq_distillation_steps_match_official(teacher, steps):
     so the later images are checked through the loss they give at the next step, not pixel by pixel.
     """
     fx = load_fixture("zeroq", f"distill_{steps}step")
-    loss_fn = ZeroQLoss(teacher)
+    settings = _zeroq_settings(steps=steps)  # as distill() does: ZeroQLoss(teacher, eps), distill_batch per batch
+    loss_fn = ZeroQLoss(teacher, settings.eps)
     try:
-        images, trace = distill_batch(loss_fn, fx["x0"], DistillSettings(steps=steps))
+        images, trace = distill_batch(loss_fn, fx["x0"], settings)
     finally:
         loss_fn.remove()
     official_trace = fx["own_loss"].double().sum(dim=(1, 2))
