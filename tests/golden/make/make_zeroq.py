@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from golden_b_common import (  # noqa: E402
-    calibrate_bn_stats, copy_patched, digests, net_bn_entries, save_fixture, seeded_state,
+    calibrate_bn_stats, copy_patched, digest, digests, net_bn_entries, save_fixture, seeded_state,
 )
 
 NET_SEED, DATA_SEED, LOGIT_SEED = 40, 41, 42
@@ -90,8 +90,11 @@ def zeroq_fixture(src: Path, work: Path, steps: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(DATA_SEED)
     refined = distill_data.getDistilData(teacher, "cifar10", BATCH, num_batch=1)
     handle.remove()
-    out["x0"] = seen["x0"][0]
-    out["refined"] = refined[0]
+    if steps == 1:
+        out["x0"] = seen["x0"][0]
+        out["refined"] = refined[0]
+    else:  # later images are compared through the loss of the next step (README); x0 is the 1-step fixture's
+        out["x0_digest"] = digest(seen["x0"][0])
     calls = torch.stack(seen["own"]).view(steps, -1, 2)  # per step: (layers + input) × (mean, std)
     out["own_loss"] = calls
     return out
