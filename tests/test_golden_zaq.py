@@ -86,6 +86,7 @@ def test_zaq_whole_iteration_matches_official():
         check_close(f"{kind}/student_logits", seen[k], fx[f"{kind}/student_logits"], 1e-5, 1e-6)
         check_close(f"{kind}/l1", terms["l1"], fx[f"{kind}/l1"], LOSS_RTOL, LOSS_ATOL)
         check_close(f"{kind}/scrm", terms["scrm"], fx[f"{kind}/scrm"], LOSS_RTOL, LOSS_ATOL)
+        # L_Q = l1 + α·scrm, L_G = −l1 − α·scrm − β·act with main.py's --alpha 1, --beta 0.1 (make_zaq.py's args)
         sign = 1.0 if prefix == "q/" else -1.0
         expected = sign * (fx[f"{kind}/l1"] + fx[f"{kind}/scrm"])
         if prefix == "g/":
