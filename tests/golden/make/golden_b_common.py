@@ -1,0 +1,183 @@
+"""Shared by golden-b's fixture makers (make_adasg/zaq/zeroq.py) and tests (test_golden_adasg/zaq/zeroq.py).
+
+No official code here: deterministic seeded weights, the name maps between dfqbench's generators and the
+official ``Generator`` classes, the per-tensor digests the whole-iteration fixtures store, and the
+fixture loader. Everything that draws random numbers uses its own ``torch.Generator`` (never the global
+one), so a fixture's weights are rebuilt exactly from a seed in both the maker and the test; each fixture
+also stores digests of the initial weights, and the tests check those first, so a change in how torch draws
+numbers fails loudly as "initial weights differ" instead of as a method mismatch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+GOLDEN = Path(__file__).resolve().parent.parent  # tests/golden
+SAMPLE_VALUES = 32  # values sampled per tensor in a digest
+
+
+def seeded_state(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """A state dict for ``module`` with every float entry drawn from ``seed`` (keys in state_dict order).
+
+    Rules by name and shape: running_var ~ U(0.5, 1.5); running_mean ~ N(0, 0.1²); 1-D ``weight`` (BN γ)
+    ~ U(0.5, 1.5); ``bias`` ~ N(0, 0.05²); embedding tables ~ N(0, 1); other ≥2-D weights ~ N(0, 2/fan_in).
+    Integer entries (num_batches_tracked) are kept.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in module.state_dict().items():
+        if not value.is_floating_point():
+            out[key] = value.clone()
+            continue
+        shape = value.shape
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf == "running_var":
+            t = torch.rand(shape, generator=gen) + 0.5
+        elif leaf == "running_mean":
+            t = torch.randn(shape, generator=gen) * 0.1
+        elif leaf == "weight" and len(shape) == 1:
+            t = torch.rand(shape, generator=gen) + 0.5
+        elif leaf == "bias":
+            t = torch.randn(shape, generator=gen) * 0.05
+        elif "emb" in key:
+            t = torch.randn(shape, generator=gen)
+        elif leaf == "weight":
+            fan_in = math.prod(shape[1:])
+            t = torch.randn(shape, generator=gen) * math.sqrt(2.0 / fan_in)
+        else:
+            raise KeyError(f"seeded_state: no rule for {key} {tuple(shape)}")
+        out[key] = t
+    return out
+
+
+def calibrate_bn_stats(model: nn.Module, seed: int, batch: int = 64, size: int = 32) -> dict[str, torch.Tensor]:
+    """Running statistics for ``model``'s BNs that fit its seeded weights: the exact batch mean and (unbiased)
+    variance of each BN input over one seeded N(0, 1) batch, BNs in train mode (run by the fixture makers
+    only; the fixtures store the result as ``net_bn/<key>``, so tests never recompute it)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, size, size, generator=gen)
+    work = copy.deepcopy(model)
+    bns = [m for m in work.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
+    work.train()
+    with torch.no_grad():
+        work(x)
+    return {k: v.clone() for k, v in work.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+
+def net_bn_entries(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"net_bn/{k}": v for k, v in stats.items()}
+
+
+def net_state_from_fixture(module: nn.Module, seed: int, fixture: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`seeded_state` with the BN running statistics the fixture stores (``net_bn/<key>``)."""
+    state = seeded_state(module, seed)
+    for key in state:
+        if f"net_bn/{key}" in fixture:
+            state[key] = fixture[f"net_bn/{key}"].clone()
+    return state
+
+
+# dfqbench CifarGenerator / DAFLGenerator names → official GDFQ-family / ZAQ ``Generator`` names
+GENERATOR_NAMES = {
+    "label_emb": "label_emb", "l1": "l1.0", "bn0": "conv_blocks0.0", "conv1": "conv_blocks1.0",
+    "bn1": "conv_blocks1.1", "conv2": "conv_blocks2.0", "bn2": "conv_blocks2.1", "conv3": "conv_blocks2.3",
+    "out_bn": "conv_blocks2.5",
+}
+
+
+def to_official_generator(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a dfqbench generator state dict to the official ``Generator``'s module names."""
+    out = {}
+    for key, value in state.items():
+        head, leaf = key.split(".", 1)
+        out[f"{GENERATOR_NAMES[head]}.{leaf}"] = value
+    return out
+
+
+def to_dfqbench_generator(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`to_official_generator`."""
+    back = {v: k for k, v in GENERATOR_NAMES.items()}
+    out = {}
+    for key, value in state.items():
+        for official, ours in back.items():
+            if key.startswith(official + "."):
+                out[ours + key[len(official):]] = value
+                break
+        else:
+            raise KeyError(key)
+    return out
+
+
+def digest(t: torch.Tensor) -> torch.Tensor:
+    """sum, abs-sum, then :data:`SAMPLE_VALUES` values at fixed evenly spaced flat positions (float64)."""
+    flat = t.detach().double().flatten()
+    n = flat.numel()
+    idx = torch.linspace(0, n - 1, min(SAMPLE_VALUES, n)).round().long()
+    return torch.cat([flat.sum().view(1), flat.abs().sum().view(1), flat[idx]])
+
+
+def digests(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """``{prefix + name: digest}`` for every float tensor."""
+    return {prefix + k: digest(v) for k, v in tensors.items() if v.is_floating_point()}
+
+
+def load_fixture(method: str, name: str) -> dict[str, torch.Tensor]:
+    """tests/golden/<method>/<name>.pt, loaded with weights_only=True."""
+    return torch.load(GOLDEN / method / f"{name}.pt", weights_only=True)
+
+
+def save_fixture(method: str, name: str, data: dict[str, torch.Tensor]) -> Path:
+    """Save a dict of tensors (contiguous CPU copies) as tests/golden/<method>/<name>.pt."""
+    path = GOLDEN / method / f"{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {}
+    for k, v in data.items():
+        t = torch.as_tensor(v)
+        clean[k] = t.detach().cpu().clone().contiguous()
+    torch.save(clean, path)
+    return path
+
+
+def copy_patched(src: Path, dst: Path, patches: dict[str, list[tuple[str, str]]]) -> None:
+    """Copy the official tree ``src`` to ``dst`` and apply literal replacements per file (each must match)."""
+    import shutil
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for rel, subs in patches.items():
+        path = dst / rel
+        text = path.read_text()
+        for old, new in subs:
+            if old not in text:
+                raise RuntimeError(f"patch target not found in {rel}: {old!r}")
+            text = text.replace(old, new)
+        path.write_text(text)
+
+
+def pytorchcv_name(fp_model: nn.Module, official_name: str) -> str:
+    """Translate a name in a model rebuilt by the official ``quantize_model`` (which turns every nn.Sequential
+    into a new one, so its children are named 0, 1, ...) back to the FP model's names: each index under a
+    Sequential of ``fp_model`` becomes that child's name. Parts below a module the FP model lacks (the
+    QuantAct inside the ``Sequential(ReLU, QuantAct)`` that replaces a ReLU) are kept."""
+    parts = official_name.split(".")
+    module: nn.Module | None = fp_model
+    out = []
+    for part in parts:
+        if module is not None and isinstance(module, nn.Sequential) and part.isdigit():
+            name, module = list(module.named_children())[int(part)]
+            out.append(name)
+            continue
+        out.append(part)
+        module = getattr(module, part, None) if module is not None else None
+        if not isinstance(module, nn.Module):
+            module = None
+    return ".".join(out)
