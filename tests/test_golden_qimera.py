@@ -116,7 +116,8 @@ def _assert_state(prefix: str, ours: dict[str, torch.Tensor], before: dict[str, 
         torch.testing.assert_close(value, expected, rtol=PARAM_RTOL, atol=atol, msg=prefix + key)
         scale = (expected - start).abs().max()
         if step_rtol is not None and scale > 0:
-            assert ((value - start) - (expected - start)).abs().max() <= step_rtol * scale, f"{prefix}{key}: step differs"
+            step_error = ((value - start) - (expected - start)).abs().max()
+            assert step_error <= step_rtol * scale, f"{prefix}{key}: step differs"
 
 
 @pytest.mark.parametrize("case", sorted(qi.ITERATION_SEEDS))

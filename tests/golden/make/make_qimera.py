@@ -4,11 +4,11 @@ Usage: python tests/golden/make/make_qimera.py /path/to/official/qimera [out_dir
 
 The official repository is imported from the given path, never copied. CPU patches, applied in memory
 only (see tests/golden/qimera/README.md): ``Tensor.cuda`` / ``Module.cuda`` return their argument,
-``utils.data_parallel`` returns the model, stub ``options`` and ``termcolor``
-modules replace the pyhocon-based options and the log colouring (the settings are a namespace built here), trainer.py's hard-coded ``iters = 200`` reads
-``settings.iters_per_epoch`` (1 here), so ``Trainer.train(epoch)`` runs exactly one iteration, and its
-logging-only teacher-accuracy line compares with ``labels[:, 0]`` on mixed batches (numpy >= 1.25 raises
-where the numpy of 2021 returned False).
+``utils.data_parallel`` returns the model, stub ``options`` and ``termcolor`` modules replace the
+pyhocon-based options and the log colouring (the settings are a namespace built here), trainer.py's
+hard-coded ``iters = 200`` reads ``settings.iters_per_epoch`` (1 here), so ``Trainer.train(epoch)`` runs
+exactly one iteration, and its logging-only teacher-accuracy line compares with ``labels[:, 0]`` on mixed
+batches (numpy >= 1.25 raises where the numpy of 2021 returned False).
 The starting networks and inputs come from qimera_inputs.py, which the test uses too.
 """
 
@@ -196,7 +196,8 @@ def iteration_goldens(main: types.ModuleType, trainer_mod: types.ModuleType) -> 
 def student_names(student: nn.Module, ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The official student's state under dfqbench's names. The official quantize_model rebuilds every
     nn.Sequential from its children, so ``features.init_block`` becomes ``features.0``; the order and the
-    leaf names are the same (``ours``: dfqbench's quantized state, for its names). The official EMA β buffer is left out (dfqbench keeps β in its tracker config)."""
+    leaf names are the same (``ours``: dfqbench's quantized state, for its names). The official EMA β buffer
+    is left out (dfqbench keeps β in its tracker config)."""
     official = [(k, v) for k, v in student.state_dict().items() if not k.endswith(".beta")]
     assert len(official) == len(ours), "student state sizes differ"
     renamed = {}
@@ -209,7 +210,8 @@ def student_names(student: nn.Module, ours: dict[str, torch.Tensor]) -> dict[str
 def main() -> None:
     root = Path(sys.argv[1]).resolve()
     out_dir = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parents[1] / "qimera"
-    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
     torch.set_num_threads(1)
     official_main, official_trainer = load_official(root)
     out_dir.mkdir(parents=True, exist_ok=True)
