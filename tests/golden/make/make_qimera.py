@@ -193,6 +193,53 @@ def iteration_goldens(main: types.ModuleType, trainer_mod: types.ModuleType) -> 
     return out
 
 
+def trajectory_goldens(main: types.ModuleType, trainer_mod: types.ModuleType) -> dict[str, torch.Tensor]:
+    """The official loop for two epochs of TRAJECTORY_ITERS iterations in float64 (epoch 0 with ranges updating,
+    main.run's freeze_model, epoch 1 with ranges frozen; no warm-up), from the iteration goldens' starting
+    weights: per-iteration loss_G, loss_S and batch kind, and every state entry at the end. float64 keeps
+    rounding (which 3-bit rounding and Adam amplify in float32) from separating the two codes over 10 steps."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        opts = settings(iters_per_epoch=qi.TRAJECTORY_ITERS)
+        teacher = qi.seeded_teacher()
+        gen = official_generator(main, seeded_generator(None), None, opts)
+        exp = design(main, opts)
+        student = exp.quantize_model(copy.deepcopy(teacher))
+        trainer = trainer_mod.Trainer(model=student, model_teacher=teacher, generator=gen,
+                                      lr_master_S=_lr(main, opts.lr_S), lr_master_G=_lr(main, opts.lr_G),
+                                      train_loader=None, test_loader=None, settings=opts, logger=None)
+        seq: dict[str, list[torch.Tensor]] = {"loss_g": [], "loss_q": [], "superposed": []}
+        backward_g, forward = trainer.backward_G, trainer.forward
+
+        def record_backward_g(loss_g):
+            seq["loss_g"].append(loss_g.detach().clone().reshape(()))
+            return backward_g(loss_g)
+
+        def record_forward(images, teacher_outputs, labels=None, linear=None):
+            output, loss = forward(images, teacher_outputs, labels, linear)
+            seq["loss_q"].append(loss.detach().clone())
+            seq["superposed"].append(torch.tensor(bool(linear.gt(0).sum(dim=1).gt(1).any())))
+            return output, loss
+
+        trainer.backward_G, trainer.forward = record_backward_g, record_forward
+        our_student = quantize_model(qi.seeded_teacher(), QuantConfig(qi.BITS, qi.BITS)).state_dict()
+        torch.manual_seed(qi.TRAJECTORY_SEED)
+        trainer.train(epoch=0)
+        exp.freeze_model(student)
+        trainer.train(epoch=1)
+        out = {name: torch.stack(values) for name, values in seq.items()}
+        inverse = {v: k for k, v in qi.GENERATOR_NAMES.items()}
+        for key, value in gen.state_dict().items():
+            module, _, leaf = key.rpartition(".")
+            out[f"generator/{inverse[module]}.{leaf}"] = qi.sketch(value.double())
+        for key, value in student_names(student, our_student).items():
+            out[f"student/{key}"] = qi.sketch(value.double())
+        return out
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def student_names(student: nn.Module, ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The official student's state under dfqbench's names. The official quantize_model rebuilds every
     nn.Sequential from its children, so ``features.init_block`` becomes ``features.0``; the order and the
@@ -217,6 +264,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(forward_and_loss_goldens(official_main, official_trainer), out_dir / "forward_and_losses.pt")
     torch.save(iteration_goldens(official_main, official_trainer), out_dir / "iteration.pt")
+    torch.save(trajectory_goldens(official_main, official_trainer), out_dir / "trajectory.pt")
     print(f"wrote {out_dir} from {root} (commit {commit or 'unknown'})")
 
 

@@ -23,6 +23,7 @@ TEMPERATURE, ALPHA = 20.0, 1.0
 TEACHER_SEED, GENERATOR_SEED, INPUT_SEED = 1234, 4321, 77
 # torch.manual_seed before each one-iteration case: its coin torch.rand(1) is < p (superposed) or >= p (one-label)
 ITERATION_SEEDS = {"mixed": 3, "single": 0}
+TRAJECTORY_SEED, TRAJECTORY_ITERS = 11, 5  # two official epochs of 5 iterations each, in float64
 SKETCH = 1024  # tensors larger than this are stored at SKETCH evenly spaced flat indices
 
 
