@@ -283,6 +283,16 @@ def test_presets_follow_the_official_scripts_and_requested_bits():
     assert "latent_dim" not in other and other["superposed_k"] == 2  # D: the teacher's own feature size
 
 
+def test_three_bit_cells_take_the_four_bit_script_settings():
+    """No official script runs 3 bits; W3A3 (and W4A8, W8A4) use run_cifar10_4bit.sh's p, K, --randemb and the
+    hocon's latent 64, as `run_cifar10_4bit.sh --qw 3 --qa 3` would (issue 14)."""
+    cls = load_methods().get("qimera")
+    four = cls.paper_protocol("cifar10", "resnet20_cifar10", 4, 4)
+    for bits in ((3, 3), (4, 8), (8, 4)):
+        assert cls.paper_protocol("cifar10", "resnet20_cifar10", *bits) == four
+    assert cls.paper_protocol("cifar10", "resnet20_cifar10", 5, 5)["method"] == four["method"]  # the 5-bit script: same
+
+
 # -- end to end ---------------------------------------------------------------------------------------
 def test_tiny_qimera_run_end_to_end(tiny_request):
     record = run(tiny_request(method="qimera", overrides=[
