@@ -1,4 +1,4 @@
-"""A grid's cells as launched: ``<results>/launch/<grid>/cells.json``, the grid's membership for reports.
+"""A grid's cells as launched: ``<results>/grids/<grid>/cells.json``, the grid's membership for reports.
 
 `dfqbench run --grid NAME` (a launch, not a dry run) writes every cell of the grid there — its label, status,
 reason, and for a run its id, folder name and spec — merged with earlier launches of the same grid cell by
@@ -24,15 +24,14 @@ if TYPE_CHECKING:
     from dfqbench.store import ResultsStore
 
 SCHEMA = 1
-FILE_NAME = "cells.json"
 
 
 def index_path(results: "Path | ResultsStore", grid: str) -> Path:
-    """``<results>/launch/<grid>/cells.json`` (the store's launch folder)."""
+    """``<results>/grids/<grid>/cells.json`` (the store's layout)."""
     from dfqbench.store import ResultsStore
 
     store = results if isinstance(results, ResultsStore) else ResultsStore(results)
-    return store.launch_dir() / grid / FILE_NAME
+    return store.grid_index_path(grid)
 
 
 def write_grid_index(results: "Path | ResultsStore", grid: str, cells: list[dict[str, Any]]) -> Path:

@@ -544,6 +544,6 @@ def test_grid_restriction_selects_the_grids_run_ids(tiny_request, tmp_path, caps
     rows = [r for r in csv.DictReader(io.StringIO(capsys.readouterr().out)) if r["configuration"] != "default"]
     assert sorted((r["bits"], r["n"], r["pending"]) for r in rows if r["column"] == "gdfq") == [
         ("w3a3", "0", "2"), ("w4a4", "1", "1")]  # the launch ran one cell; the grid's others are pending
-    index = json.loads((Path(results) / "launch" / "smoke" / "cells.json").read_text())
+    index = json.loads((Path(results) / "grids" / "smoke" / "cells.json").read_text())
     assert sorted(index["cells"]) == ["gdfq tiny_cifar10 w3a3 s0", "gdfq tiny_cifar10 w3a3 s1",
                                       "gdfq tiny_cifar10 w4a4 s0", "gdfq tiny_cifar10 w4a4 s1"]

@@ -147,11 +147,13 @@ def test_unknown_profile_and_missing_slurm_are_one_line_errors(tmp_path, monkeyp
     assert not read_manifests(tmp_path / "r", "smoke")
 
 
-def test_shipped_profiles_cover_every_shipped_paper_grid():
-    """slurm/profiles.yaml loads and its rules give every paper-grid run a profile."""
+def test_shipped_profiles_cover_every_shipped_paper_grid(monkeypatch):
+    """slurm/profiles.yaml loads and its rules give every paper-grid run a profile (planned with pytorchcv's
+    teachers: a single DFQBENCH_WEIGHTS file would skip every other model's cells)."""
     from dfqbench.launch.grid import load_grid
     from dfqbench.launch.plan import LaunchOptions, plan_grid
 
+    monkeypatch.delenv("DFQBENCH_WEIGHTS", raising=False)
     profiles = load_profiles(str(REPO / "slurm" / "profiles.yaml"))
     for name in ("paper_table1", "qimera_table2", "adasg_ablation", "quickstart"):
         plan = plan_grid(load_grid(name), LaunchOptions(results=Path("/nonexistent")))

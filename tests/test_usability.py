@@ -267,9 +267,9 @@ def test_smoke_cells_and_methods_on_the_tiny_model_score_differently(tmp_path):
     threads = torch.get_num_threads()
     scores = {}
     for name, request in [("gdfq w4a4", requests["w4a4"]), ("gdfq w3a3", requests["w3a3"])]:
-        scores[name] = run(request, Quiet())
+        scores[name] = run(request, Quiet()).to_dict()
     for method in ("qimera", "adasg"):
-        scores[f"{method} w4a4"] = run(dataclasses.replace(requests["w4a4"], method=method), Quiet())
+        scores[f"{method} w4a4"] = run(dataclasses.replace(requests["w4a4"], method=method), Quiet()).to_dict()
     assert {r["fp_top1"] for r in scores.values()} == {100 * 229 / 256}
     assert {r["device"] for r in scores.values()} == {"cpu (1 threads)"} and torch.get_num_threads() == threads
     triples = {name: (r["calibrated_top1"], r["best_top1"], r["final_top1"]) for name, r in scores.items()}

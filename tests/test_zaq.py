@@ -362,7 +362,7 @@ def test_same_seed_bit_for_bit_and_diagnostics_do_not_perturb(tiny_request, tmp_
         runs.append((trainer.student.state_dict(), trainer.generator.state_dict(), record))
     (sa, ga, ra), (sb, gb, rb), (sc, _, _) = runs
     assert same_state(sa, sb) and same_state(ga, gb)  # BN running stats and ranges included
-    assert ra["top1_per_epoch"] == rb["top1_per_epoch"] and ra["calibrated_top1"] == rb["calibrated_top1"]
+    assert ra.top1_per_epoch == rb.top1_per_epoch and ra.calibrated_top1 == rb.calibrated_top1
     assert not same_state(sa, sc)
 
 

@@ -125,16 +125,17 @@ def run_grid(args: argparse.Namespace) -> int:
         _fetch_teachers(plan, args.retry_failed)
         plan = plan_grid(grid, options, filters, seeds)
         remember(plan)
-    _index_grid(plan, plan_grid(grid, options) if filters or seeds else None)
+    plan.whole = plan_grid(grid, options) if filters or seeds else None  # for the grid index
     return _launch(plan, args)
 
 
-def _index_grid(plan, whole=None) -> None:
-    """Record the grid's cells for `report --grid` (:mod:`dfqbench.grid_index`): the whole grid as its file
-    defines it (``whole``, planned without --only/--seeds when those restricted this launch) and this launch's."""
+def _index_grid(plan) -> None:
+    """Record the grid's cells for `report --grid` (:mod:`dfqbench.grid_index`) once the launch goes ahead: the
+    whole grid as its file defines it (planned without --only/--seeds when those restricted this launch) and
+    this launch's cells."""
     from dfqbench.grid_index import write_grid_index
 
-    cells = ([] if whole is None else whole.cells) + plan.cells
+    cells = ([] if plan.whole is None else plan.whole.cells) + plan.cells
     write_grid_index(plan.options.results, plan.grid.name, [_index_entry(c) for c in cells])
 
 
@@ -171,6 +172,7 @@ def _launch(plan, args: argparse.Namespace) -> int:
         first = next(c for c in plan.cells if c.status == "skipped")
         print(f"  {counts['skipped']} cells skipped: no teacher weights (e.g. {first.reason}; reasons: --dry-run)")
     if not todo:
+        _index_grid(plan)
         print("nothing to run")
         return 0
     tasks = [GridTask(c.request, c.spec, plan.grid.name, args.retry_failed) for c in todo]
@@ -183,6 +185,7 @@ def _launch(plan, args: argparse.Namespace) -> int:
     write_manifest(plan.options.results, plan.grid, "local",
                    [{"run_id": t.spec.run_id, "run_name": t.spec.run_name, "job_id": None} for t in tasks],
                    {"jobs": jobs, "runs_per_gpu": per_gpu})
+    _index_grid(plan)
     result = run_local(tasks, jobs, args.device, runs_per_gpu=per_gpu)
     print(f"grid {plan.grid.name}: {len(result.done)} done, {len(result.failed)} failed, "
           f"{len(result.interrupted)} interrupted, {result.not_started} not started, "
@@ -200,6 +203,7 @@ def _submit_slurm(plan, todo, tasks, args: argparse.Namespace) -> int:
 
     profiles = load_profiles(args.profiles)
     work = [(task, profiles.for_cell(cell, args.profile)) for task, cell in zip(tasks, todo)]
+    _index_grid(plan)
     from dfqbench.store import ResultsStore
 
     folder = ResultsStore(plan.options.results).slurm_dir(plan.grid.name)

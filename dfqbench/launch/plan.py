@@ -119,6 +119,7 @@ class Plan:
     filtered_out: int
     options: LaunchOptions
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # model → dataset, teacher file (full plans)
+    whole: "Plan | None" = None  # the unrestricted grid, when --only/--seeds restricted this plan (the grid index)
 
     def runs(self) -> list[PlannedCell]:
         return [c for c in self.cells if c.is_run]

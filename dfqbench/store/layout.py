@@ -190,6 +190,10 @@ class ResultsStore:
         """Launch manifests: ``<root>/launch/<grid>/<time>-<executor>-<id>.json`` (:mod:`dfqbench.launch.manifest`)."""
         return self.root / "launch"
 
+    def grid_index_path(self, grid: str) -> Path:
+        """A grid's cells as its launches planned them: ``<root>/grids/<grid>/cells.json`` (:mod:`dfqbench.grid_index`)."""
+        return self.root / "grids" / grid / "cells.json"
+
     def slurm_dir(self, grid: str) -> Path:
         """submitit's job folder of a grid's Slurm launches."""
         return self.root / "slurm" / grid

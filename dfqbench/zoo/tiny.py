@@ -80,10 +80,11 @@ _RIDGE = 1e-2  # covariance regularisation, relative to the mean feature varianc
 
 
 def build_tiny(seed: int = 0, num_classes: int = TINY_NUM_CLASSES) -> TinyNet:
-    """A TinyNet fitted to the seed's synthetic task (a fresh copy of the per-process cached fit)."""
+    """A TinyNet fitted to the seed's synthetic task (a fresh copy of the per-process cached fit), in eval mode
+    like a loaded pretrained model."""
     net = TinyNet(num_classes)
     net.load_state_dict(_fitted_state(seed, num_classes))
-    return net
+    return net.eval()
 
 
 @functools.lru_cache(maxsize=8)
