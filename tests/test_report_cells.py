@@ -207,3 +207,14 @@ def test_where_accepts_the_override_spelling(tmp_path, capsys):
     assert main(["report", "--results", str(root), "--where", "method.ds_weigth=0"]) == 2
     err = capsys.readouterr().err
     assert "'method.ds_weigth'" in err and "did you mean 'method.ds_weight'?" in err and err.count("\n") == 1
+
+
+def test_evaluation_set_sizes_match_the_zoo():
+    """The caption's set sizes (kept torch-free in the report) are the zoo's: tiny's 256-image test set is stated
+    as the full set, not as a subset of eval_max_images."""
+    from dfqbench.report.tables import TEST_SET_IMAGES, evaluation_text
+    from dfqbench.zoo import tiny
+
+    assert TEST_SET_IMAGES["tiny"] == tiny.TEST_IMAGES
+    spec = {"dataset": "tiny", "train": {"eval_max_images": 10_000}}
+    assert evaluation_text([spec]) == f"Top-1 over the full tiny test set ({tiny.TEST_IMAGES} images)."

@@ -45,7 +45,8 @@ REPRODUCED_RULE = (f"{REPRODUCED} reproduced, {NOT_REPRODUCED} not: |our mean dr
                    "published number.")
 DEFAULT_TEXT = ("Ours: the method's default configuration for the cell (its defaults and paper presets under "
                 "the protocol, no overrides).")
-TEST_SET_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000}
+# images in each evaluation set (the report stays torch-free: tiny's is dfqbench.zoo.tiny.TEST_IMAGES, tested equal)
+TEST_SET_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000, "tiny": 256}
 
 
 # -- formatting ----------------------------------------------------------------------------------------
