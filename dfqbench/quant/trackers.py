@@ -56,8 +56,8 @@ class EmaGdfqTracker(RangeTracker):
     beta_t starts at 1; per update: beta_t ← beta_t·β, then v ← (β·v + (1-β)·m) / (1 - beta_t) for v in
     (x_min, x_max). The corrected value is stored, so for a constant m the range inflates before decaying.
 
-    The arithmetic is the official float32 one: β is a float32 buffer there, so 1 − β is fl32(1 − fl32(β))
-    (0.100000024 for β = 0.9, not 0.1), and the two products are added unfused. A range one ulp off moves
+    The arithmetic is the official one: β is a buffer of the default dtype there, so in float32 1 − β is
+    fl32(1 − fl32(β)) (0.100000024 for β = 0.9, not 0.1), and the two products are added unfused. A range one ulp off moves
     the quantization grid, which flips roundings somewhere in a real network (tests/test_golden_adasg.py).
     """
 
@@ -65,16 +65,17 @@ class EmaGdfqTracker(RangeTracker):
 
     def __init__(self, momentum: float = 0.9) -> None:
         super().__init__(momentum)
-        beta32 = torch.tensor(self.momentum, dtype=torch.float32)
-        self.beta32 = float(beta32)  # β as the official float32 buffer holds it
-        self.one_minus_beta32 = float(1.0 - beta32)  # 1 − β computed in float32, as the official (1 - self.beta)
+        # (β, 1 − β) as the official buffer's precision gives them: its buffer has the default dtype, float32
+        # (fl32(β), fl32(1 − fl32(β))), or float64 when a run is in double precision (tests/golden/qimera).
+        self.coefficients = {dtype: (float(beta), float(1.0 - beta)) for dtype in (torch.float32, torch.float64)
+                             for beta in [torch.tensor(self.momentum, dtype=dtype)]}
 
     def buffers(self) -> dict[str, Tensor]:
         return {**super().buffers(), "beta_t": torch.ones(())}
 
     @torch.no_grad()
     def update(self, act: nn.Module, m_min: Tensor, m_max: Tensor) -> None:
-        beta, one_minus = self.beta32, self.one_minus_beta32
+        beta, one_minus = self.coefficients[torch.float64 if act.x_min.dtype == torch.float64 else torch.float32]
         act.beta_t.mul_(beta)
         denom = 1.0 - act.beta_t
         act.x_min.copy_((act.x_min * beta + m_min * one_minus) / denom)

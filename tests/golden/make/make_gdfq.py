@@ -166,6 +166,7 @@ def main_(argv: list[str]) -> None:
         raise SystemExit("usage: make_gdfq.py GDFQ_DIR OUT_DIR")
     root, out_dir = Path(argv[0]), Path(argv[1])
     out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # as every golden maker: reductions' rounding depends on the thread count
     main, trainer_mod, utils = load_official(root)
     meta = {"format": FORMAT, "torch": str(torch.__version__), "repo": REPO, "commit": COMMIT}
 
