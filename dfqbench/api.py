@@ -204,15 +204,13 @@ def load_results(results_dir: str | os.PathLike | None = None, grid: str | os.Pa
     ``grid``: only that grid's runs, as its launches into ``results_dir`` planned them (``dfqbench report
     --grid``; its runs without a folder yet are pending rows). ``protocol``: only runs of that protocol.
     """
-    from argparse import Namespace
-
     from dfqbench.report.load import filter_scan, scan_results
 
     scan = scan_results(results_dir)
     if grid is not None:
         from dfqbench.report.cli import grid_selection
 
-        run_ids, missing, _ = grid_selection(Namespace(grid=str(grid)), scan.root)
+        run_ids, missing, _ = grid_selection(str(grid), scan.root)
         scan.unfinished += missing
         scan = filter_scan(scan, (), run_ids)
     if protocol is not None:

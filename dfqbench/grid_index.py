@@ -13,28 +13,24 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.specs import read_yaml
 
-if TYPE_CHECKING:
-    from dfqbench.store import ResultsStore
-
 SCHEMA = 1
 
 
-def index_path(results: "Path | ResultsStore", grid: str) -> Path:
+def index_path(results: Path, grid: str) -> Path:
     """``<results>/grids/<grid>/cells.json`` (the store's layout)."""
     from dfqbench.store import ResultsStore
 
-    store = results if isinstance(results, ResultsStore) else ResultsStore(results)
-    return store.grid_index_path(grid)
+    return ResultsStore(results).grid_index_path(grid)
 
 
-def write_grid_index(results: "Path | ResultsStore", grid: str, cells: list[dict[str, Any]]) -> Path:
+def write_grid_index(results: Path, grid: str, cells: list[dict[str, Any]]) -> Path:
     """Merge ``cells`` (dicts with at least ``label`` and ``status``) into the grid's index; returns its path."""
     from dfqbench.store import atomic_write_json
 
@@ -46,7 +42,7 @@ def write_grid_index(results: "Path | ResultsStore", grid: str, cells: list[dict
     return path
 
 
-def read_grid_index(results: "Path | ResultsStore", grid: str) -> dict[str, dict[str, Any]] | None:
+def read_grid_index(results: Path, grid: str) -> dict[str, dict[str, Any]] | None:
     """label → cell entry, or None when the grid was never launched into ``results``."""
     path = index_path(results, grid)
     try:

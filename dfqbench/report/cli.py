@@ -55,22 +55,21 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def grid_selection(args: argparse.Namespace, root: Path) -> tuple[set[str], list[Any], list[str]]:
+def grid_selection(grid: str, root: Path) -> tuple[set[str], list[Any], list[str]]:
     """(run ids of the grid's runs, Unfinished entries for runs without a folder yet, summary lines), from the
     grid's index written when it was launched (:mod:`dfqbench.grid_index`): no re-planning, no torch."""
     from collections import Counter
 
     from dfqbench.grid_index import grid_name, read_grid_index
     from dfqbench.report.load import Unfinished
-
     from dfqbench.store import ResultsStore
 
     store = ResultsStore(root)
-    name = grid_name(args.grid)
-    cells = read_grid_index(store, name)
+    name = grid_name(grid)
+    cells = read_grid_index(root, name)
     if cells is None:
         raise DfqbenchError(f"grid {name!r} was never launched into '{root}' (report --grid shows the runs its launches "
-                            f"planned); run `dfqbench run --grid {args.grid} --results {root}`, or report without --grid")
+                            f"planned); run `dfqbench run --grid {grid} --results {root}`, or report without --grid")
     run_ids, missing, unknown = set(), [], 0
     statuses: Counter = Counter()
     for cell in cells.values():
@@ -82,10 +81,10 @@ def grid_selection(args: argparse.Namespace, root: Path) -> tuple[set[str], list
             unknown += cell.get("status") not in ("excluded", "unsupported", "invalid")
             continue
         run_ids.add(cell["run_id"])
-        folder = store.run_dir(cell["run_name"])
-        statuses["done" if (folder / "record.json").is_file() else "not finished"] += 1
-        if not folder.exists() and isinstance(cell.get("spec"), dict):
-            missing.append(Unfinished(folder, "pending", cell["spec"]))
+        folder = store.run(cell["run_name"])
+        statuses["done" if folder.has_record() else "not finished"] += 1
+        if not folder.path.exists() and isinstance(cell.get("spec"), dict):
+            missing.append(Unfinished(folder.path, "pending", cell["spec"]))
     lines = [f"Grid {name}: {len(cells)} cells as launched (" + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
              + ")" + (f"; {unknown} runs without a known run id (teacher not downloaded yet) are not shown" if unknown else "")]
     return run_ids, missing, lines
@@ -108,7 +107,7 @@ def run_report(args: argparse.Namespace) -> int:
     preamble = []
     run_ids = None
     if args.grid is not None:
-        run_ids, missing, preamble = grid_selection(args, scan.root)
+        run_ids, missing, preamble = grid_selection(args.grid, scan.root)
         scan.unfinished += missing
     if args.protocol is not None:
         wheres.append(Where("protocol", (args.protocol,)))
