@@ -547,3 +547,17 @@ def test_grid_restriction_selects_the_grids_run_ids(tiny_request, tmp_path, caps
     index = json.loads((Path(results) / "grids" / "smoke" / "cells.json").read_text())
     assert sorted(index["cells"]) == ["gdfq tiny_cifar10 w3a3 s0", "gdfq tiny_cifar10 w3a3 s1",
                                       "gdfq tiny_cifar10 w4a4 s0", "gdfq tiny_cifar10 w4a4 s1"]
+
+
+def test_grid_selection_counts_cells_that_are_not_runs_apart(tmp_path):
+    """Cells without a run (excluded, unsupported, skipped for want of weights, invalid) are not counted as
+    runs whose id is unknown; a run cell without an id (teacher not downloaded) is."""
+    from dfqbench.grid_index import write_grid_index
+    from dfqbench.report.cli import grid_selection
+
+    cells = [{"label": f"c{i}", "status": status, "run_id": None, "run_name": None, "spec": None}
+             for i, status in enumerate(("excluded", "unsupported", "skipped", "invalid", "pending"))]
+    write_grid_index(tmp_path, "g", cells)
+    run_ids, missing, (line,) = grid_selection("g", tmp_path)
+    assert run_ids == set() and missing == []
+    assert line.endswith("; 1 runs without a known run id (teacher not downloaded yet) are not shown"), line

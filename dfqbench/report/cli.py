@@ -78,7 +78,7 @@ def grid_selection(grid: str, root: Path) -> tuple[set[str], list[Any], list[str
             continue
         if cell.get("run_id") is None:
             statuses[cell.get("status", "?")] += 1
-            unknown += cell.get("status") not in ("excluded", "unsupported", "invalid")
+            unknown += cell.get("status") not in ("excluded", "unsupported", "skipped", "invalid")  # cells, not runs
             continue
         run_ids.add(cell["run_id"])
         folder = store.run(cell["run_name"])
