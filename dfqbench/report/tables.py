@@ -196,6 +196,22 @@ def main_tables(scan: Scan, layout: PublishedTable, published: Published, metric
             for protocol in sorted(protocols, key=protocol_sort_key)]
 
 
+def _configuration_cells(table: Table, notes: Footnotes, label: str, cell: Cell, paper: Any, paper_fp: Any,
+                         papers_teacher: bool, width: int, index: int, metric: str | None = None
+                         ) -> tuple[list[list[Text]], Any, Any, Any]:
+    """A labelled row of another configuration: ours / published / Δ (with the reproduced mark) in column
+    ``index`` of ``width``, the others empty; the cell's run states go to the table's status lines. Returns the
+    row's cells and the Δ, its kind and the mark (for the table's records)."""
+    ours, status = fmt_ours(cell, notes, label, metric)
+    if cell.states:
+        table.cell_status.append(f"{label}: {cell.state_text()}")
+    diff, kind = delta(cell, paper, paper_fp, papers_teacher)
+    mark = reproduced(cell, paper, paper_fp)
+    row_cells = [[Text("")] * len(SUBCOLUMNS) for _ in range(width)]
+    row_cells[index] = [Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))]
+    return row_cells, diff, kind, mark
+
+
 def _main_table(layout: PublishedTable, published: Published, protocol: str, records: list[RunRecord],
                 unfinished: list[Unfinished], metric: str, all_rows: bool, all_columns: bool,
                 extra_methods: bool, all_configurations: bool = False) -> Table:
@@ -284,13 +300,8 @@ def _main_table(layout: PublishedTable, published: Published, protocol: str, rec
             configured_rows = True
             method = columns[index][1]
             label = f"{method_label(method)} {bits.upper()} ({model}) with {conf.label}"
-            ours, status = fmt_ours(cell, notes, label, metric)
-            if cell.states:
-                table.cell_status.append(f"{label}: {cell.state_text()}")
-            diff, kind = delta(cell, paper, paper_fp, papers_teacher)
-            mark = reproduced(cell, paper, paper_fp)
-            row_cells = [[Text("")] * len(SUBCOLUMNS) for _ in columns]
-            row_cells[index] = [Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))]
+            row_cells, diff, kind, mark = _configuration_cells(table, notes, label, cell, paper, paper_fp,
+                                                               papers_teacher, len(columns), index, metric)
             table.rows.append(TableRow(labels + [f"{method_label(method)} ({conf.label})"], row_cells))
             table.records.append(_record(layout.name, protocol, model, datasets.get(model, ""), teacher, bits, method,
                                          metric, cell, paper, paper_fp, diff, kind, mark, conf.label))
@@ -436,13 +447,8 @@ def _ablation_table(key: tuple[str, str, str, str | None], records: list[tuple[R
                                                           for j, c in enumerate(grid[i])]))
         for j, conf, cell, paper in extra[i]:
             label = f"{terms_label(terms)} {bits_list[j].upper()} with {conf.label}"
-            ours, status = fmt_ours(cell, notes, label)
-            if cell.states:
-                table.cell_status.append(f"{label}: {cell.state_text()}")
-            diff, kind = delta(cell, paper, paper_fp, papers_teacher)
-            mark = reproduced(cell, paper, paper_fp)
-            row_cells = [[Text("")] * len(SUBCOLUMNS) for _ in bits_list]
-            row_cells[j] = [Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))]
+            row_cells, diff, kind, mark = _configuration_cells(table, notes, label, cell, paper, paper_fp,
+                                                               papers_teacher, len(bits_list), j)
             table.rows.append(TableRow(labels + [conf.label], row_cells))
             table.records.append(_record("ablation", protocol, model, dataset, teacher, bits_list[j], method, metric,
                                          cell, paper, paper_fp, diff, kind, mark, conf.label, terms=terms_label(terms)))
