@@ -102,6 +102,24 @@ class _Capture:
         student.register_forward_hook(lambda m, i, o: self.rows.__setitem__("student_logits", o.detach().clone()))
 
 
+def _official_setup():
+    """The official run's starting point, in the default dtype: seeded teacher, generator (--randemb) and W3A3
+    student, the optimisers of the 4-bit script, the step, a capture of its batch, and the states before it."""
+    teacher = qi.seeded_teacher()
+    generator = _seeded_generator(None).train()  # --randemb
+    student = quantize_model(teacher, QuantConfig(qi.BITS, qi.BITS)).eval()
+    method = _qimera(latent_dim=qi.LATENT_DIM, embedding_init="random", superposed_prob=qi.PROB, superposed_k=qi.K)
+    method.setup(teacher, CPU)
+    opt_g = method.generator_optimizer(generator, qi.LR_G, qi.BETAS)
+    opt_q = torch.optim.SGD(student.parameters(), lr=qi.LR_Q, momentum=qi.MOMENTUM, nesterov=True,
+                            weight_decay=qi.WEIGHT_DECAY)
+    step = TrainStep(method, generator, teacher, student, opt_g, opt_q, qi.BATCH, CPU)
+    capture = _Capture(method, generator, teacher, student)
+    g_before = {k: v.clone() for k, v in generator.state_dict().items()}
+    q_before = {k: v.clone() for k, v in student.state_dict().items()}
+    return generator, student, step, capture, g_before, q_before
+
+
 def _assert_state(prefix: str, ours: dict[str, torch.Tensor], before: dict[str, torch.Tensor],
                   golden: dict[str, torch.Tensor], atol: float, step_rtol: float | None, rtol: float = PARAM_RTOL,
                   cancelled_steps: int = 1) -> None:
@@ -126,18 +144,7 @@ def test_one_iteration_matches_official_from_identical_weights(case):
     """G step + Q step at W3A3 in epoch 0 (ranges updating, no warm-up), from the same weights, on a superposed
     ("mixed") or a one-label ("single") batch: losses, logits, images, and every parameter and range after it."""
     golden = _golden("iteration.pt")
-    teacher = qi.seeded_teacher()
-    generator = _seeded_generator(None).train()  # --randemb
-    student = quantize_model(teacher, QuantConfig(qi.BITS, qi.BITS)).eval()
-    method = _qimera(latent_dim=qi.LATENT_DIM, embedding_init="random", superposed_prob=qi.PROB, superposed_k=qi.K)
-    method.setup(teacher, CPU)
-    opt_g = method.generator_optimizer(generator, qi.LR_G, qi.BETAS)
-    opt_q = torch.optim.SGD(student.parameters(), lr=qi.LR_Q, momentum=qi.MOMENTUM, nesterov=True,
-                            weight_decay=qi.WEIGHT_DECAY)
-    step = TrainStep(method, generator, teacher, student, opt_g, opt_q, qi.BATCH, CPU)
-    capture = _Capture(method, generator, teacher, student)
-    g_before = {k: v.clone() for k, v in generator.state_dict().items()}
-    q_before = {k: v.clone() for k, v in student.state_dict().items()}
+    generator, student, step, capture, g_before, q_before = _official_setup()
     set_range_update(student, True)
     torch.manual_seed(qi.ITERATION_SEEDS[case])
     terms = dict(step.iteration(train_q=True))
@@ -166,19 +173,7 @@ def test_two_epochs_of_the_official_loop_match_in_float64():
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        teacher = qi.seeded_teacher()
-        generator = _seeded_generator(None).train()
-        student = quantize_model(teacher, QuantConfig(qi.BITS, qi.BITS)).eval()
-        method = _qimera(latent_dim=qi.LATENT_DIM, embedding_init="random", superposed_prob=qi.PROB,
-                         superposed_k=qi.K)
-        method.setup(teacher, CPU)
-        opt_g = method.generator_optimizer(generator, qi.LR_G, qi.BETAS)
-        opt_q = torch.optim.SGD(student.parameters(), lr=qi.LR_Q, momentum=qi.MOMENTUM, nesterov=True,
-                                weight_decay=qi.WEIGHT_DECAY)
-        step = TrainStep(method, generator, teacher, student, opt_g, opt_q, qi.BATCH, CPU)
-        capture = _Capture(method, generator, teacher, student)
-        g_before = {k: v.clone() for k, v in generator.state_dict().items()}
-        q_before = {k: v.clone() for k, v in student.state_dict().items()}
+        generator, student, step, capture, g_before, q_before = _official_setup()
         seq: dict[str, list[torch.Tensor]] = {"loss_g": [], "loss_q": [], "superposed": []}
         torch.manual_seed(qi.TRAJECTORY_SEED)
         for ranges in (True, False):  # main.run: ranges update in epochs 0-3, then freeze_model
