@@ -197,7 +197,7 @@ class Trainer:
             self.loggers.close(record)
         return record
 
-    def _fit(self, started: float) -> dict[str, Any]:
+    def _fit(self, started: float) -> RunRecord:
         self.state["sessions"] += 1
         # The method's setup (ZeroQ's distillation) is part of the run's cost; it runs again in each session.
         self.state["elapsed_s"] += self.setup_seconds

@@ -50,6 +50,12 @@ class RangeTracker:
         return f"tracker={self.name}, momentum={self.momentum}"
 
 
+def _coefficients_in(dtype: torch.dtype, momentum: float) -> tuple[float, float]:
+    """(β, 1 − β) computed in ``dtype``, as a buffer of that dtype holding β gives them."""
+    beta = torch.tensor(momentum, dtype=dtype)
+    return float(beta), float(1.0 - beta)
+
+
 class EmaGdfqTracker(RangeTracker):
     """GDFQ-lineage EMA with compounding "bias correction" (methods.md §1.5; GDFQ ``quant_modules.py`` L75-96).
 
@@ -57,8 +63,9 @@ class EmaGdfqTracker(RangeTracker):
     (x_min, x_max). The corrected value is stored, so for a constant m the range inflates before decaying.
 
     The arithmetic is the official one: β is a buffer of the default dtype there, so in float32 1 − β is
-    fl32(1 − fl32(β)) (0.100000024 for β = 0.9, not 0.1), and the two products are added unfused. A range one ulp off moves
-    the quantization grid, which flips roundings somewhere in a real network (tests/test_golden_adasg.py).
+    fl32(1 − fl32(β)) (0.100000024 for β = 0.9, not 0.1), and the two products are added unfused. A range
+    one ulp off moves the quantization grid, which flips roundings somewhere in a real network
+    (tests/test_golden_adasg.py).
     """
 
     name = "ema_gdfq"
@@ -67,8 +74,7 @@ class EmaGdfqTracker(RangeTracker):
         super().__init__(momentum)
         # (β, 1 − β) as the official buffer's precision gives them: its buffer has the default dtype, float32
         # (fl32(β), fl32(1 − fl32(β))), or float64 when a run is in double precision (tests/golden/qimera).
-        self.coefficients = {dtype: (float(beta), float(1.0 - beta)) for dtype in (torch.float32, torch.float64)
-                             for beta in [torch.tensor(self.momentum, dtype=dtype)]}
+        self.coefficients = {dtype: _coefficients_in(dtype, self.momentum) for dtype in (torch.float32, torch.float64)}
 
     def buffers(self) -> dict[str, Tensor]:
         return {**super().buffers(), "beta_t": torch.ones(())}
