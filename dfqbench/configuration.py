@@ -43,6 +43,10 @@ def flat_configuration(sections: dict[str, Any]) -> dict[str, Any]:
 
 def changes(run: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
     """``{override key: the run's value}`` where the run's sections differ from the default's (``{}``: none)."""
-    ours, theirs = flat_configuration(run), flat_configuration(default)
+    return differences(flat_configuration(run), flat_configuration(default))
+
+
+def differences(ours: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """``{key: our value}`` for every key whose value (or presence) differs between two flat configurations."""
     missing = object()
-    return {k: ours.get(k) for k in sorted(set(ours) | set(theirs)) if ours.get(k, missing) != theirs.get(k, missing)}
+    return {k: ours.get(k) for k in sorted(set(ours) | set(default)) if ours.get(k, missing) != default.get(k, missing)}

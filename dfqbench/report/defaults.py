@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from dfqbench.configuration import flat_configuration, override_key, plain
+from dfqbench.configuration import differences, flat_configuration, override_key, plain
 from dfqbench.errors import DfqbenchError
 
 __all__ = ["configuration_diff", "default_configuration", "diff_text", "override_key"]
@@ -68,10 +68,7 @@ def configuration_diff(spec: dict[str, Any]) -> list[tuple[str, Any]] | None:
     default, _ = default_configuration(spec)
     if default is None:
         return None
-    ours = plain(_configuration(spec))
-    missing = object()
-    return [(k, ours.get(k)) for k in sorted(set(default) | set(ours))
-            if ours.get(k, missing) != default.get(k, missing)]
+    return sorted(differences(plain(_configuration(spec)), default).items())
 
 
 def diff_text(diff: list[tuple[str, Any]], limit: int = 4) -> str:
