@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from dfqbench.errors import DfqbenchError
 from dfqbench.launch.estimate import Estimate, formula_seconds
 from dfqbench.launch.grid import Cell, Grid, apply_filters, dataset_of, expand
-from dfqbench.store import ResultsStore, RunFolder, RunState, StoreError, run_state
+from dfqbench.store import CELL_ONLY_STATES, ResultsStore, RunFolder, RunState, StoreError, run_state
 
 if TYPE_CHECKING:
     from dfqbench.runner import RunRequest
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from dfqbench.zoo.identity import Teacher
     from dfqbench.store import RunRecord
 
-CELL_ONLY_STATES = ("excluded", "unsupported", "skipped", "invalid")  # skipped: no teacher weights for the model
 
 
 @dataclass

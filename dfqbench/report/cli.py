@@ -62,7 +62,7 @@ def grid_selection(grid: str, root: Path) -> tuple[set[str], list[Any], list[str
 
     from dfqbench.grid_index import grid_name, read_grid_index
     from dfqbench.report.load import Unfinished
-    from dfqbench.store import ResultsStore
+    from dfqbench.store import CELL_ONLY_STATES, ResultsStore
 
     store = ResultsStore(root)
     name = grid_name(grid)
@@ -78,7 +78,7 @@ def grid_selection(grid: str, root: Path) -> tuple[set[str], list[Any], list[str
             continue
         if cell.get("run_id") is None:
             statuses[cell.get("status", "?")] += 1
-            unknown += cell.get("status") not in ("excluded", "unsupported", "skipped", "invalid")  # cells, not runs
+            unknown += cell.get("status") not in CELL_ONLY_STATES
             continue
         run_ids.add(cell["run_id"])
         folder = store.run(cell["run_name"])

@@ -18,6 +18,9 @@ from dfqbench.store.layout import RunFolder
 from dfqbench.store.lease import describe_lease, lease_alive, read_lease
 
 RUN_STATES = ("pending", "running", "done", "failed", "lost")
+# A grid cell that is no run: excluded by the grid file, unsupported by its method, skipped (no teacher weights
+# for its model), or invalid. The planner gives these; the grid index keeps them for `report --grid`.
+CELL_ONLY_STATES = ("excluded", "unsupported", "skipped", "invalid")
 
 
 @dataclass(frozen=True)
