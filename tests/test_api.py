@@ -161,11 +161,14 @@ class CrashAtIteration(RecordingProgress):
 def test_resume_keeps_the_best_student_and_the_event_files_consistent(tmp_path, monkeypatch):
     """Session 1 dies between epoch 0's checkpoint and its best_student.pt; session 2 (which repairs the best
     file from the checkpoint) dies in the middle of epoch 1 after logging it; session 3 finishes. The best
-    student still evaluates to best_top1, and the event files hold each step once (the cut epoch is purged)."""
+    student still evaluates to best_top1, the event files hold each step once (the cut epoch is purged) and
+    the W&B run, which cannot rewind, gets each value once over the three sessions."""
     from dfqbench.core import trainer
 
+    _offline_wandb(monkeypatch.setenv, tmp_path / "wandb-home")
     args = dict(method="gdfq", model="tiny_cifar10", bits="w8a8", protocol="quick", overrides=OVERRIDES,
-                results=tmp_path / "res", device="cpu", log_every=2, log="tensorboard")
+                results=tmp_path / "res", device="cpu", log_every=2,
+                log=["tensorboard"] + (["wandb"] if HAS_WANDB else []))
     real_save = trainer.save_best_student
 
     def dies(*a, **k):
@@ -191,6 +194,18 @@ def test_resume_keeps_the_best_student_and_the_event_files_consistent(tmp_path, 
     metrics = dfqbench.load_metrics(folder)
     assert [v for _, v in scalars["q/loss"]] == pytest.approx(list(metrics[metrics["type"] == "iter"]["q/loss"]),
                                                               rel=1e-6)
+    if not HAS_WANDB:
+        return
+    run_files = sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(run_files) == 3  # one per session, as `wandb sync` uploads them into the one W&B run
+    history = [row for run_file in run_files for row in _wandb_history(run_file)]
+    sent = [(row["iteration"], key) for row in history for key in row if key != "iteration" and key[0] != "_"]
+    assert len(sent) == len(set(sent))  # nothing sent twice, although session 3 re-ran half of epoch 1
+    q_loss = sorted((row["iteration"], row["q/loss"]) for row in history if "q/loss" in row)
+    iters = metrics[metrics["type"] == "iter"]
+    assert q_loss == list(zip(iters["step"], iters["q/loss"]))  # the resume is bit-identical on the CPU
+    assert sorted((row["iteration"], row["epoch/top1"]) for row in history if "epoch/top1" in row) == \
+        [(4 * (e + 1), record["top1_per_epoch"][str(e)]) for e in range(3)]
 
 
 def _wandb_history(path: Path) -> list[dict[str, float]]:

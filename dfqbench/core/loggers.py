@@ -16,7 +16,10 @@ torch nor the loggers' packages at import time (the CLI checks ``--log`` before 
 - ``wandb``: one W&B run per dfqbench run (name = the run name, config = the spec), its files under
   ``<run folder>/wandb/``; ``WANDB_PROJECT`` (default ``dfqbench``), ``WANDB_MODE=offline`` and the other
   ``WANDB_*`` variables apply. Its id is kept in ``<run folder>/wandb_id`` so that a resumed run continues
-  the same W&B run (points of an epoch re-run after a crash appear twice there).
+  the same W&B run. W&B cannot rewind a run, so the last step sent (and the keys sent at it) is kept in
+  ``<run folder>/wandb_step``: after a crash, the part of an epoch that the resumed run trains again is not
+  sent a second time, and W&B keeps the first session's points there (the same values when the resume is
+  bit-identical, as on the CPU; TensorBoard instead replaces them).
 """
 
 from __future__ import annotations
@@ -115,10 +118,12 @@ class WandbLogger(RunLogger):
 
     def __init__(self) -> None:
         self.run: Any = None
+        self.sent: SentMark | None = None
 
     def open(self, spec: "RunSpec", folder: Path, first_step: int) -> None:
         import wandb
 
+        self.sent = SentMark(folder / "wandb_step")
         id_file = folder / "wandb_id"
         run_id = id_file.read_text().strip() if id_file.exists() else None
         if not run_id:
@@ -133,7 +138,11 @@ class WandbLogger(RunLogger):
         self.run.define_metric("*", step_metric="iteration")
 
     def log(self, values: dict[str, float], step: int) -> None:
-        self.run.log({**values, "iteration": step})
+        assert self.sent is not None
+        fresh = self.sent.unsent(values, step)
+        if fresh:
+            self.run.log({**fresh, "iteration": step})
+            self.sent.record(fresh, step)
 
     def close(self, summary: dict[str, Any] | None) -> None:
         if self.run is None:
@@ -142,6 +151,35 @@ class WandbLogger(RunLogger):
             self.run.summary[key] = value
         self.run.finish(exit_code=0 if summary is not None else 1)
         self.run = None
+
+
+class SentMark:
+    """The last step a logger sent and the keys sent at that step, kept in a file across sessions, so that a
+    resumed run does not send again what an earlier session already sent (for loggers that cannot rewind)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.step, self.keys = 0, set()
+        try:
+            saved = json.loads(path.read_text())
+            self.step, self.keys = int(saved["step"]), set(saved["keys"])
+        except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: send all rather than lose any
+            pass
+
+    def unsent(self, values: dict[str, float], step: int) -> dict[str, float]:
+        """The values not yet sent: all of them after the mark, the keys not sent at it, none before it."""
+        if step > self.step:
+            return dict(values)
+        if step == self.step:
+            return {key: value for key, value in values.items() if key not in self.keys}
+        return {}
+
+    def record(self, values: dict[str, float], step: int) -> None:
+        from dfqbench.store import atomic_write_json
+
+        self.keys = (self.keys | set(values)) if step == self.step else set(values)
+        self.step = step
+        atomic_write_json(self.path, {"step": self.step, "keys": sorted(self.keys)})
 
 
 _CLASSES: dict[str, type[RunLogger]] = {"tensorboard": TensorBoardLogger, "wandb": WandbLogger}
