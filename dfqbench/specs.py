@@ -23,7 +23,7 @@ from dfqbench.validate import check_int, check_real, is_int, is_real
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The trainer's schedule; defaults are GDFQ's CIFAR hocon and trainer (methods.md §2.4)."""
+    """The trainer's schedule; defaults are GDFQ's CIFAR hocon and ``trainer.py`` (L48-78, L181-241)."""
 
     epochs: int = 400
     iters_per_epoch: int = 200

@@ -1,6 +1,6 @@
 """AdaDFQ: Adaptive Data-Free Quantization (Qian et al., CVPR 2023), faithful to hfutqian/AdaDFQ.
 
-AdaSG with configurable weights and bounds (methods.md §5; AdaDFQ ``CIFAR/trainer.py`` L241-252):
+AdaSG with configurable weights and bounds (AdaDFQ ``CIFAR/trainer.py`` L241-252):
 L_G = L_b(λ_l, λ_u) + β·(α_ds·L_ds + α_as·L_as) + γ·L_BNS; everything else is AdaSG's (same generator,
 student-in-G-loss, L_Q = −τ²·H at τ = 20 / 5, batch 16, 400 × 200). AdaSG is the special case α_ds = α_as
 = 0.1, β = γ = 1, λ_l = 0.3, λ_u = 0.8 (the author, AdaDFQ issue #1).
@@ -59,7 +59,7 @@ class AdaDFQ(AdaSG):
 
     @classmethod
     def schedule(cls, dataset: str, model: str, wbits: int, abits: int) -> GameSchedule:
-        """AdaSG's schedules, except ResNet-50's milestones, which AdaDFQ sets per bit-width (§5)."""
+        """AdaSG's schedules, except ResNet-50's milestones, which AdaDFQ sets per bit-width (its hocon's comments)."""
         base = super().schedule(dataset, model, wbits, abits)
         if dataset == "imagenet" and model == "resnet50":
             milestones = RESNET50_MILESTONES.get(uniform_bits(wbits, abits), RESNET50_DEFAULT_MILESTONES)

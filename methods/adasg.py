@@ -1,15 +1,16 @@
 """AdaSG: Rethinking Data-Free Quantization as a Zero-Sum Game (Qian et al., AAAI 2023), faithful to hfutqian/AdaSG.
 
 L_G = 1·L_b + 0.1·L_ds + 0.1·L_as + 1.0·L_BNS, Q's forward inside L_G with gradient to G through the
-      quantized student (identity STE, Q in eval mode)        (``CIFAR/trainer.py`` L239-256; methods.md §4.2)
-L_Q = −τ²·mean H(softmax((t − s)/τ)), τ = 20 CIFAR / 5 ImageNet   (L130-138; §4.3)
-Generator, sampling and loop are GDFQ's (§4): batch 16, 400 epochs × 200 iterations, G Adam 1e-3
-(0.5, 0.999), student SGD-Nesterov with the per-model lr, milestones and warm-up of §4.5.
+      quantized student (identity STE, Q in eval mode)        (``CIFAR/trainer.py`` L237, L239-256)
+L_Q = −τ²·mean H(softmax((t − s)/τ)), τ = 20 CIFAR / 5 ImageNet   (L130-138)
+Generator, sampling and loop are GDFQ's (AdaSG is a GDFQ fork): batch 16, 400 epochs × 200 iterations, G Adam
+1e-3 (0.5, 0.999), student SGD-Nesterov with the per-model lr, milestones and warm-up of the hocons
+(``CIFAR/cifar{10,100}_resnet20.hocon``, ``ImageNet/imagenet_{res18,res50,MV2}.hocon``).
 
 Every generator-loss weight is a config field, so AdaSG Table 2's ablation is one weight set to 0. The loss
 terms live in :mod:`dfqbench.core.game_losses`.
 
-The released code does not run as is (§4.6); here:
+The released code does not run as is; here:
 1. options.py never reads ``network`` → the model comes from the run request;
 2. CIFAR-10 is rejected by the dataloader and ``main.py`` → it runs with the CIFAR presets (the cifar10 hocon);
 3. the vendored pytorchcv download is commented out → weights come from --weights / DFQBENCH_WEIGHTS or pytorchcv;
@@ -35,7 +36,7 @@ from dfqbench.methods.gdfq import GDFQ
 
 @dataclass(frozen=True)
 class GameSchedule:
-    """The per-model schedule of an AdaSG/AdaDFQ hocon (methods.md §4.5 / §5)."""
+    """The per-model schedule of an AdaSG/AdaDFQ hocon."""
 
     lr_q: float
     milestones: tuple[int, ...]  # the hocon's step list for S and G, kept literally (see paper_protocol)
@@ -103,7 +104,7 @@ class AdaSG(Method):
     # -- presets -------------------------------------------------------------------------------------
     @classmethod
     def schedule(cls, dataset: str, model: str, wbits: int, abits: int) -> GameSchedule:
-        """The hocon schedule for a cell: one for CIFAR (any CIFAR model), one per ImageNet model (§4.5)."""
+        """The hocon schedule for a cell: one for CIFAR (any CIFAR model), one per ImageNet model hocon."""
         if dataset != "imagenet":
             return CIFAR_SCHEDULE
         base = IMAGENET_SCHEDULES.get(model, IMAGENET_SCHEDULES[IMAGENET_FALLBACK])

@@ -3,7 +3,7 @@
 L_G = CE(T(x), y) + 0.1·L_BNS                       (trainer.py L222-234)
 L_Q = α·T²·KL_el(p_T ‖ p_Q) + CE(Q(x), y), T = 20   (trainer.py L106-126; KL averaged over B·C elements)
 Schedule: 400 epochs × 200 iterations, batch 200 (CIFAR) / 16 (ImageNet), warm-up 4 / 50 epochs, student
-SGD-Nesterov lr 1e-4 / 1e-6, generator Adam 1e-3 (0.5, 0.999), ×0.1 at epochs 100/200/300 (methods.md §2).
+SGD-Nesterov lr 1e-4 / 1e-6, generator Adam 1e-3 (0.5, 0.999), ×0.1 at epochs 100/200/300 (trainer.py L48-78).
 
 Optional, off by default: Qimera's superposed samples on GDFQ's generator (``superposed_prob`` > 0; the
 Qimera paper's "GDFQ + superposed samples"; dfqbench.core.superposed). Both CE terms then use the soft

@@ -1,5 +1,5 @@
 """Qimera: Data-free Quantization with Synthetic Boundary Supporting Samples (Choi et al., NeurIPS 2021),
-faithful to iamkanghyunchoi/qimera (methods.md §3).
+faithful to iamkanghyunchoi/qimera.
 
 GDFQ plus superposed samples and its own generator input path:
 - per iteration, with probability p the whole batch is superposed: K labels per sample, K noise vectors,
@@ -8,7 +8,7 @@ GDFQ plus superposed samples and its own generator input path:
   N(0, 1), DM off as the released scripts run it (main.py L28-156; dfqbench.core.generators_qimera);
 - L_G = SoftCE(T(x), ỹ) + 0.1·L_BNS                          (trainer.py L237-251)
 - L_Q = α·T²·KL_el(p_T ‖ p_Q) + SoftCE(Q(x), ỹ), T = 20, α = 1  (trainer.py L109-130; KL element mean)
-Schedule, optimisers, quantizer and evaluation are GDFQ's (methods.md §3.4).
+Schedule, optimisers, quantizer and evaluation are GDFQ's (trainer.py L51-81, main.py L358-412).
 
 Deviations from the official code, each behind a switch whose default is the official behaviour:
 ``dm`` (official ``--no_DM`` is inverted: DM is off unless the flag is passed; no script passes it),
@@ -38,7 +38,7 @@ from dfqbench.registry import unknown_choice
 
 EMBEDDING_INITS = ("teacher", "random")  # "random" is the official --randemb
 
-# The official run scripts (run_*_4bit.sh, other_train_scripts/run_*_5bit.sh; methods.md §3.1, §3.4):
+# The official run scripts (run_*_4bit.sh, other_train_scripts/run_*_5bit.sh):
 # model → {script bits: (superposed_prob p, superposed_k K, embedding_init, latent_dim)}.
 SCRIPT_PRESETS: dict[str, dict[int, tuple[float, int, str, int]]] = {
     "resnet20_cifar10": {4: (0.4, 2, "random", 64), 5: (0.4, 2, "random", 64)},

@@ -1,4 +1,4 @@
-"""ZAQ: Zero-shot Adversarial Quantization (Liu et al., CVPR 2021), faithful to FLHonker/ZAQ-code (methods.md §7).
+"""ZAQ: Zero-shot Adversarial Quantization (Liu et al., CVPR 2021), faithful to FLHonker/ZAQ-code.
 
 L_Q = L1(Q(x), P(x)) + α·SCRM(g_Q, g_P)                                  (main.py L33-35)
 L_G = −L1(Q(x), P(x)) − α·SCRM(g_Q, g_P) − β·mean|g_P[−1]|               (main.py L45; α 1, β 0.1)
@@ -23,23 +23,23 @@ Quirk reproduced by default, with a corrected switch:
   elsewhere unchanged).
 
 Deviations from the official code (none has a switch unless named):
-- Initial activation ranges. The official ``main()`` first runs test() on the **real** CIFAR test set
-  with range updates on, and every later test() keeps widening the ranges (methods.md §1.5, §7.5 item
-  1): a data leak. Here evaluation never updates ranges, and the initial ranges come from generated data
-  only: before epoch 0 the trainer passes one generated batch through Q (eval mode, no grad, ranges
-  updating) and evaluates; that is the record's ``calibrated_top1`` (pretrained weights, no fine-tuning).
-  No switch restores the leak, on purpose: it would need evaluation with range updates on, which the
-  trainer never does.
-- Models: pytorchcv's pretrained ResNets (methods.md §8) instead of ZAQ's self-trained networks; they
-  have one ReLU module per site, so no QuantAct is shared between two sites as in ZAQ's blocks (§1.4).
+- Initial activation ranges. The official ``main()`` first runs test() on the **real** CIFAR test set with
+  range updates on (main.py L155-156), and every later test() keeps widening the ranges: a data leak. Here
+  evaluation never updates ranges, and the initial ranges come from generated data only: before epoch 0 the
+  trainer passes one generated batch through Q (eval mode, no grad, ranges updating) and evaluates; that is
+  the record's ``calibrated_top1`` (pretrained weights, no fine-tuning). No switch restores the leak, on
+  purpose: it would need evaluation with range updates on, which the trainer never does.
+- Models: pytorchcv's pretrained ResNets (as in the GDFQ lineage) instead of ZAQ's self-trained networks;
+  they have one ReLU module per site, so no QuantAct is shared between two sites as in ZAQ's blocks
+  (``network/resnet20.py`` L55/L72-75).
   Evaluation uses the harness's per-model normalisation.
 - Bits come from ``--bits`` (the official defaults are W6A8); the seed is the run's seed (official 6786).
 - The official G is unconditional, so ``Sample.labels`` are an unused placeholder drawn uniformly at
   random (after z); no ZAQ loss reads them.
-- Datasets: ZAQ's code is CIFAR-only (§7.4), so ImageNet cells are unsupported (:meth:`unsupported_reason`),
+- Datasets: ZAQ's code is CIFAR-only (main.py), so ImageNet cells are unsupported (:meth:`unsupported_reason`),
   as are models without ``features.stage1..N``. mobilenetv2_w1 is ImageNet and therefore unsupported;
   note that its pytorchcv stages end in linear bottlenecks (no ReLU, hence not quantized in Q), unlike
-  the ResNets', and ZAQ's own MobileNetV2 exposes no features at all (§7.5 item 3).
+  the ResNets', and ZAQ's own MobileNetV2 exposes no features at all (its forward has no ``out_feat``).
 - The official Q step leaves P's features undetached and the G step leaves gradients in Q (cleared by
   the next Q step's zero_grad); neither changes any trained number, so neither is reproduced.
 """

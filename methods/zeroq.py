@@ -1,7 +1,7 @@
 """ZeroQ (Cai et al., CVPR 2020) and "ZeroQ data + KD fine-tune" (the protocol behind IntraQ's ZeroQ numbers).
 
 ``zeroq`` — calibration only, faithful to amirgholami/ZeroQ ``classification/uniform_test.py`` L60-97 and
-``distill_data.py`` (methods.md §6): one batch of 64 distilled images (``run.sh``/README batch size), then one
+``distill_data.py`` L30-157: one batch of 64 distilled images (``run.sh``/README batch size), then one
 no-grad forward of that batch through the quantized model with the widening ``minmax`` range tracker, ranges
 frozen, no fine-tuning. In the shared trainer: the distillation runs in :meth:`setup`; the "generator" is the
 bank of distilled images; the schedule is one epoch of one iteration that is all warm-up, so the trainer's

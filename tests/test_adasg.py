@@ -1,5 +1,5 @@
 """AdaSG and AdaDFQ: the game loss terms against hand computations, the plugins' weights and presets, and
-tiny end-to-end runs (methods.md §4, §5)."""
+tiny end-to-end runs (official AdaSG/AdaDFQ ``CIFAR/trainer.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Qimera plugin and the reusable superposed sampler, against hand-computed values (methods.md §3)."""
+"""Qimera plugin and the reusable superposed sampler, against hand-computed values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests of the shared fake-quantizer (methods.md §1): arithmetic, STE, trackers, modules and converter."""
+"""Tests of the shared fake-quantizer (the official ``quant_utils.py`` / ``quant_modules.py``): arithmetic, STE,
+trackers, modules and converter."""
 
 from __future__ import annotations
 
@@ -51,14 +52,14 @@ def t(*values: float) -> torch.Tensor:
 
 
 def official_reference(x: torch.Tensor, k: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """methods.md §1.1 written out literally, out of place, one op per formula step."""
+    """GDFQ ``quant_utils.py`` L85-139 written out literally, out of place, one op per formula step."""
     s = (2**k - 1) / torch.clamp(hi - lo, min=1e-8)
     z = torch.round(s * lo) + 2 ** (k - 1)
     q = torch.clamp(torch.round(s * x - z), -(2 ** (k - 1)), 2 ** (k - 1) - 1)
     return (q + z) / s
 
 
-# ---------------------------------------------------------------- fake_quantize (§1.1)
+# ---------------------------------------------------------------- fake_quantize
 
 
 def test_k2_known_range_clips_both_ends() -> None:
@@ -139,7 +140,7 @@ def test_half_precision_input_uses_the_float32_range_arithmetic() -> None:
     assert torch.equal(QuantAct(8, "minmax")(x), official_reference(x.float(), 8, lo, hi))
 
 
-# ---------------------------------------------------------------- STE (§1.2)
+# ---------------------------------------------------------------- STE
 
 
 def test_ste_gradient_is_identity_even_when_clipped_and_ranges_get_none() -> None:
@@ -200,7 +201,7 @@ def test_quant_config_validation_and_to_dict() -> None:
             QuantConfig(**bad)  # type: ignore[arg-type]
 
 
-# ---------------------------------------------------------------- trackers (§1.5)
+# ---------------------------------------------------------------- trackers
 
 
 def feed(act: QuantAct, values: tuple[float, ...]) -> torch.Tensor:
@@ -307,7 +308,7 @@ def test_quant_conv_weight_is_quantized_per_output_channel() -> None:
         assert torch.equal(wq[c], fake_quantize(w, 3, w.min(), w.max()))
 
 
-# ---------------------------------------------------------------- quantize_model (§1.4)
+# ---------------------------------------------------------------- quantize_model
 
 
 def count(model: nn.Module, *kinds: type) -> int:

@@ -169,7 +169,7 @@ def test_published_numbers_parse():
 
 
 def test_published_rows_are_verbatim_from_the_spec():
-    """Every transcribed row string occurs verbatim in paper-tables.md (when the shared spec is beside the repo)."""
+    """Every transcribed row string occurs verbatim in SPEC_FILE (the tables' transcription beside the repo)."""
     if not SPEC_FILE.is_file():
         if os.environ.get("DFQBENCH_REQUIRE_SHARED") == "1":
             pytest.fail(f"{SPEC_FILE} missing and DFQBENCH_REQUIRE_SHARED=1")

@@ -1,8 +1,9 @@
 """Side-effect-free probe forwards and sync-free metric accumulation for the trainer's diagnostics.
 
-A probe forward (used to measure R before/after the G and Q steps, methods.md §4.4) must not change the
-run: it updates no activation range, no BN running statistic and no teacher BN-loss record, and draws no
-random numbers. So diagnostics can be switched on or off without changing a single trained weight.
+A probe forward (used to measure R before/after the G and Q steps for the Balance Gap, AdaSG paper,
+Definition 3) must not change the run: it updates no activation range, no BN running statistic and no
+teacher BN-loss record, and draws no random numbers. So diagnostics can be switched on or off without
+changing a single trained weight.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """ZeroQ data distillation: images optimised so the teacher's per-sample conv statistics match its BN statistics.
 
-Behaviour of ZeroQ ``classification/distill_data.py`` L30-157 and ``utils/data_utils.py`` L26-68
-(methods.md §6.1), re-implemented:
+Behaviour of ZeroQ ``classification/distill_data.py`` L30-157 and ``utils/data_utils.py`` L26-68, re-implemented:
 
 - init: integer pixels uniform in [0, 254], minus 127.5, divided by 5418.75 (the *variance* of U(-128, 127),
   so the std is ≈ 0.0136, not 1: the official bug, kept by default as ``init="official"``; ``"unit_std"``

@@ -1,9 +1,9 @@
 """Feature taps: forward hooks that hand a loss the outputs of named modules (e.g. ZAQ's stage features).
 
 ZAQ's networks return their residual-stage outputs from ``forward(x, out_feat=True)`` (ZAQ
-``network/resnet20.py``, ``ResNet_2.forward``; methods.md §7.3). pytorchcv models have no such argument,
+``network/resnet20.py``, ``ResNet_2.forward``). pytorchcv models have no such argument,
 so the same tensors are read with forward hooks on the stage modules instead: for pytorchcv's CIFAR and
-ImageNet ResNets these are ``features.stage1..N`` (methods.md §8), whose outputs are the last unit's
+ImageNet ResNets these are ``features.stage1..N``, whose outputs are the last unit's
 post-ReLU activations, i.e. already fake-quantized in the student (the QuantAct follows that ReLU).
 The tiny test network mirrors that layout, so it needs no special case.
 

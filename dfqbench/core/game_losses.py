@@ -1,6 +1,6 @@
-"""The zero-sum-game loss terms of AdaSG and AdaDFQ (methods.md §4.1-4.3, §5).
+"""The zero-sum-game loss terms of AdaSG and AdaDFQ (official ``CIFAR/trainer.py`` of both).
 
-Notation (§4.1): t = T(x) the FP teacher's logits, s = Q(x) the quantized student's logits,
+Notation: t = T(x) the FP teacher's logits, s = Q(x) the quantized student's logits,
 p_ds = softmax(t − s) the disagreement distribution, p_as = softmax(t + s) the agreement distribution.
 
 - L_ds = CE(softmax(t − s), y) and L_as = CE(softmax(t + s), y): AdaSG ``CIFAR/trainer.py`` L239-256
@@ -8,7 +8,7 @@ p_ds = softmax(t − s) the disagreement distribution, p_as = softmax(t + s) the
   targets (superposed sampling) the same sum uses the soft target in place of the one-hot.
 - L_b, the bound (margin) loss: ``marginal_loss`` L25-35, entropies at T = 1, normalised by the batch
   minimum (not detached), two hinges at λ_l and λ_u. Written for any batch size: the official code
-  builds a zero vector of length 16 and fails with a shape error at any other batch size (§4.2); that
+  builds a zero vector of length 16 and fails with a shape error at any other batch size; that
   crash is the one behaviour deliberately not reproduced.
 - L_Q = −τ²·mean_i H(softmax((t_i − s_i)/τ)), t detached: ``loss_fn_kd`` L130-138 (τ = 20 CIFAR, 5 ImageNet).
 """
@@ -32,13 +32,13 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Te
 
 def disagreement_ce(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
                     targets: torch.Tensor | None = None) -> torch.Tensor:
-    """L_ds = CE(softmax(t − s), y): pushes the teacher above the student on the sampled class (§4.2)."""
+    """L_ds = CE(softmax(t − s), y): pushes the teacher above the student on the sampled class (AdaSG L239-256)."""
     return _cross_entropy(teacher_logits - student_logits, labels, targets)
 
 
 def agreement_ce(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
                  targets: torch.Tensor | None = None) -> torch.Tensor:
-    """L_as = CE(softmax(t + s), y): pushes both networks toward the sampled class (§4.2)."""
+    """L_as = CE(softmax(t + s), y): pushes both networks toward the sampled class (AdaSG L239-256)."""
     return _cross_entropy(teacher_logits + student_logits, labels, targets)
 
 

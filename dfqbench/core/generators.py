@@ -1,4 +1,4 @@
-"""The GDFQ-lineage generators, shared by GDFQ, Qimera, AdaSG and AdaDFQ (methods.md §2.2, §11.2).
+"""The GDFQ-lineage generators, shared by GDFQ, Qimera, AdaSG and AdaDFQ (GDFQ ``main.py`` L26-101).
 
 Both keep the inherited quirk that the second positional argument of ``nn.BatchNorm2d`` is ``eps``: the
 "0.8" meant as a momentum in the PyTorch-GAN ancestor is an **eps of 0.8** in every descendant.
@@ -70,7 +70,7 @@ class ConditionalBatchNorm2d(nn.Module):
         """One label per sample (labels (B,)), or a superposed mix: labels (B, K) with weights (B, K).
 
         A mix uses γ = Σ_k λ_k·γ_{y_k} (and β alike), divided by K when ``divide_by_k`` — Qimera's
-        conditional_batchnorm.py L62-69 takes a mean over K (methods.md §3.2).
+        conditional_batchnorm.py L62-69 takes a mean over K.
         """
         if weights is None:
             gamma = self.gamma(labels)[:, :, None, None]

@@ -1,4 +1,4 @@
-"""Qimera's generator: its own input path in front of GDFQ's CIFAR or ImageNet trunk (methods.md §3.2).
+"""Qimera's generator: its own input path in front of GDFQ's CIFAR or ImageNet trunk.
 
 Input path (qimera main.py L28-156, ``Generator`` / ``Generator_imagenet``):
     e_k = E[y_k] + σ_n·z_k                       (noise added, not multiplied; σ_n = ``noise_scale``)

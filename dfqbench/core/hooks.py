@@ -1,4 +1,4 @@
-"""Forward hooks on the teacher's BatchNorm layers: the BNS loss of the GDFQ lineage (methods.md §2.3)."""
+"""Forward hooks on the teacher's BatchNorm layers: the BNS loss of the GDFQ lineage (GDFQ trainer.py L166-241)."""
 
 from __future__ import annotations
 

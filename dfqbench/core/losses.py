@@ -1,4 +1,4 @@
-"""Loss terms shared by the GDFQ lineage and the diagnostics (methods.md §2.3, §3.3, §4.1, §11.3)."""
+"""Loss terms shared by the GDFQ lineage and the diagnostics (GDFQ, Qimera and AdaSG ``trainer.py``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def kd_kl_element_mean(teacher_logits: torch.Tensor, student_logits: torch.Tenso
 
     This is what ``nn.KLDivLoss()`` (default reduction='mean') computes in GDFQ's trainer.py L106-126: the
     batch-mean KL divided by the number of classes C. It is written out explicitly because PyTorch is
-    changing the meaning of reduction='mean' (methods.md §2.3, "reduction pitfall").
+    changing the meaning of reduction='mean'.
     """
     return kd_kl_terms(teacher_logits, student_logits, temperature).mean()
 
@@ -42,12 +42,15 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def disagreement_entropy(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """Per-sample H(softmax(t − s)), AdaSG's information entropy of the disagreement distribution (§4.1)."""
+    """Per-sample H(softmax(t − s)), AdaSG's information entropy of the disagreement distribution.
+
+    The entropy of AdaSG's ``marginal_loss`` (``CIFAR/trainer.py`` L25-35), at temperature 1.
+    """
     return entropy(teacher_logits - student_logits)
 
 
 def game_value(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """R = E[1 − H'(p_ds)] with H' = H / log C, the AdaSG game value (Definition 3; §4.4).
+    """R = E[1 − H'(p_ds)] with H' = H / log C, the AdaSG game value (AdaSG paper, Definition 3).
 
     The paper normalises the entropy to [0, 1]; dfqbench uses the maximum entropy log C for that (a
     documented re-implementation choice: the batch-min normalisation of L_b would make R depend on the

@@ -3,7 +3,7 @@
 A :class:`GameProbe` is a :class:`~dfqbench.core.step.StepObserver`: the step calls it before the first step
 (with the iteration's first sample), after the G step and after the run of Q steps. Each call measures, on
 x = G(z, y) for that first sample with the networks as they are at that moment, R = E[1 − H(p_ds)/log C]
-and the disagreement entropy H(softmax(t − s)) (methods.md §4.4). The forwards are side-effect free
+and the disagreement entropy H(softmax(t − s)). The forwards are side-effect free
 (:func:`~dfqbench.core.diagnostics.probing`): no range update, no BN statistics, no random numbers, so
 logging never changes a trained number.
 

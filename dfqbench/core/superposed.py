@@ -1,6 +1,6 @@
 """Superposed ("boundary supporting") sampling, Qimera's contribution, as a component any generator method can use.
 
-Qimera trainer.py L207-235 (methods.md §3.1): once per iteration, for the **whole batch**, a coin decides
+Qimera trainer.py L207-235: once per iteration, for the **whole batch**, a coin decides
 with probability p whether the batch is superposed. A superposed batch gives every sample K labels drawn
 uniformly with replacement, K noise vectors and mixing weights λ = softmax(ε), ε ~ N(0, I_K) per sample;
 its soft target is ỹ = Σ_k λ_k·onehot(y_k), built by scatter-add so repeated classes add up. Otherwise the

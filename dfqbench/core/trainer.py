@@ -1,4 +1,4 @@
-"""The one training loop shared by every DFQ method (GDFQ trainer.py, methods.md §2.4, §11).
+"""The one training loop shared by every DFQ method (GDFQ ``trainer.py`` L48-78, L181-241).
 
 The loop owns the schedule; one iteration is :meth:`dfqbench.core.step.TrainStep.iteration` (the method's
 G and Q steps in its order, see :mod:`dfqbench.core.step`), run by the run's engine (eager, or compiled and
@@ -7,7 +7,7 @@ generator's and the student's train/eval modes, the activation-range window and,
 learning-rate milestones; the warm-up epochs run the Q steps without an SGD step.
 
 Diagnostics, on every ``log_every``-th iteration (:class:`~dfqbench.core.probe.GameProbe`, called between the
-steps; methods.md §4.4): R = E[1 − H(p_ds)/log C] before the steps, after the G step and after the Q steps,
+steps; AdaSG paper, Definition 3): R = E[1 − H(p_ds)/log C] before the steps, after the G step and after the Q steps,
 with Δ_g, Δ_q and the Balance Gap, and the disagreement entropy after the G step (H_g) and after the Q
 steps (H_q), AdaSG's Figure 6. Loss terms are summed on the device and read once per logging window, where
 the divergence check happens. Methods with ``uses_features`` also get the outputs of their

@@ -3,8 +3,8 @@
 A run costs  iterations × (per-iteration overhead + images per iteration × training cost per image)
            + evaluations × evaluated images × evaluation cost per image,
 from its resolved schedule (epochs, iterations per epoch, batch, Q steps per iteration, evaluation start,
-evaluation subset) and the constants below. The constants are read off the wall-clock estimates of
-methods.md §10 for one H100 (themselves estimates, "to be measured"):
+evaluation subset) and the constants below. The constants are rough wall-clock estimates for one H100, to
+be measured (no official repository states a GPU time for these methods):
 
 * overhead 10 ms per iteration: AdaSG/AdaDFQ CIFAR at batch 16 (80k iterations in 10-20 min) is launch-bound;
 * ResNet-20 training 0.05 ms per generated image: GDFQ CIFAR at batch 200 ≈ 20 ms per iteration;

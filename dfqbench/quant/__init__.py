@@ -1,9 +1,12 @@
-"""The shared fake-quantizer of all DFQ methods (methods.md §1, §11.1).
+"""The shared fake-quantizer of all DFQ methods: ZeroQ's ``quant_utils.py`` / ``quant_modules.py``, which all
+six official codes copy (GDFQ's copy in ``quantization_utils/``; line numbers below are GDFQ's).
 
-- :mod:`~dfqbench.quant.primitives`: the asymmetric fake-quantization arithmetic and its STE (§1.1-§1.2);
-- :mod:`~dfqbench.quant.trackers`: activation range trackers "ema_gdfq", "ema" and "minmax" (§1.5);
-- :mod:`~dfqbench.quant.modules`: QuantAct, QuantConv2d, QuantLinear (§1.3);
-- :mod:`~dfqbench.quant.convert`: QuantConfig, parse_bits and the model converter (§1.4).
+- :mod:`~dfqbench.quant.primitives`: the asymmetric fake-quantization arithmetic and its STE
+  (``quant_utils.py`` L85-139);
+- :mod:`~dfqbench.quant.trackers`: activation range trackers "ema_gdfq", "ema" and "minmax"
+  (``quant_modules.py`` L75-96; ZeroQ's running min/max: its ``quant_modules.py`` L66-82);
+- :mod:`~dfqbench.quant.modules`: QuantAct, QuantConv2d, QuantLinear (``quant_modules.py`` L32-192);
+- :mod:`~dfqbench.quant.convert`: QuantConfig, parse_bits and the model converter (``main.py`` L225-260).
 """
 
 from dfqbench.quant.convert import (

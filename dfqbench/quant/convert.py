@@ -1,7 +1,7 @@
-"""Quantization config and the model converter of the official ``quantize_model`` (methods.md §1.4).
+"""Quantization config and the model converter of the official ``quantize_model`` (GDFQ ``main.py`` L225-260).
 
 The converter is a plain recursive walk over ``named_children`` that swaps modules by attribute, so
-further options (e.g. BN folding, not implemented; methods.md §1.4 keeps BN unfolded) can be added as
+further options (e.g. BN folding, not implemented; the official codes keep BN unfolded) can be added as
 extra cases of :func:`_replacement` or as a pre-pass on the deep copy.
 """
 
@@ -28,7 +28,7 @@ _ACT_TYPES = (nn.ReLU, nn.ReLU6)
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """What to quantize and how (methods.md §1, §11.1).
+    """What to quantize and how (the official quantizer's choices, see :mod:`dfqbench.quant`).
 
     wbits / abits: weight / activation bit-widths (2..16). tracker: activation range tracker, one of
     :data:`TRACKERS` ("ema_gdfq" is the faithful GDFQ-lineage default). momentum: EMA β.
@@ -70,14 +70,14 @@ def parse_bits(text: str) -> tuple[int, int]:
 
 
 def quantize_model(model: nn.Module, cfg: QuantConfig) -> nn.Module:
-    """A deep-copied, fake-quantized version of ``model``; ``model`` itself is left untouched (§1.4).
+    """A deep-copied, fake-quantized version of ``model``; ``model`` itself is left untouched (GDFQ ``quantize_model``).
 
     - every module whose exact type is nn.Conv2d / nn.Linear → QuantConv2d / QuantLinear at cfg.wbits
       (cfg.first_last_wbits for the first and last of them in ``modules()`` order, when set);
     - every nn.ReLU / nn.ReLU6 → nn.Sequential(that ReLU, QuantAct(cfg.abits, ...));
     - everything else (BatchNorm included) is kept as deep-copied FP modules; the input is not quantized.
     A module reachable under several names is replaced once, so sharing is preserved (one QuantAct for a
-    ReLU reused at two sites, as in ZAQ's networks; methods.md §1.4).
+    ReLU reused at two sites, as in ZAQ's ``network/resnet20.py`` L55/L72-75).
     """
     if not isinstance(cfg, QuantConfig):
         raise DfqbenchError(f"invalid quantization config {cfg!r}: expected a dfqbench.quant.QuantConfig")

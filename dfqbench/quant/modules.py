@@ -1,6 +1,6 @@
 """Fake-quantized layers: per-tensor activation quantizer and per-channel weight-quantized conv/linear.
 
-Behaviour of the official ``Quant_Conv2d`` / ``Quant_Linear`` / ``QuantAct`` (methods.md §1.3, §1.5).
+Behaviour of the official ``Quant_Conv2d`` / ``Quant_Linear`` / ``QuantAct`` (GDFQ ``quant_modules.py`` L32-192).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dfqbench.quant.trackers import RangeTracker, make_tracker
 
 
 class QuantAct(nn.Module):
-    """Per-tensor asymmetric activation fake-quantizer with a range tracker (methods.md §1.4-§1.5).
+    """Per-tensor asymmetric activation fake-quantizer with a range tracker (GDFQ ``quant_modules.py`` L75-96).
 
     While ``update_ranges`` is True (the default, like the official ``running_stat``) every forward first
     folds the batch min/max into the tracker state and then quantizes the batch with the updated range;
@@ -60,7 +60,7 @@ def quant_act_forward(act: QuantAct, x: Tensor) -> Tensor:
 
 
 def per_channel_fake_quant(weight: Tensor, bits: int) -> Tensor:
-    """Fake-quantize ``weight`` per output channel with its current detached min/max (methods.md §1.3)."""
+    """Fake-quantize ``weight`` per output channel with its current detached min/max (as the official layers)."""
     w = weight.detach()
     lo, hi = torch.aminmax(w.reshape(w.shape[0], -1), dim=1)
     shape = (-1,) + (1,) * (w.dim() - 1)
@@ -76,7 +76,7 @@ def _weight_quantizer(fused: bool):
 
 
 class QuantConv2d(nn.Module):
-    """``nn.Conv2d`` with per-output-channel asymmetric weight fake-quantization (methods.md §1.3).
+    """``nn.Conv2d`` with per-output-channel asymmetric weight fake-quantization (``Quant_Conv2d.forward`` L177-192).
 
     Takes over the ``weight``/``bias`` Parameters and the hyper-parameters of ``conv`` (pass a copy if the
     original must stay independent; :func:`~dfqbench.quant.convert.quantize_model` does). The FP latent
@@ -121,7 +121,7 @@ class QuantConv2d(nn.Module):
 
 
 class QuantLinear(nn.Module):
-    """``nn.Linear`` with per-output-row asymmetric weight fake-quantization (methods.md §1.3); FP bias."""
+    """``nn.Linear`` with per-output-row asymmetric weight fake-quantization (``Quant_Linear`` L130-143); FP bias."""
 
     def __init__(self, linear: nn.Linear, wbits: int) -> None:
         super().__init__()

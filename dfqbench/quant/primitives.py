@@ -1,4 +1,4 @@
-"""The fake-quantization primitive shared by every method (methods.md §1.1-§1.2).
+"""The fake-quantization primitive shared by every method (GDFQ ``quantization_utils/quant_utils.py`` L85-139).
 
 All six official code bases use one quantizer (ZeroQ's ``quant_utils.py``; GDFQ and its forks add an
 identity straight-through backward). This module holds that arithmetic and nothing else, so the modules
@@ -16,7 +16,7 @@ from dfqbench.errors import DfqbenchError
 
 MIN_BITS = 2
 MAX_BITS = 16
-RANGE_EPS = 1e-8  # the official clamp on (hi - lo) before dividing (methods.md §1.1)
+RANGE_EPS = 1e-8  # the official clamp on (hi - lo) before dividing (``quant_utils.py``)
 
 
 def check_bits(value: Any, what: str = "bits") -> int:
@@ -29,7 +29,7 @@ def check_bits(value: Any, what: str = "bits") -> int:
 
 
 def quant_params(bits: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """Scale s and integer zero point z of the official quantizer (methods.md §1.1).
+    """Scale s and integer zero point z of the official quantizer (GDFQ ``quant_utils.py`` L85-139).
 
     s = (2^k - 1) / clamp(hi - lo, min=1e-8) ("levels per unit") and z = round(s·lo) + 2^(k-1).
     Both have the broadcast shape of ``lo``/``hi`` (a scalar for activations, (out, 1, ...) for weights).
@@ -40,7 +40,7 @@ def quant_params(bits: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def fake_quantize(x: Tensor, bits: int, lo: Tensor, hi: Tensor) -> Tensor:
-    """Quantize-dequantize ``x`` onto the k-bit asymmetric grid of [lo, hi] (methods.md §1.1).
+    """Quantize-dequantize ``x`` onto the k-bit asymmetric grid of [lo, hi] (GDFQ ``quant_utils.py`` L85-139).
 
     q = clamp(round(s·x - z), -2^(k-1), 2^(k-1) - 1) and x̂ = (q + z) / s, with ``torch.round`` (half to
     even). The operations follow the official order: rounding happens on s·x - z, so at exact ties the
@@ -76,7 +76,7 @@ def _fake_quantize_inplace(x: Tensor, scale: Tensor, zero: Tensor, half: int) ->
 
 
 class FakeQuantSTE(torch.autograd.Function):
-    """Fake quantization with the straight-through estimator of GDFQ/Qimera/AdaSG/AdaDFQ/ZAQ (methods.md §1.2).
+    """Fake quantization with the STE of GDFQ/Qimera/AdaSG/AdaDFQ/ZAQ (GDFQ ``quant_utils.py`` L137-139).
 
     ``FakeQuantSTE.apply(x, bits, lo, hi)``: the forward is :func:`fake_quantize`; the backward passes the
     incoming gradient to ``x`` unchanged (no mask for clipped values) and gives no gradient to ``bits``,

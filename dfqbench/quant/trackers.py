@@ -1,4 +1,4 @@
-"""Per-tensor activation range trackers (methods.md §1.5).
+"""Per-tensor activation range trackers (GDFQ ``quant_modules.py`` L75-96, ZeroQ ``quant_modules.py`` L66-82).
 
 A tracker is a stateless strategy: its state lives in buffers registered on the owning
 :class:`~dfqbench.quant.modules.QuantAct`, so ``state_dict()``, checkpoints and ``copy.deepcopy`` carry it.
@@ -57,7 +57,7 @@ def _coefficients_in(dtype: torch.dtype, momentum: float) -> tuple[float, float]
 
 
 class EmaGdfqTracker(RangeTracker):
-    """GDFQ-lineage EMA with compounding "bias correction" (methods.md §1.5; GDFQ ``quant_modules.py`` L75-96).
+    """GDFQ-lineage EMA with compounding "bias correction" (GDFQ ``quant_modules.py`` L75-96).
 
     beta_t starts at 1; per update: beta_t ← beta_t·β, then v ← (β·v + (1-β)·m) / (1 - beta_t) for v in
     (x_min, x_max). The corrected value is stored, so for a constant m the range inflates before decaying.
@@ -116,10 +116,10 @@ class EmaTracker(RangeTracker):
 
 
 class MinMaxTracker(RangeTracker):
-    """ZeroQ/ZAQ running min/max that only widens; buffers start at 0, so 0 is always inside (§1.5).
+    """ZeroQ/ZAQ running min/max that only widens; buffers start at 0, so 0 is always inside.
 
-    ZeroQ fallback (ZeroQ ``quant_utils.py`` L123-125): when x_min == x_max at forward time, the current
-    tensor's own min/max are used instead (selected with ``torch.where``, no host sync).
+    ZeroQ ``quant_modules.py`` L66-82. ZeroQ fallback (ZeroQ ``quant_utils.py`` L123-125): when x_min == x_max at
+    forward time, the current tensor's own min/max are used instead (selected with ``torch.where``, no host sync).
     """
 
     name = "minmax"

@@ -1,11 +1,12 @@
 """Which generator-loss terms a run had on: the row of AdaSG Table 2 a record belongs to.
 
-AdaSG's L_G = w_b·L_b + w_ds·L_ds + w_as·L_as + w_bns·L_BNS (methods.md §4.2) and AdaDFQ's
-L_G = L_b + β·(α_ds·L_ds + α_as·L_as) + γ·L_BNS (§5); the ablation of AdaSG Table 2 switches a term off,
-which in dfqbench is its weight set to 0 in ``spec.method_config``. A term is on when the product of its
-weight fields is non-zero. The first candidate whose fields are all present in the config is used, so the
-mapping covers the AdaSG plugin's names (``ds_weight``, ``as_weight``, ``bound_weight``, ``bns_weight``) and
-AdaDFQ's (``alpha_ds``·``beta``, ``alpha_as``·``beta``, ``gamma``, and L_b with a fixed weight of 1).
+AdaSG's L_G = w_b·L_b + w_ds·L_ds + w_as·L_as + w_bns·L_BNS (AdaSG ``CIFAR/trainer.py`` L239-256) and AdaDFQ's
+L_G = L_b + β·(α_ds·L_ds + α_as·L_as) + γ·L_BNS (AdaDFQ ``CIFAR/trainer.py`` L241-252); the ablation of AdaSG
+Table 2 switches a term off, which in dfqbench is its weight set to 0 in ``spec.method_config``. A term is on
+when the product of its weight fields is non-zero. The first candidate whose fields are all present in the
+config is used, so the mapping covers the AdaSG plugin's names (``ds_weight``, ``as_weight``,
+``bound_weight``, ``bns_weight``) and AdaDFQ's (``alpha_ds``·``beta``, ``alpha_as``·``beta``, ``gamma``, and
+L_b with a fixed weight of 1).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The papers' published numbers (package data ``published.yaml``), parsed into lookup tables.
 
-``published.yaml`` keeps every row as the markdown line printed in the spec (``paper-tables.md``), so the
-transcription can be checked line by line; this module parses those lines: ``75.11†`` → 75.11 with the
-mark ``†``, ``91.26 ± 0.49`` → mean and std, ``0.10 (did not converge)`` → 0.10 with a note, ``-`` → absent.
+``published.yaml`` keeps every row of a paper's table (each table's ``source`` names the paper and table) as
+one markdown line, so the transcription can be checked line by line; this module parses those lines:
+``75.11†`` → 75.11 with the mark ``†``, ``91.26 ± 0.49`` → mean and std, ``0.10 (did not converge)`` → 0.10
+with a note, ``-`` → absent.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The model zoo (pytorchcv teachers, local weights) and test-data loading (methods.md §8)."""
+"""The model zoo (pytorchcv teachers, as in the official codes; local weights) and test-data loading."""
 
 from dfqbench.zoo.data import Evaluator, TestSet, clear_memory_cache, load_test_set
 from dfqbench.zoo.models import (

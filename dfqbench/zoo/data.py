@@ -1,4 +1,4 @@
-"""Test sets (decoded once, cached as uint8 tensors) and the top-1 Evaluator (methods.md §8).
+"""Test sets (decoded once, cached as uint8 tensors) and the top-1 Evaluator (the official codes' test sets).
 
 Data root: ``data_root``, else ``DFQBENCH_DATA``, else ``~/.cache/dfqbench/data``. CIFAR-10/100 are read from
 ``<root>/cifar10-test/`` (``cifar100-test/``) or ``<root>`` in ImageFolder layout, else via torchvision

@@ -1,4 +1,4 @@
-"""The model zoo: pytorchcv architectures, local or downloaded pretrained weights (methods.md §8).
+"""The model zoo: pytorchcv architectures, local or downloaded pretrained weights (as in the official codes).
 
 Weights are resolved in this order: an explicit file (``weights`` or ``DFQBENCH_WEIGHTS``), a folder
 (``weights_dir`` or ``DFQBENCH_WEIGHTS_DIR``) holding ``<name>.pth`` or pytorchcv's

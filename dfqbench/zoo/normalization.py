@@ -1,4 +1,4 @@
-"""Input normalisation presets (methods.md §8) and the ``--weights-norm`` / ``--norm`` parser."""
+"""Input normalisation presets (the official codes' and pytorchcv's) and the ``--weights-norm`` / ``--norm`` parser."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class Normalization:
 
 
 NORMALIZATIONS: dict[str, Normalization] = {
-    # ImageNet standard statistics (methods.md §8); also what the shared ResNet-20 was trained with.
+    # ImageNet standard statistics (as in every official code); also what the shared ResNet-20 was trained with.
     "imagenet": Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "imagenet"),
     # GDFQ family's CIFAR-10 evaluation normalisation: the true test std (93.89 % for pytorchcv R20).
     "cifar10": Normalization((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "cifar10"),
