@@ -202,8 +202,8 @@ class ZAQ(Method):
     @classmethod
     def unsupported_reason(cls, dataset: str, model: str, wbits: int, abits: int) -> str | None:
         if dataset not in SUPPORTED_DATASETS:
-            return (f"the official ZAQ code supports CIFAR-10/100 only (no {dataset} schedule or generator to be "
-                    "faithful to; methods.md §7.4)")
+            return (f"the official ZAQ code supports CIFAR-10/100 only (its main.py has no {dataset} schedule or "
+                    "generator to be faithful to)")
         if not _has_stages(model):
             return f"{model} has no stages features.stage1..N, which ZAQ's stage-feature losses need"
         return None
