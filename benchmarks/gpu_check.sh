@@ -6,7 +6,8 @@
 #     OUT=gpu_check_out bash benchmarks/gpu_check.sh
 #
 # 1. check_engines: fused fake-quant bit-exact on the GPU; CUDA-graph replay equal to the uncaptured step.
-# 2. bench_step: ms/iteration per method (paper batch, resnet20_cifar10), FP and W3A3 student, eager vs compiled.
+# 2. count_ops: ATen operations (kernel launches) per eager iteration, and those the fused quantizers replace;
+#    bench_step: ms/iteration per method (paper batch, resnet20_cifar10), FP and W3A3 student, eager vs compiled.
 # 3. bench_packed: AdaSG W3A3 iterations/s with 1, 2, 4, 8 processes on the GPU (compiled engine).
 # 4. quick runs: every method, eager and compiled (7 runs packed on the GPU at once, --runs-per-gpu 7).
 # 5. paper_adasg: the paper-protocol AdaSG W3A3 run for PAPER_SECONDS (default 120), its iterations/s.
@@ -37,6 +38,7 @@ want() { [[ " $PARTS " == *" $1 "* ]]; }
 
 want check && CUBLAS_WORKSPACE_CONFIG=:4096:8 part check_engines 110 python benchmarks/check_engines.py --iters 5 \
   --methods "${CHECK_METHODS:-gdfq,qimera,adasg,zaq,zeroq_kd}"
+want bench && part count_ops 60 python benchmarks/count_ops.py --device cuda --methods gdfq,adasg
 want bench && part bench_step 150 python benchmarks/bench_step.py --iters "$ITERS" --warmup 5 --json "$OUT/bench_step.jsonl"
 want packed && OMP_NUM_THREADS=1 part bench_packed 100 python benchmarks/bench_step.py --methods "" --packed 1,2,4,8 \
   --packed-method adasg --iters 150 --warmup 5 --json "$OUT/bench_packed.jsonl"
