@@ -173,3 +173,31 @@ def test_compiled_quant_act_updates_ranges_like_eager():
         x = torch.randn(8, 4, 5, 5) * 3
         assert torch.equal(compiled(x), eager(x))
     assert same_state(compiled_act.state_dict(), eager.state_dict())
+
+
+def test_benchmarks_run_on_the_tiny_model(tmp_path):
+    """benchmarks/count_ops.py and bench_step.py run (small, on the CPU) and measure what they say: quantizing the
+    student adds operations only inside the fake-quantizers (what the compiled engine fuses); bench_step gives
+    one timing per student and engine."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def json_lines(script: str, *args: str) -> list[dict]:
+        done = subprocess.run([sys.executable, str(benchmarks / script), "--model", "tiny_cifar10", *args],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+    fp, quantized = json_lines("count_ops.py", "--methods", "gdfq", "--batch", "8")
+    assert (fp["student"], quantized["student"]) == ("fp", "w3a3")
+    assert fp["in_quantizers"] == fp["quantizer_calls"] == 0
+    assert quantized["outside_quantizers"] == fp["ops_per_iter"] > 0
+    assert quantized["quantizer_calls"] > 0 and quantized["in_quantizers"] >= 5 * quantized["quantizer_calls"]
+    rows = json_lines("bench_step.py", "--methods", "gdfq", "--engines", "eager", "--iters", "2", "--warmup", "1",
+                      "--batch", "8", "--device", "cpu")
+    assert [(r["student"], r["engine"]) for r in rows] == [("fp", "eager"), ("w3a3", "eager")]
+    assert all(r["ms_per_iter"] > 0 for r in rows)
