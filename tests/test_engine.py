@@ -84,6 +84,72 @@ def test_step_traces_as_one_graph_per_function(method, tiny_request, tmp_path):
             assert all(torch.isfinite(v) for v in terms.values()), (prefix, terms)
 
 
+# Operations that read a tensor's value on the host (a CUDA graph cannot capture them): .item(), bool(tensor),
+# and those whose output shape depends on the data.
+HOST_SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
+                "equal", "repeat_interleave", "bincount"}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_whole_steps_read_nothing_back_to_the_host(method, tiny_request, tmp_path):
+    """Each whole step as an engine runs it (forward, loss, backward and the optimizer steps; the fullgraph test
+    above covers only forward and loss) dispatches no operation that reads a value back to the host, in every
+    phase, except the eager CPU Adam's per-parameter step count, which the compiled engine makes capturable
+    (on the device) on CUDA: so a custom backward or a loss cannot bring a host synchronisation into a step."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dfqbench.core.trainer import Trainer
+    from dfqbench.quant import set_range_update
+
+    class HostReads(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.in_step = self.in_optimizer = 0
+            self.outside_optimizers: list[str] = []
+            self.steps = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if self.in_step and not self.in_optimizer and name in HOST_SYNCING:
+                self.outside_optimizers.append(name)
+            return func(*args, **(kwargs or {}))
+
+    reads = HostReads()
+
+    class WatchedEngine(EagerEngine):
+        def run(self, phase, body, *inputs):
+            reads.in_step += 1
+            reads.steps += 1
+            try:
+                return body(*inputs)
+            finally:
+                reads.in_step -= 1
+
+    def enter_optimizer(*_):
+        reads.in_optimizer += 1
+
+    def leave_optimizer(*_):
+        reads.in_optimizer -= 1
+
+    trainer = Trainer(prepare(_request(tiny_request, method, "eager", tmp_path)), RecordingProgress())
+    trainer.step.engine = WatchedEngine()
+    trainer.generator.train()
+    trainer.student.train(trainer.method.student_bn_train)
+    hooks = [register_optimizer_step_pre_hook(enter_optimizer),
+             register_optimizer_step_post_hook(leave_optimizer)]
+    try:
+        with reads:
+            for train_q, ranges in ((False, True), (True, True), (True, False)):
+                set_range_update(trainer.student, ranges)
+                trainer.step.iteration(train_q, trainer.probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert reads.steps >= 3 and reads.in_optimizer == 0
+    assert reads.outside_optimizers == []
+
+
 def test_compiled_engine_resumes_as_if_uninterrupted(tiny_request, tmp_path):
     straight_request = _request(tiny_request, "adasg", "compiled", tmp_path / "straight")
     straight = run(straight_request, RecordingProgress())
