@@ -2,8 +2,10 @@
 
 Every cell ends in exactly one status: a run state (pending, running, done, failed, lost; see
 :mod:`dfqbench.store.state`) or ``excluded`` (by the grid file), ``unsupported`` (the method's
-``unsupported_reason``) or ``invalid`` (anything ``runner.prepare`` would reject: an unregistered method,
-bad bits, an unknown override key, a missing weights file…), always with its reason. Cells that map to
+``unsupported_reason``), ``skipped`` (no teacher weights for the cell's model: a single ``DFQBENCH_WEIGHTS``
+file is another model's, ``zoo.single_file_misfit``) or ``invalid`` (anything ``runner.prepare`` would
+reject: an unregistered method, bad bits, an unknown override key, a missing weights file…), always with
+its reason. Cells that map to
 the same run id are counted once (the later ones are marked duplicates). Nothing here loads a model.
 
 Planning is two steps: :func:`decide` (per cell, from the method registry, the zoo and the teacher's
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
     from dfqbench.specs import RunSpec
     from dfqbench.zoo.identity import Teacher
     from dfqbench.store import RunRecord
-
 
 
 @dataclass
