@@ -72,6 +72,7 @@ def test_step_traces_as_one_graph_per_function(method, tiny_request, tmp_path):
     from dfqbench.core.trainer import Trainer
     from dfqbench.quant import set_range_update
 
+    torch._dynamo.reset()  # the step functions' code is shared by all methods: no recompile limit carried over
     trainer = Trainer(prepare(_request(tiny_request, method, "eager", tmp_path)), RecordingProgress())
     step = trainer.step
     for name in ("generator_forward", "student_forward", "fresh_batch"):

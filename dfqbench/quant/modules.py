@@ -67,15 +67,24 @@ def per_channel_fake_quant(weight: Tensor, bits: int) -> Tensor:
     return FakeQuantSTE.apply(weight, bits, lo.view(shape), hi.view(shape))
 
 
-def _weight_quantizer(fused: bool):
-    if not fused:
-        return per_channel_fake_quant
-    from dfqbench.quant.fused import fused_per_channel_fake_quant
+class WeightQuantized(nn.Module):
+    """What :class:`QuantConv2d` and :class:`QuantLinear` share: an FP ``weight`` Parameter fake-quantized per
+    output channel to ``wbits`` on every forward, eagerly or through the fused (compiled) quantizer."""
 
-    return fused_per_channel_fake_quant
+    weight: nn.Parameter
+    wbits: int
+    fused = False  # True: the compiled (fused) per-channel fake-quant (dfqbench.quant.fused)
+
+    def quantized_weight(self) -> Tensor:
+        """The fake-quantized weight used by the forward (straight-through to ``weight``)."""
+        if not self.fused:
+            return per_channel_fake_quant(self.weight, self.wbits)
+        from dfqbench.quant.fused import fused_per_channel_fake_quant
+
+        return fused_per_channel_fake_quant(self.weight, self.wbits)
 
 
-class QuantConv2d(nn.Module):
+class QuantConv2d(WeightQuantized):
     """``nn.Conv2d`` with per-output-channel asymmetric weight fake-quantization (``Quant_Conv2d.forward`` L177-192).
 
     Takes over the ``weight``/``bias`` Parameters and the hyper-parameters of ``conv`` (pass a copy if the
@@ -99,12 +108,6 @@ class QuantConv2d(nn.Module):
         self.weight = conv.weight
         self.bias = conv.bias
 
-    fused = False  # True: the compiled (fused) per-channel fake-quant (dfqbench.quant.fused)
-
-    def quantized_weight(self) -> Tensor:
-        """The fake-quantized weight used by the forward (straight-through to ``weight``)."""
-        return _weight_quantizer(self.fused)(self.weight, self.wbits)
-
     def forward(self, x: Tensor) -> Tensor:
         weight = self.quantized_weight()
         if self.padding_mode != "zeros":
@@ -120,7 +123,7 @@ class QuantConv2d(nn.Module):
         )
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(WeightQuantized):
     """``nn.Linear`` with per-output-row asymmetric weight fake-quantization (``Quant_Linear`` L130-143); FP bias."""
 
     def __init__(self, linear: nn.Linear, wbits: int) -> None:
@@ -130,12 +133,6 @@ class QuantLinear(nn.Module):
         self.out_features = linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
-
-    fused = False  # True: the compiled (fused) per-channel fake-quant (dfqbench.quant.fused)
-
-    def quantized_weight(self) -> Tensor:
-        """The fake-quantized weight used by the forward (straight-through to ``weight``)."""
-        return _weight_quantizer(self.fused)(self.weight, self.wbits)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
