@@ -155,9 +155,11 @@ def test_smoke_grid_through_real_slurm_job_arrays(tmp_path, partition, capsys):
         record = json.loads((folder / "record.json").read_text())
         assert record["run_id"] == json.loads((folder / "spec.json").read_text())["run_id"] and record["sessions"] == 1
         methods.append(record["spec"]["method"])
+        # the record is written before the task ends its attempt and then releases the lease
+        wait(lambda: not (folder / "lease.json").exists(), 30, "the attempt to end and its lease to go")
         attempts = GridTask.read_attempts(folder)
         assert [(a["executor"], a["job_id"], a["outcome"]) for a in attempts] == [("slurm", by_job[name], "done")]
-        assert not (folder / "lease.json").exists() and not (folder / "error.json").exists()
+        assert not (folder / "error.json").exists()
     assert sorted(methods) == ["gdfq", "gdfq", "gdfq_ie", "gdfq_ie"]
 
     assert main(["status", "--grid", "smoke_plugin", "--results", str(results)]) == 0
