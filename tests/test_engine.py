@@ -93,10 +93,10 @@ HOST_SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "
 
 @pytest.mark.parametrize("method", METHODS)
 def test_whole_steps_read_nothing_back_to_the_host(method, tiny_request, tmp_path):
-    """Each whole step as an engine runs it (forward, loss, backward and the optimizer steps; the fullgraph test
-    above covers only forward and loss) dispatches no operation that reads a value back to the host, in every
-    phase, except the eager CPU Adam's per-parameter step count, which the compiled engine makes capturable
-    (on the device) on CUDA: so a custom backward or a loss cannot bring a host synchronisation into a step."""
+    """Each whole step as an engine runs it (forward, loss and backward; the fullgraph test above covers only
+    forward and loss) dispatches no operation that reads a value back to the host, in every phase, outside
+    the optimizers' step() (PyTorch's own: the CPU Adam reads its step count there, which the compiled engine
+    keeps on the device on CUDA): so a custom backward or a loss cannot bring a host synchronisation in."""
     from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
     from torch.utils._python_dispatch import TorchDispatchMode
 
