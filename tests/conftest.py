@@ -9,7 +9,7 @@ from importlib import metadata
 import pytest
 import torch
 
-from dfqbench.core.progress import Progress
+from dfqbench.testing import SilentProgress
 from dfqbench.runner import RunRequest
 
 TINY_OVERRIDES = [
@@ -40,15 +40,7 @@ def same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-class RecordingProgress(Progress):
-    """A silent progress sink that keeps the trainer's messages."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def message(self, text: str) -> None:
-        self.messages.append(text)
+RecordingProgress = SilentProgress  # a silent progress sink that keeps the trainer's messages (dfqbench.testing)
 
 
 class CrashAfterEpoch(RecordingProgress):
