@@ -10,14 +10,32 @@ numbers fails loudly as "initial weights differ" instead of as a method mismatch
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import sys
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
 GOLDEN = Path(__file__).resolve().parent.parent  # tests/golden
+
+
+@contextlib.contextmanager
+def official_imports(folder: Path, top_level: Iterable[str]) -> Iterator[None]:
+    """Imports inside the block come from the official ``folder``: modules under the ``top_level`` names that an
+    earlier folder left in ``sys.modules`` are dropped first, and ``folder`` is on ``sys.path`` for the block only."""
+    names = set(top_level)
+    for name in list(sys.modules):
+        if name.split(".")[0] in names:
+            del sys.modules[name]
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
 SAMPLE_VALUES = 32  # values sampled per tensor in a digest
 
 

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from golden_b_common import (  # noqa: E402
-    calibrate_bn_stats, copy_patched, digest, digests, net_bn_entries, pytorchcv_name, save_fixture, seeded_state,
-    to_official_generator,
+    calibrate_bn_stats, copy_patched, digest, digests, net_bn_entries, official_imports, pytorchcv_name, save_fixture,
+    seeded_state, to_official_generator,
 )
 
 NET_SEED, GEN_SEED, ITER_SEED, LOGIT_SEED = 20, 21, 22, 23
@@ -57,15 +57,9 @@ def stub_missing_packages() -> None:
 
 def import_official(folder: Path):
     """Import trainer.py and main.py of a patched official CIFAR folder (clearing an earlier one's modules)."""
-    for name in list(sys.modules):
-        if name.split(".")[0] in OFFICIAL_MODULES:
-            del sys.modules[name]
-    sys.path.insert(0, str(folder))
-    try:
+    with official_imports(folder, OFFICIAL_MODULES):
         import main as official_main
         import trainer as official_trainer
-    finally:
-        sys.path.remove(str(folder))
     official_trainer.utils.data_parallel = lambda model, ngpus, gpu0=0: model  # CPU: no .cuda()/DataParallel
     return official_trainer, official_main
 
@@ -169,8 +163,8 @@ def whole_iteration(T, M, settings: SimpleNamespace, full_x: bool = True) -> dic
     gen_init = to_official_generator(gen_state)
     out.update(digests({k: v - gen_init[k] for k, v in generator.state_dict().items() if v.is_floating_point()},
                        "delta/gen/"))
-    out.update(digests({k: v - init_net[k] for k, v in after_student.items() if k in init_net and v.is_floating_point()},
-                       "delta/student/"))
+    out.update(digests({k: v - init_net[k] for k, v in after_student.items()
+                        if k in init_net and v.is_floating_point()}, "delta/student/"))
     return out
 
 

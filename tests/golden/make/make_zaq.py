@@ -5,8 +5,9 @@ Usage::
     python tests/golden/make/make_zaq.py --zaq <ZAQ-code export> [--work /tmp/golden_b_zaq]
 
 The official tree is copied to ``--work`` unchanged and imported from there. Its ``utils`` package imports visdom
-(a plotting client), so a no-op ``visdom.Visdom`` stands in for it, and empty ``pydot``/``graphviz`` modules for the imports of
-``quantization/torchTransformer.py`` (a graph drawer the code path here never calls); nothing else is replaced. Then:
+(a plotting client), so a no-op ``visdom.Visdom`` stands in for it, and empty ``pydot``/``graphviz`` modules
+for the imports of ``quantization/torchTransformer.py`` (a graph drawer the code path here never calls);
+nothing else is replaced. Then:
 - terms.pt: ``network.gan.Generator`` forward (DAFL), ``utils.loss.SCRM`` (spatial_wise, channel_wise,
   cal_loss, forward) and its gradient, on seeded inputs;
 - iteration.pt: ``main.train`` with ``epoch_itrs = 1`` (5 Q steps, then 1 G step, exactly its loop) on
@@ -30,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from golden_b_common import (  # noqa: E402
-    calibrate_bn_stats, digest, digests, net_bn_entries, pytorchcv_name, save_fixture, seeded_state,
+    calibrate_bn_stats, digests, net_bn_entries, official_imports, pytorchcv_name, save_fixture, seeded_state,
     to_official_generator,
 )
 
@@ -70,19 +71,13 @@ class _NoVisdom:
 
 
 def import_official(folder: Path):
-    for name in list(sys.modules):
-        if name.split(".")[0] in OFFICIAL_MODULES:
-            del sys.modules[name]
-    sys.path.insert(0, str(folder))
-    try:
+    with official_imports(folder, OFFICIAL_MODULES):
         sys.modules["visdom"] = types.SimpleNamespace(Visdom=_NoVisdom)  # utils.visualizer imports it
         for name in ("pydot", "graphviz"):  # imported by quantization/torchTransformer.py, a graph drawer never called
             sys.modules.setdefault(name, types.SimpleNamespace(Digraph=None))
         import main as official_main
         import network
         from quantization import quantize_model
-    finally:
-        sys.path.remove(str(folder))
     return official_main, network, quantize_model
 
 
@@ -165,7 +160,7 @@ def whole_iteration(main, quantize_model) -> dict[str, torch.Tensor]:
 
     out["z"] = torch.stack([z.flatten(1) for z in seen["z"]])  # (6, B, nz): 5 Q steps, then the G step
     for k in range(6):
-        (g_p, p_logit), (g_q, q_logit) = seen["p"][k], seen["q"][k]
+        (g_p, p_logit), (_, q_logit) = seen["p"][k], seen["q"][k]
         kind = f"q{k}" if k < 5 else "g"
         out[f"{kind}/l1"] = torch.nn.functional.l1_loss(q_logit, p_logit).detach()
         out[f"{kind}/scrm"] = seen["scrm"][k]

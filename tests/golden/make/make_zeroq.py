@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from golden_b_common import (  # noqa: E402
-    calibrate_bn_stats, copy_patched, digest, digests, net_bn_entries, save_fixture, seeded_state,
+    calibrate_bn_stats, copy_patched, digest, digests, net_bn_entries, official_imports, save_fixture, seeded_state,
 )
 
 NET_SEED, DATA_SEED, LOGIT_SEED = 40, 41, 42
@@ -39,14 +39,8 @@ OFFICIAL_MODULES = ("distill_data", "utils", "trainer_direct")
 
 
 def purge_and_import(folder: Path, module: str):
-    for name in list(sys.modules):
-        if name.split(".")[0] in OFFICIAL_MODULES:
-            del sys.modules[name]
-    sys.path.insert(0, str(folder))
-    try:
+    with official_imports(folder, OFFICIAL_MODULES):
         return __import__(module)
-    finally:
-        sys.path.remove(str(folder))
 
 
 def zeroq_fixture(src: Path, work: Path, steps: int) -> dict[str, torch.Tensor]:
