@@ -17,8 +17,8 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from dfqbench.store.files import (StoreError, atomic_write_bytes, atomic_write_json, first_line, remove_stale_tmp,
-                                  unreadable)
+from dfqbench.store.files import (StoreError, atomic_write_bytes, atomic_write_json, first_line, read_json_object,
+                                  remove_stale_tmp, unreadable)
 from dfqbench.store.records import RunRecord
 
 if TYPE_CHECKING:
@@ -89,11 +89,7 @@ class RunFolder:
 
     def read_spec(self) -> dict[str, Any] | None:
         """spec.json as a dict, or None when it is missing or unreadable (it is rewritten at the next start)."""
-        try:
-            data = json.loads(self.spec_path.read_bytes())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return read_json_object(self.spec_path)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every row of metrics.jsonl (written whole and atomically each epoch, so every line parses); a file
@@ -134,11 +130,7 @@ class RunFolder:
         return True
 
     def read_error(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.error_path.read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return read_json_object(self.error_path)
 
     # -- checkpoint (torch imported lazily) ---------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:

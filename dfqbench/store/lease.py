@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dfqbench.store.files import read_json_object
+
 LEASE_FILE = "lease.json"
 HEARTBEAT_ENV = "DFQBENCH_HEARTBEAT_S"
 STALE_ENV = "DFQBENCH_LEASE_STALE_S"
@@ -39,11 +41,9 @@ def stale_after() -> float:
 
 
 def read_lease(run_dir: Path) -> dict[str, Any] | None:
-    """The lease in a run folder, or None (also for an unreadable one, which no live task writes)."""
-    try:
-        return json.loads((run_dir / LEASE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    """The lease in a run folder, or None (also for an unreadable one or one that is not a JSON object, which
+    no live task writes)."""
+    return read_json_object(run_dir / LEASE_FILE)
 
 
 def _proc_stat(pid: int) -> list[str] | None:
