@@ -163,12 +163,24 @@ class Recorder:
         return rows
 
 
+
+def state_sketches(gen: nn.Module, student: nn.Module, our_student: dict[str, torch.Tensor], prefix: str,
+                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Sketches (in ``dtype``) of the official generator's and student's weights under dfqbench's names."""
+    inverse = {v: k for k, v in qi.GENERATOR_NAMES.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in gen.state_dict().items():
+        module, _, leaf = key.rpartition(".")
+        out[f"{prefix}generator/{inverse[module]}.{leaf}"] = qi.sketch(value.to(dtype))
+    for key, value in student_names(student, our_student).items():
+        out[f"{prefix}student/{key}"] = qi.sketch(value.to(dtype))
+    return out
+
 def iteration_goldens(main: types.ModuleType, trainer_mod: types.ModuleType) -> dict[str, torch.Tensor]:
     """One official iteration (G step + Q step, epoch 0: ranges updating, no warm-up) per case, each from the
     same starting weights: "mixed" draws a superposed batch, "single" a one-label batch."""
     out: dict[str, torch.Tensor] = {}
     our_student = quantize_model(qi.seeded_teacher(), QuantConfig(qi.BITS, qi.BITS)).state_dict()  # names only
-    inverse = {v: k for k, v in qi.GENERATOR_NAMES.items()}
     for case, seed in qi.ITERATION_SEEDS.items():
         opts = settings()
         teacher = qi.seeded_teacher()
@@ -185,11 +197,7 @@ def iteration_goldens(main: types.ModuleType, trainer_mod: types.ModuleType) -> 
         assert bool(rows["superposed"]) == (case == "mixed"), f"seed {seed} no longer gives a {case} batch"
         for name, value in rows.items():
             out[f"{case}/{name}"] = value
-        for key, value in gen.state_dict().items():
-            module, _, leaf = key.rpartition(".")
-            out[f"{case}/generator/{inverse[module]}.{leaf}"] = qi.sketch(value.float())
-        for key, value in student_names(student, our_student).items():
-            out[f"{case}/student/{key}"] = qi.sketch(value.float())
+        out.update(state_sketches(gen, student, our_student, f"{case}/", torch.float32))
     return out
 
 
@@ -229,12 +237,7 @@ def trajectory_goldens(main: types.ModuleType, trainer_mod: types.ModuleType) ->
         exp.freeze_model(student)
         trainer.train(epoch=1)
         out = {name: torch.stack(values) for name, values in seq.items()}
-        inverse = {v: k for k, v in qi.GENERATOR_NAMES.items()}
-        for key, value in gen.state_dict().items():
-            module, _, leaf = key.rpartition(".")
-            out[f"generator/{inverse[module]}.{leaf}"] = qi.sketch(value.double())
-        for key, value in student_names(student, our_student).items():
-            out[f"student/{key}"] = qi.sketch(value.double())
+        out.update(state_sketches(gen, student, our_student, "", torch.float64))
         return out
     finally:
         torch.set_default_dtype(previous)
