@@ -6,12 +6,14 @@ iteration of the run's own step (as :mod:`bench_step` times it: Q trains, ranges
 a dispatch counter (:class:`torch.utils._python_dispatch.TorchDispatchMode`). Counted: every ATen operation
 that computes something (views, aliases and empty allocations are left out), forward, backward and optimizer
 steps; and, separately, those dispatched inside the fake-quantizers (``quant_act_forward`` and
-``per_channel_fake_quant``) and their calls, which the compiled engine replaces by a few inductor-fused kernels per call
-(:mod:`dfqbench.quant.fused`). On a GPU each counted operation is (at least) one kernel launched from Python.
+``per_channel_fake_quant``) and their calls, which the compiled engine replaces by a few inductor-fused
+kernels per call (:mod:`dfqbench.quant.fused`). On a GPU each counted operation is (at least) one kernel
+launched from Python.
 
     python benchmarks/count_ops.py [--methods gdfq,adasg] [--bits w3a3] [--batch N] [--device cpu|cuda]
 
-Prints one JSON line per method and student, then a table. The counts do not depend on the device.
+Prints one JSON line per method and student, then a table. The device changes the counts only through the
+optimizers: one update per parameter on the CPU, foreach (multi-tensor) updates on CUDA.
 """
 
 from __future__ import annotations
@@ -89,8 +91,7 @@ def count(method: str, args: argparse.Namespace, bits: str | None) -> dict:
     total, in_quantizers = sum(counter.ops.values()), sum(counter.quantizer_ops.values())
     return {"method": method, "model": args.model, "batch": trainer.cfg.batch_size, "student": bits or "fp",
             "ops_per_iter": total, "in_quantizers": in_quantizers, "outside_quantizers": total - in_quantizers,
-            "quantizer_calls": counter.quantizer_calls,
-            "top": dict(counter.ops.most_common(8))}
+            "quantizer_calls": counter.quantizer_calls, "top": dict(counter.ops.most_common(8))}
 
 
 def table(rows: list[dict]) -> str:

@@ -9,8 +9,8 @@ from importlib import metadata
 import pytest
 import torch
 
-from dfqbench.testing import SilentProgress
 from dfqbench.runner import RunRequest
+from dfqbench.testing import SilentProgress
 
 TINY_OVERRIDES = [
     "train.epochs=3",

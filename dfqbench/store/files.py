@@ -58,7 +58,6 @@ def _umask() -> int:
     return mask
 
 
-
 def read_json_object(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, or None when the file is missing, unreadable or holds something else."""
     try:
@@ -66,6 +65,7 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, and rename it over ``path``; an ``OSError``
