@@ -75,7 +75,9 @@ ReturnToService=2
 JobRequeue=1
 MaxArraySize=$max_array
 MinJobAge=300
-KillWait=3
+# Slurm's default: a cancelled or requeued task has 30 s after SIGTERM to end its attempt and release its
+# lease (submitit requeues a preempted job before its task has cleaned up) before SIGKILL.
+KillWait=30
 InactiveLimit=0
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none

@@ -17,6 +17,7 @@ import dfqbench
 from dfqbench.errors import DfqbenchError
 
 from conftest import RecordingProgress
+from waiting import HANG_S
 
 # Tiny GDFQ at W8A8 with a learning rate that moves the student: the calibrated epoch 0 scores well above the
 # fine-tuned epochs, so best_top1 (epoch 0) and final_top1 (epoch 2) differ and load_student("best") and
@@ -47,7 +48,7 @@ def finished(tmp_path_factory):
 def test_import_dfqbench_stays_light():
     code = ("import sys, dfqbench; dfqbench.__version__; assert 'run' in dir(dfqbench); "
             "assert 'torch' not in sys.modules and 'pandas' not in sys.modules, sorted(sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 0, done.stderr
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         dfqbench.nope  # noqa: B018

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from dfqbench.core.plugin import load_methods
 from dfqbench.errors import DfqbenchError
 
 from conftest import TINY_OVERRIDES
+from waiting import HANG_S, finish, process_exited, wait_until
 
 BUNDLED = ["adadfq", "adasg", "gdfq", "qimera", "zaq", "zeroq", "zeroq_kd"]
 ALL_METHODS = ", ".join(load_methods().names())  # the bundled ones and any installed plugin's, sorted
@@ -143,23 +143,19 @@ def test_sigkill_mid_run_then_same_command_resumes(tmp_path):
     cmd = [sys.executable, "-m", "dfqbench.cli", *TINY_ARGS[0:], "--results", str(results), *overrides]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-    deadline = time.time() + 120
-    ckpts: list[Path] = []
-    while time.time() < deadline and proc.poll() is None:
-        ckpts = list(results.glob("runs/*/checkpoint.pt"))
-        if ckpts:
-            break
-        time.sleep(0.05)
-    assert ckpts, "no checkpoint appeared before the run ended"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        ckpts = wait_until(lambda: list(results.glob("runs/*/checkpoint.pt")), "the first checkpoint",
+                           impossible=process_exited(proc, "the run"), poll_s=0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        finish(proc, "the killed run")
     folder = ckpts[0].parent
     assert not (folder / "record.json").exists()
     import torch
 
     killed_at = torch.load(folder / "checkpoint.pt", weights_only=True)["epoch"]
     assert killed_at < 5
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=HANG_S)
     assert done.returncode == 0, done.stderr
     assert f"after epoch {killed_at + 1}/" in done.stdout
     record = json.loads((folder / "record.json").read_text())

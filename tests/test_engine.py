@@ -24,6 +24,7 @@ from dfqbench.quant.primitives import FakeQuantSTE, fake_quantize, quant_params
 from dfqbench.runner import prepare, run
 
 from conftest import CrashAfterEpoch, RecordingProgress, same_state
+from waiting import HANG_S
 
 METHODS = sorted(load_methods().names())
 ENGINE_OVERRIDES = ["train.epochs=3", "train.iters_per_epoch=7", "train.batch_size=8", "train.warmup_epochs=1",
@@ -255,7 +256,7 @@ def test_benchmarks_run_on_the_tiny_model(tmp_path):
 
     def json_lines(script: str, *args: str) -> list[dict]:
         done = subprocess.run([sys.executable, str(benchmarks / script), "--model", "tiny_cifar10", *args],
-                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                              capture_output=True, text=True, timeout=HANG_S, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
         return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 

@@ -30,6 +30,7 @@ from dfqbench.specs import TrainConfig
 from dfqbench.zoo.tiny import build_tiny
 
 from conftest import TINY_OVERRIDES
+from waiting import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -262,10 +263,7 @@ def test_lease_liveness_sees_zombies_and_reused_pids():
     assert started is not None and pid_alive(child.pid, started)
     assert not pid_alive(child.pid, str(int(started) + 1))
     os.kill(child.pid, signal.SIGKILL)
-    deadline = time.time() + 10
-    while pid_alive(child.pid, started) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(child.pid, started)
+    wait_until(lambda: not pid_alive(child.pid, started), "the killed child to read as not alive", poll_s=0.05)
     os.kill(child.pid, 0)  # not reaped yet: a zombie, which kill -0 still reaches
     child.wait()
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import dfqbench
 
+from waiting import HANG_S
+
 PACKAGE = Path(dfqbench.__file__).parent
 
 
@@ -51,7 +53,8 @@ def test_report_renders_without_torch_or_plugins_or_launcher(tiny_request, tmp_p
         "               or m.startswith(('dfqbench.launch', 'dfqbench.methods', 'dfqbench.core')))\n"
         "print(json.dumps(heavy))\n"
     )
-    done = subprocess.run([sys.executable, "-c", "import json\n" + probe], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", "import json\n" + probe], capture_output=True, text=True,
+                          timeout=HANG_S)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == []
     table = out.read_text()

@@ -14,6 +14,8 @@ import pytest
 from dfqbench.core import discovery, plugin
 from dfqbench.core.discovery import GROUP, MethodEntry
 
+from waiting import HANG_S
+
 PLUGIN_MODULE = """
 from dfqbench.methods.gdfq import GDFQ
 
@@ -113,7 +115,7 @@ def test_a_fresh_process_finds_installed_plugins_and_warns_once_about_a_broken_o
         print(sorted(registry.names()), registry.get("fresh_variant").name)
     """)
     env = {**__import__("os").environ, "PYTHONPATH": str(site)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=HANG_S)
     assert out.returncode == 0, out.stderr
     assert "'fresh_variant'" in out.stdout and out.stdout.strip().endswith("fresh_variant")
     warnings = [line for line in out.stderr.splitlines() if line.startswith("dfqbench: warning:")]

@@ -30,6 +30,8 @@ from dfqbench.report.stats import student_t_two_sided_p, summarize, welch_test
 from dfqbench.report.tables import build_tables
 from dfqbench.specs import RunSpec
 
+from waiting import HANG_S
+
 SNAPSHOTS = Path(__file__).parent / "fixtures" / "report"
 SPEC_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "paper-tables.md"
 FILE_TEACHER = {"source": "file", "sha256": "fddb0e96e600e49984fd6ec4872feb17f3e78abcf9cd519adc75f1aa9fe9a855"}
@@ -367,7 +369,7 @@ def test_latex_compiles(results, tmp_path):
                                         "\n\\begin{document}\n\\input{tables}\n\\end{document}\n")
     for name in ("report", "paper"):
         proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", f"{name}.tex"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=HANG_S)
         assert proc.returncode == 0, proc.stdout[-3000:]
         assert (tmp_path / f"{name}.pdf").stat().st_size > 1000
 

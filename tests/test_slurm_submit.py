@@ -17,8 +17,6 @@ from dfqbench.launch.manifest import read_manifests
 from dfqbench.launch.slurm import load_profiles
 from dfqbench.launch.status import status_report
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(autouse=True)
 def private_plan_cache(tmp_path, monkeypatch):
@@ -147,19 +145,43 @@ def test_unknown_profile_and_missing_slurm_are_one_line_errors(tmp_path, monkeyp
     assert not read_manifests(tmp_path / "r", "smoke")
 
 
-def test_shipped_profiles_cover_every_shipped_paper_grid(monkeypatch):
-    """slurm/profiles.yaml loads and its rules give every paper-grid run a profile (planned with pytorchcv's
-    teachers: a single DFQBENCH_WEIGHTS file would skip every other model's cells)."""
+def test_shipped_profiles_cover_every_shipped_paper_grid(tmp_path, monkeypatch):
+    """With no file given, the profiles shipped in the package (dfqbench/launch/slurm_profiles.yaml) load, and
+    their rules give every paper-grid run a profile (planned with pytorchcv's teachers: a single
+    DFQBENCH_WEIGHTS file would skip every other model's cells)."""
     from dfqbench.launch.grid import load_grid
     from dfqbench.launch.plan import LaunchOptions, plan_grid
+    from dfqbench.launch.slurm import DEFAULT_PROFILES, PROFILES_ENV
 
     monkeypatch.delenv("DFQBENCH_WEIGHTS", raising=False)
-    profiles = load_profiles(str(REPO / "slurm" / "profiles.yaml"))
+    monkeypatch.delenv(PROFILES_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./slurm/profiles.yaml here
+    profiles = load_profiles()
+    assert profiles.path == DEFAULT_PROFILES
     for name in ("paper_table1", "qimera_table2", "adasg_ablation", "quickstart"):
         plan = plan_grid(load_grid(name), LaunchOptions(results=Path("/nonexistent")))
         chosen = {profiles.for_cell(c, None).name for c in plan.runs()}
         assert chosen <= {"cifar", "imagenet", "imagenet_large"} and chosen
     assert profiles.get("test").partition == "debug"
+
+
+def test_profiles_lookup_order(tmp_path, monkeypatch):
+    """--profiles FILE, else $DFQBENCH_SLURM_PROFILES (each must exist), else ./slurm/profiles.yaml, else the
+    shipped default."""
+    from dfqbench.launch.slurm import DEFAULT_PROFILES, PROFILES_ENV, find_profiles
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(PROFILES_ENV, raising=False)
+    assert find_profiles(None) == DEFAULT_PROFILES
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "profiles.yaml").write_text("profiles: {}\n")
+    assert find_profiles(None) == Path("slurm/profiles.yaml")
+    (tmp_path / "env.yaml").write_text("profiles: {}\n")
+    monkeypatch.setenv(PROFILES_ENV, str(tmp_path / "env.yaml"))
+    assert find_profiles(None) == tmp_path / "env.yaml"
+    assert find_profiles(str(DEFAULT_PROFILES)) == DEFAULT_PROFILES
+    with pytest.raises(DfqbenchError, match="not found"):
+        find_profiles(str(tmp_path / "missing.yaml"))
 
 
 def test_runs_per_gpu_packs_runs_into_array_tasks(tmp_path, fake_slurm, capsys):

@@ -38,7 +38,8 @@ def add_grid_arguments(run: argparse.ArgumentParser) -> None:
                             "once on its GPU (default the profile's runs_per_gpu)")
     group.add_argument("--profile", help="slurm: use this profile for every run (else the grid's or select rules)")
     group.add_argument("--profiles", metavar="FILE",
-                       help="slurm: profiles YAML (env DFQBENCH_SLURM_PROFILES; default slurm/profiles.yaml)")
+                       help="slurm: profiles YAML (env DFQBENCH_SLURM_PROFILES; default ./slurm/profiles.yaml if "
+                            "present, else the shipped dfqbench/launch/slurm_profiles.yaml)")
 
 
 def add_status_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

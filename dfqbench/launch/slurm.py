@@ -8,7 +8,7 @@ from its epoch checkpoint. Arrays are cut into chunks no larger than the cluster
 ``max_array_size``. One ``sbatch`` per chunk: a 1,000-run grid is one submission per profile.
 
 Profiles come from a YAML file (``--profiles FILE``, else ``$DFQBENCH_SLURM_PROFILES``, else
-``./slurm/profiles.yaml``, else the dfqbench checkout's ``slurm/profiles.yaml``)::
+``./slurm/profiles.yaml``, else the default shipped in the package, :data:`DEFAULT_PROFILES`)::
 
     select:                       # the first rule matching a run's cell picks its profile
       - {dataset: imagenet, profile: imagenet}
@@ -42,6 +42,7 @@ from dfqbench.launch.task import GridTask
 from dfqbench.registry import unknown_choice
 
 PROFILES_ENV = "DFQBENCH_SLURM_PROFILES"
+DEFAULT_PROFILES = Path(__file__).with_name("slurm_profiles.yaml")  # package data: found installed too
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 
 
@@ -106,17 +107,18 @@ class Profiles:
 
 
 def find_profiles(explicit: str | None) -> Path:
-    import dfqbench
-
-    candidates = [explicit, os.environ.get(PROFILES_ENV), "slurm/profiles.yaml",
-                  str(Path(dfqbench.__file__).resolve().parent.parent / "slurm" / "profiles.yaml")]
-    for text in candidates:
-        if text and Path(text).expanduser().is_file():
+    """The profiles file: ``explicit``, else ``$DFQBENCH_SLURM_PROFILES`` (either must exist), else
+    ``./slurm/profiles.yaml`` when there is one, else the shipped :data:`DEFAULT_PROFILES`."""
+    for text in (explicit, os.environ.get(PROFILES_ENV)):
+        if text:
+            if not Path(text).expanduser().is_file():
+                raise DfqbenchError(f"Slurm profiles file '{text}' not found")
             return Path(text).expanduser()
-        if text and text in (explicit, os.environ.get(PROFILES_ENV)):
-            raise DfqbenchError(f"Slurm profiles file '{text}' not found")
-    raise DfqbenchError("no Slurm profiles file: pass --profiles FILE or set DFQBENCH_SLURM_PROFILES "
-                        "(template: slurm/profiles.yaml in the dfqbench repository)")
+    for path in (Path("slurm/profiles.yaml"), DEFAULT_PROFILES):
+        if path.is_file():
+            return path
+    raise DfqbenchError(f"no Slurm profiles file: the shipped default {DEFAULT_PROFILES} is missing (a broken "
+                        "install); pass --profiles FILE or set DFQBENCH_SLURM_PROFILES")
 
 
 def load_profiles(explicit: str | None = None) -> Profiles:

@@ -12,18 +12,26 @@ from typing import Any
 
 @functools.lru_cache(maxsize=1)
 def git_state() -> dict[str, Any]:
-    """The commit and dirty flag of the dfqbench checkout, or nulls for an installed copy without git."""
-    source = Path(__file__).resolve().parents[2]
+    """The commit and dirty flag of the dfqbench checkout, or nulls for an installed copy."""
+    return checkout_state(Path(__file__).resolve().parents[2])
+
+
+def checkout_state(source: Path) -> dict[str, Any]:
+    """The commit and dirty flag of the git checkout whose top folder is ``source``, else nulls: an installed
+    dfqbench (``site-packages``) is not a checkout, even inside one (a venv in a repository)."""
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
+        top, commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.splitlines()
+        if Path(top).resolve() != source.resolve():
+            return {"commit": None, "dirty": None}
         dirty = subprocess.run(
             ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()
         return {"commit": commit, "dirty": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, ValueError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
 

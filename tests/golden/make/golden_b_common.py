@@ -3,9 +3,11 @@
 No official code here: deterministic seeded weights, the name maps between dfqbench's generators and the
 official ``Generator`` classes, the per-tensor digests the whole-iteration fixtures store, and the
 fixture loader. Everything that draws random numbers uses its own ``torch.Generator`` (never the global
-one), so a fixture's weights are rebuilt exactly from a seed in both the maker and the test; each fixture
-also stores digests of the initial weights, and the tests check those first, so a change in how torch draws
-numbers fails loudly as "initial weights differ" instead of as a method mismatch.
+one) through ``golden_common.portable_randn`` / ``portable_uniform`` (float64 draws with mean 0 / std 1 or
+U(0, 1), then separate elementwise operations and a cast: the same bits on every CPU kernel), so a fixture's
+weights are rebuilt exactly from a seed in both the maker and the test; each fixture also stores digests of
+the initial weights, and the tests check those first, so a change in how torch draws numbers fails loudly as
+"initial weights differ" instead of as a method mismatch.
 """
 
 from __future__ import annotations
@@ -20,7 +22,23 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from golden_common import portable_randn, portable_uniform  # noqa: E402
+
 GOLDEN = Path(__file__).resolve().parent.parent  # tests/golden
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """``torch.set_default_dtype(dtype)`` inside the block (the whole-iteration fixtures and their tests run the
+    official code and dfqbench in float64, where kernel differences stay ~1e-16 relative); restored after."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 @contextlib.contextmanager
@@ -36,14 +54,18 @@ def official_imports(folder: Path, top_level: Iterable[str]) -> Iterator[None]:
         yield
     finally:
         sys.path.remove(str(folder))
+
+
 SAMPLE_VALUES = 32  # values sampled per tensor in a digest
 
 
 def seeded_state(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """A state dict for ``module`` with every float entry drawn from ``seed`` (keys in state_dict order).
+    """A state dict for ``module`` with every float entry drawn from ``seed`` (keys in state_dict order), in each
+    entry's own dtype (a float64 module gets float64 draws, not float32 ones widened).
 
     Rules by name and shape: running_var ~ U(0.5, 1.5); running_mean ~ N(0, 0.1²); 1-D ``weight`` (BN γ)
     ~ U(0.5, 1.5); ``bias`` ~ N(0, 0.05²); embedding tables ~ N(0, 1); other ≥2-D weights ~ N(0, 2/fan_in).
+    Portable draws (``portable_randn`` / ``portable_uniform``): the same bits on every CPU.
     Integer entries (num_batches_tracked) are kept.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -52,21 +74,21 @@ def seeded_state(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:
         if not value.is_floating_point():
             out[key] = value.clone()
             continue
-        shape = value.shape
+        shape, dtype = tuple(value.shape), value.dtype
         leaf = key.rsplit(".", 1)[-1]
         if leaf == "running_var":
-            t = torch.rand(shape, generator=gen) + 0.5
+            t = portable_uniform(shape, gen, 0.5, 1.5, dtype)
         elif leaf == "running_mean":
-            t = torch.randn(shape, generator=gen) * 0.1
+            t = portable_randn(shape, gen, dtype, 0.1)
         elif leaf == "weight" and len(shape) == 1:
-            t = torch.rand(shape, generator=gen) + 0.5
+            t = portable_uniform(shape, gen, 0.5, 1.5, dtype)
         elif leaf == "bias":
-            t = torch.randn(shape, generator=gen) * 0.05
+            t = portable_randn(shape, gen, dtype, 0.05)
         elif "emb" in key:
-            t = torch.randn(shape, generator=gen)
+            t = portable_randn(shape, gen, dtype)
         elif leaf == "weight":
             fan_in = math.prod(shape[1:])
-            t = torch.randn(shape, generator=gen) * math.sqrt(2.0 / fan_in)
+            t = portable_randn(shape, gen, dtype, math.sqrt(2.0 / fan_in))
         else:
             raise KeyError(f"seeded_state: no rule for {key} {tuple(shape)}")
         out[key] = t
@@ -75,10 +97,12 @@ def seeded_state(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:
 
 def calibrate_bn_stats(model: nn.Module, seed: int, batch: int = 64, size: int = 32) -> dict[str, torch.Tensor]:
     """Running statistics for ``model``'s BNs that fit its seeded weights: the exact batch mean and (unbiased)
-    variance of each BN input over one seeded N(0, 1) batch, BNs in train mode (run by the fixture makers
-    only; the fixtures store the result as ``net_bn/<key>``, so tests never recompute it)."""
+    variance of each BN input over one seeded N(0, 1) batch (in the model's dtype), BNs in train mode (run by
+    the fixture makers only; the fixtures store the result as ``net_bn/<key>``, so tests never recompute it:
+    it is a computation with reductions, whose last bits differ between CPU kernels)."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, size, size, generator=gen)
+    dtype = next(model.parameters()).dtype
+    x = portable_randn((batch, 3, size, size), gen, dtype)
     work = copy.deepcopy(model)
     bns = [m for m in work.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in bns:
@@ -88,6 +112,55 @@ def calibrate_bn_stats(model: nn.Module, seed: int, batch: int = 64, size: int =
     with torch.no_grad():
         work(x)
     return {k: v.clone() for k, v in work.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+
+# Activation-quantizer ranges whose scale (2^k − 1)/(hi − lo) is a power of two 2^m, so that s·x − z is exact in
+# float32 and float64 and the rounding ties below are exact: (bits k, m, a) with lo = −a/2^m, hi = lo + (2^k − 1)/2^m,
+# zero point z = −a + 2^(k−1) (both parities), plus one range with an ordinary scale.
+TIE_RANGES = ((4, 2, 5), (4, 2, 4), (6, 3, 11), (8, 4, 37), (8, 4, 0))
+TIE_SEED = 1234
+
+
+def tie_cases() -> list[tuple[int, float, float, torch.Tensor]]:
+    """(bits, lo, hi, x) for the quantizer-ties fixtures (float64 x): for each range of :data:`TIE_RANGES` every
+    half-way point j + 1/2 of the integer grid, (j + 1/2 + z)/2^m, including points beyond both clamps, and 64
+    portable uniform draws over [lo − 0.5, hi + 0.5]; then a range with an ordinary scale and 64 draws. In the
+    whole iterations (float64) exact ties do not occur, so these are what tells half-to-even rounding (torch.round,
+    the official quantizer's) from half-up."""
+    gen = torch.Generator().manual_seed(TIE_SEED)
+    cases = []
+    for bits, m, a in TIE_RANGES:
+        step = 2.0 ** -m
+        lo = -a * step
+        hi = lo + ((1 << bits) - 1) * step
+        zero = -a + (1 << (bits - 1))
+        half = 1 << (bits - 1)
+        ties = (torch.arange(-half - 2, half + 2, dtype=torch.float64) + 0.5 + zero) * step
+        x = torch.cat([ties, portable_uniform((64,), gen, lo - 0.5, hi + 0.5, torch.float64)])
+        cases.append((bits, lo, hi, x))
+    cases.append((4, -0.37, 1.91, portable_uniform((64,), gen, -0.9, 2.4, torch.float64)))
+    return cases
+
+
+def tie_fixture(quant_act_class, make_act) -> dict[str, torch.Tensor]:
+    """The official activation quantizer (``make_act(quant_act_class, bits)``: a QuantAct with its range frozen)
+    on :func:`tie_cases`, in float32 and float64: ``ties/bits``, ``ties/range``, ``ties/{i}/x{32,64}``,
+    ``ties/{i}/y{32,64}``."""
+    out: dict[str, torch.Tensor] = {}
+    cases = tie_cases()
+    out["ties/bits"] = torch.tensor([c[0] for c in cases])
+    out["ties/range"] = torch.tensor([[c[1], c[2]] for c in cases], dtype=torch.float64)
+    for i, (bits, lo, hi, x) in enumerate(cases):
+        for tag, dtype in (("32", torch.float32), ("64", torch.float64)):
+            with default_dtype(dtype):
+                act = make_act(quant_act_class, bits)
+                act.x_min = torch.tensor([lo])
+                act.x_max = torch.tensor([hi])
+                xd = x.to(dtype)
+                y = act(xd.clone())
+            assert y.dtype == dtype
+            out[f"ties/{i}/x{tag}"], out[f"ties/{i}/y{tag}"] = xd, y.detach()
+    return out
 
 
 def net_bn_entries(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -138,7 +211,8 @@ def digest(t: torch.Tensor) -> torch.Tensor:
     """sum, abs-sum, then :data:`SAMPLE_VALUES` values at fixed evenly spaced flat positions (float64)."""
     flat = t.detach().double().flatten()
     n = flat.numel()
-    idx = torch.linspace(0, n - 1, min(SAMPLE_VALUES, n)).round().long()
+    # float64 positions whatever the default dtype (float32 linspace rounds large positions differently)
+    idx = torch.linspace(0, n - 1, min(SAMPLE_VALUES, n), dtype=torch.float64).round().long()
     return torch.cat([flat.sum().view(1), flat.abs().sum().view(1), flat[idx]])
 
 

@@ -1,14 +1,17 @@
 """Make tests/golden/adasg/*.pt and tests/golden/adadfq/*.pt from the official AdaSG / AdaDFQ code.
 
-Usage (outside the repository's code path; the official trees are exported, e.g. with
-``git --git-dir=<mirror> archive HEAD | tar -x -C <dir>``)::
+Usage (outside the repository's code path; the official trees are clones at the commits named in
+tests/golden/adasg/README.md, or ``git --git-dir=<mirror> archive <commit> | tar -x -C <dir>``)::
 
     python tests/golden/make/make_adasg.py --adasg <AdaSG export> --adadfq <AdaDFQ export> [--work /tmp/golden_b_adasg]
 
 Each official ``CIFAR/`` folder is copied to ``--work`` and patched there (see the READMEs); then its
 ``trainer.py`` functions (``compute_entropy``, ``marginal_loss``, ``Trainer.loss_fn_kd``) run on fixed logits,
-and its ``Trainer.train(epoch=0)`` runs one whole iteration (G step + Q step) from seeded weights. Only
-numbers are saved. Observation is by forward hooks and wrappers, never by editing the official code.
+and its ``Trainer.train(epoch=0)`` runs one whole iteration (G step + Q step) from seeded weights, in float64
+(``torch.set_default_dtype(torch.float64)`` before the networks are built: float64 networks, inputs and
+optimizer states; nothing on this path creates a float32 tensor explicitly). Only numbers are saved.
+Observation is by forward hooks and wrappers, never by editing the official code. terms.pt also holds the
+official activation quantizer (``QuantAct``) on exact rounding ties.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from golden_b_common import (  # noqa: E402
-    calibrate_bn_stats, copy_patched, digest, digests, net_bn_entries, official_imports, pytorchcv_name, save_fixture,
-    seeded_state, to_official_generator,
+    calibrate_bn_stats, copy_patched, default_dtype, digest, digests, net_bn_entries, official_imports,
+    portable_randn, pytorchcv_name, save_fixture, seeded_state, tie_fixture, to_official_generator,
 )
 
 NET_SEED, GEN_SEED, ITER_SEED, LOGIT_SEED = 20, 21, 22, 23
@@ -72,30 +75,43 @@ def settings_for(extra: dict) -> SimpleNamespace:
 
 
 def term_fixture(T, trainer_self) -> dict[str, torch.Tensor]:
-    """compute_entropy, marginal_loss and loss_fn_kd on seeded logits (3 scales) for the AdaSG CIFAR trainer."""
+    """compute_entropy, marginal_loss and loss_fn_kd on seeded logits (3 scales) for the AdaSG CIFAR trainer, in
+    float32 (keys as named) and on the same logits widened to float64 (the same keys with ``64`` after the
+    name's first part: ``entropy64_T1_0``, ``bound64_0``, ``q_loss64_0``, ...)."""
     gen = torch.Generator().manual_seed(LOGIT_SEED)
     out: dict[str, torch.Tensor] = {}
     for i, scale in enumerate((0.5, 3.0, 10.0)):
-        t = torch.randn(BATCH, 10, generator=gen) * scale
-        s = torch.randn(BATCH, 10, generator=gen) * scale
+        t = portable_randn((BATCH, 10), gen, torch.float32, scale)
+        s = portable_randn((BATCH, 10), gen, torch.float32, scale)
         y = torch.randint(0, 10, (BATCH,), generator=gen)
         out[f"t{i}"], out[f"s{i}"], out[f"y{i}"] = t, s, y
-        out[f"entropy_T1_{i}"] = T.compute_entropy(t - s, 1)
-        out[f"entropy_T20_{i}"] = T.compute_entropy(t - s, 20)
-        if hasattr(T, "marginal_loss") and T.marginal_loss.__code__.co_argcount == 3:
-            out[f"bound_{i}"] = T.marginal_loss(t, s, 10)
-        else:
-            for name, cfg in ADADFQ_SETTINGS.items():
-                out[f"bound_{name}_{i}"] = T.marginal_loss(t, s, 10, cfg["lambda_u"], cfg["lambda_l"])
-        s_grad = s.clone().requires_grad_(True)
-        q = T.Trainer.loss_fn_kd(trainer_self, s_grad, y, t)
-        q.backward()
-        out[f"q_loss_{i}"], out[f"q_grad_{i}"] = q.detach(), s_grad.grad
+        for tag, dtype in (("", torch.float32), ("64", torch.float64)):
+            # marginal_loss's zero vector is torch.zeros(16), float32 at the default dtype: torch.max promotes
+            # it, so the float64 terms are computed in float64 throughout
+            tt, ss = t.to(dtype), s.to(dtype)
+            out[f"entropy{tag}_T1_{i}"] = T.compute_entropy(tt - ss, 1)
+            out[f"entropy{tag}_T20_{i}"] = T.compute_entropy(tt - ss, 20)
+            if hasattr(T, "marginal_loss") and T.marginal_loss.__code__.co_argcount == 3:
+                out[f"bound{tag}_{i}"] = T.marginal_loss(tt, ss, 10)
+            else:
+                for name, cfg in ADADFQ_SETTINGS.items():
+                    out[f"bound{tag}_{name}_{i}"] = T.marginal_loss(tt, ss, 10, cfg["lambda_u"], cfg["lambda_l"])
+            s_grad = ss.clone().requires_grad_(True)
+            q = T.Trainer.loss_fn_kd(trainer_self, s_grad, y, tt)
+            q.backward()
+            out[f"q_loss{tag}_{i}"], out[f"q_grad{tag}_{i}"] = q.detach(), s_grad.grad
+            assert all(v.dtype == dtype for k, v in out.items() if k.startswith(("entropy", "bound", "q_"))
+                       and k.endswith(f"_{i}") and (tag in k) == bool(tag))
     return out
 
 
 def whole_iteration(T, M, settings: SimpleNamespace, full_x: bool = True) -> dict[str, torch.Tensor]:
-    """Trainer.train(epoch=0) with iters patched to 1: one G step then one Q step, from seeded weights."""
+    """Trainer.train(epoch=0) with iters patched to 1: one G step then one Q step, from seeded weights, in float64."""
+    with default_dtype(torch.float64):
+        return _whole_iteration(T, M, settings, full_x)
+
+
+def _whole_iteration(T, M, settings: SimpleNamespace, full_x: bool) -> dict[str, torch.Tensor]:
     from dfqbench.core.generators import CifarGenerator  # only for the state-dict layout of the seeded weights
 
     teacher = M.ptcv_get_model("resnet20_cifar10", pretrained=False)
@@ -181,7 +197,10 @@ def main() -> None:
     copy_patched(args.adasg / "AdaSG_code" / "CIFAR", folder, PATCHES)
     T, M = import_official(folder)
     settings = settings_for({})
-    save_fixture("adasg", "terms", term_fixture(T, SimpleNamespace(settings=settings)))
+    terms = term_fixture(T, SimpleNamespace(settings=settings))
+    # the activation quantizer (quantization_utils/quant_modules.py QuantAct, shared with AdaDFQ) on exact ties
+    terms.update(tie_fixture(M.QuantAct, lambda cls, bits: cls(activation_bit=bits, running_stat=False)))
+    save_fixture("adasg", "terms", terms)
     save_fixture("adasg", "iteration", whole_iteration(T, M, settings))
 
     folder = args.work / "adadfq"

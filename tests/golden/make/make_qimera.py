@@ -15,7 +15,6 @@ The starting networks and inputs come from qimera_inputs.py, which the test uses
 from __future__ import annotations
 
 import copy
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -29,6 +28,8 @@ import qimera_inputs as qi  # noqa: E402  (imports the installed pytorchcv befor
 
 from dfqbench.core.generators_qimera import QimeraGenerator, teacher_class_embedding  # noqa: E402
 from dfqbench.quant import QuantConfig, quantize_model  # noqa: E402
+
+REPO, COMMIT = "iamkanghyunchoi/qimera", "2f48cbaf1d0dbaf893ca6369681e801af16e4fef"
 
 
 def load_official(root: Path) -> tuple[types.ModuleType, types.ModuleType]:
@@ -86,11 +87,6 @@ def official_generator(main: types.ModuleType, ours: QimeraGenerator, teacher_we
     return gen
 
 
-def seeded_generator(embedding: torch.Tensor | None) -> QimeraGenerator:
-    torch.manual_seed(qi.GENERATOR_SEED)
-    return QimeraGenerator("cifar10", qi.NUM_CLASSES, 32, qi.LATENT_DIM, embedding=embedding)
-
-
 def design(main: types.ModuleType, opts: types.SimpleNamespace) -> Any:
     """An ExperimentDesign without its __init__ (which builds data loaders): only quantize/freeze are used."""
     exp = main.ExperimentDesign.__new__(main.ExperimentDesign)
@@ -102,8 +98,9 @@ def forward_and_loss_goldens(main: types.ModuleType, trainer_mod: types.ModuleTy
     opts = settings()
     inputs = qi.forward_inputs()
     teacher = qi.seeded_teacher()
+    bn = qi.teacher_bn(teacher)
     emb = teacher_class_embedding(teacher)
-    gen = official_generator(main, seeded_generator(emb), emb.clone(), opts).train()
+    gen = official_generator(main, qi.seeded_generator(emb), emb.clone(), opts).train()
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         out["images_single"] = gen(inputs["z_single"], inputs["labels_single"])
@@ -121,7 +118,7 @@ def forward_and_loss_goldens(main: types.ModuleType, trainer_mod: types.ModuleTy
     opts.alpha = 0.0
     out["soft_ce_mixed"] = trainer.loss_fn_kd(s, None, t, mixed)  # alpha = 0: the soft CE term alone
     out["soft_ce_one_hot"] = trainer.loss_fn_kd(s, None, t, one_hot)
-    return {k: v.detach().clone() for k, v in out.items()}
+    return {**{k: v.detach().clone() for k, v in out.items()}, **bn}
 
 
 def _lr(main: types.ModuleType, lr: float) -> Any:
@@ -164,27 +161,28 @@ class Recorder:
 
 
 
-def state_sketches(gen: nn.Module, student: nn.Module, our_student: dict[str, torch.Tensor], prefix: str,
-                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Sketches (in ``dtype``) of the official generator's and student's weights under dfqbench's names."""
+def state_sketches(gen: nn.Module, student: nn.Module, our_student: dict[str, torch.Tensor],
+                   prefix: str) -> dict[str, torch.Tensor]:
+    """Sketches of the official generator's and student's weights under dfqbench's names."""
     inverse = {v: k for k, v in qi.GENERATOR_NAMES.items()}
     out: dict[str, torch.Tensor] = {}
     for key, value in gen.state_dict().items():
         module, _, leaf = key.rpartition(".")
-        out[f"{prefix}generator/{inverse[module]}.{leaf}"] = qi.sketch(value.to(dtype))
+        out[f"{prefix}generator/{inverse[module]}.{leaf}"] = qi.sketch(value)
     for key, value in student_names(student, our_student).items():
-        out[f"{prefix}student/{key}"] = qi.sketch(value.to(dtype))
+        out[f"{prefix}student/{key}"] = qi.sketch(value)
     return out
 
 def iteration_goldens(main: types.ModuleType, trainer_mod: types.ModuleType) -> dict[str, torch.Tensor]:
     """One official iteration (G step + Q step, epoch 0: ranges updating, no warm-up) per case, each from the
     same starting weights: "mixed" draws a superposed batch, "single" a one-label batch."""
-    out: dict[str, torch.Tensor] = {}
-    our_student = quantize_model(qi.seeded_teacher(), QuantConfig(qi.BITS, qi.BITS)).state_dict()  # names only
+    bn = qi.teacher_bn(qi.seeded_teacher())
+    out: dict[str, torch.Tensor] = dict(bn)
+    our_student = quantize_model(qi.seeded_teacher(bn), QuantConfig(qi.BITS, qi.BITS)).state_dict()  # names only
     for case, seed in qi.ITERATION_SEEDS.items():
         opts = settings()
-        teacher = qi.seeded_teacher()
-        gen = official_generator(main, seeded_generator(None), None, opts)  # --randemb: E ~ N(0, 1), seeded
+        teacher = qi.seeded_teacher(bn)
+        gen = official_generator(main, qi.seeded_generator(None), None, opts)  # --randemb: E ~ N(0, 1), seeded
         student = design(main, opts).quantize_model(copy.deepcopy(teacher))
         trainer = trainer_mod.Trainer(model=student, model_teacher=teacher, generator=gen,
                                       lr_master_S=_lr(main, opts.lr_S), lr_master_G=_lr(main, opts.lr_G),
@@ -197,50 +195,45 @@ def iteration_goldens(main: types.ModuleType, trainer_mod: types.ModuleType) -> 
         assert bool(rows["superposed"]) == (case == "mixed"), f"seed {seed} no longer gives a {case} batch"
         for name, value in rows.items():
             out[f"{case}/{name}"] = value
-        out.update(state_sketches(gen, student, our_student, f"{case}/", torch.float32))
+        out.update(state_sketches(gen, student, our_student, f"{case}/"))
     return out
 
 
 def trajectory_goldens(main: types.ModuleType, trainer_mod: types.ModuleType) -> dict[str, torch.Tensor]:
-    """The official loop for two epochs of TRAJECTORY_ITERS iterations in float64 (epoch 0 with ranges updating,
-    main.run's freeze_model, epoch 1 with ranges frozen; no warm-up), from the iteration goldens' starting
-    weights: per-iteration loss_G, loss_S and batch kind, and every state entry at the end. float64 keeps
-    rounding (which 3-bit rounding and Adam amplify in float32) from separating the two codes over 10 steps."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        opts = settings(iters_per_epoch=qi.TRAJECTORY_ITERS)
-        teacher = qi.seeded_teacher()
-        gen = official_generator(main, seeded_generator(None), None, opts)
-        exp = design(main, opts)
-        student = exp.quantize_model(copy.deepcopy(teacher))
-        trainer = trainer_mod.Trainer(model=student, model_teacher=teacher, generator=gen,
-                                      lr_master_S=_lr(main, opts.lr_S), lr_master_G=_lr(main, opts.lr_G),
-                                      train_loader=None, test_loader=None, settings=opts, logger=None)
-        seq: dict[str, list[torch.Tensor]] = {"loss_g": [], "loss_q": [], "superposed": []}
-        backward_g, forward = trainer.backward_G, trainer.forward
+    """The official loop for two epochs of TRAJECTORY_ITERS iterations (epoch 0 with ranges updating, main.run's
+    freeze_model, epoch 1 with ranges frozen; no warm-up), from the iteration goldens' starting weights:
+    per-iteration loss_G, loss_S and batch kind, and every state entry at the end."""
+    opts = settings(iters_per_epoch=qi.TRAJECTORY_ITERS)
+    bn = qi.teacher_bn(qi.seeded_teacher())
+    teacher = qi.seeded_teacher(bn)
+    gen = official_generator(main, qi.seeded_generator(None), None, opts)
+    exp = design(main, opts)
+    student = exp.quantize_model(copy.deepcopy(teacher))
+    trainer = trainer_mod.Trainer(model=student, model_teacher=teacher, generator=gen,
+                                  lr_master_S=_lr(main, opts.lr_S), lr_master_G=_lr(main, opts.lr_G),
+                                  train_loader=None, test_loader=None, settings=opts, logger=None)
+    seq: dict[str, list[torch.Tensor]] = {"loss_g": [], "loss_q": [], "superposed": []}
+    backward_g, forward = trainer.backward_G, trainer.forward
 
-        def record_backward_g(loss_g):
-            seq["loss_g"].append(loss_g.detach().clone().reshape(()))
-            return backward_g(loss_g)
+    def record_backward_g(loss_g):
+        seq["loss_g"].append(loss_g.detach().clone().reshape(()))
+        return backward_g(loss_g)
 
-        def record_forward(images, teacher_outputs, labels=None, linear=None):
-            output, loss = forward(images, teacher_outputs, labels, linear)
-            seq["loss_q"].append(loss.detach().clone())
-            seq["superposed"].append(torch.tensor(bool(linear.gt(0).sum(dim=1).gt(1).any())))
-            return output, loss
+    def record_forward(images, teacher_outputs, labels=None, linear=None):
+        output, loss = forward(images, teacher_outputs, labels, linear)
+        seq["loss_q"].append(loss.detach().clone())
+        seq["superposed"].append(torch.tensor(bool(linear.gt(0).sum(dim=1).gt(1).any())))
+        return output, loss
 
-        trainer.backward_G, trainer.forward = record_backward_g, record_forward
-        our_student = quantize_model(qi.seeded_teacher(), QuantConfig(qi.BITS, qi.BITS)).state_dict()
-        torch.manual_seed(qi.TRAJECTORY_SEED)
-        trainer.train(epoch=0)
-        exp.freeze_model(student)
-        trainer.train(epoch=1)
-        out = {name: torch.stack(values) for name, values in seq.items()}
-        out.update(state_sketches(gen, student, our_student, "", torch.float64))
-        return out
-    finally:
-        torch.set_default_dtype(previous)
+    trainer.backward_G, trainer.forward = record_backward_g, record_forward
+    our_student = quantize_model(qi.seeded_teacher(bn), QuantConfig(qi.BITS, qi.BITS)).state_dict()
+    torch.manual_seed(qi.TRAJECTORY_SEED)
+    trainer.train(epoch=0)
+    exp.freeze_model(student)
+    trainer.train(epoch=1)
+    out = {name: torch.stack(values) for name, values in seq.items()}
+    out.update(state_sketches(gen, student, our_student, ""))
+    return {**out, **bn}
 
 
 def student_names(student: nn.Module, ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -260,15 +253,18 @@ def student_names(student: nn.Module, ours: dict[str, torch.Tensor]) -> dict[str
 def main() -> None:
     root = Path(sys.argv[1]).resolve()
     out_dir = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parents[1] / "qimera"
-    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     torch.set_num_threads(1)
+    # float64 throughout: the official code runs unchanged in double precision, where the last-bit differences
+    # between CPUs' kernels (~1e-16) stay ~1e-16 instead of flipping 3-bit roundings (tests/golden/README.md)
+    torch.set_default_dtype(torch.float64)
     official_main, official_trainer = load_official(root)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(forward_and_loss_goldens(official_main, official_trainer), out_dir / "forward_and_losses.pt")
-    torch.save(iteration_goldens(official_main, official_trainer), out_dir / "iteration.pt")
-    torch.save(trajectory_goldens(official_main, official_trainer), out_dir / "trajectory.pt")
-    print(f"wrote {out_dir} from {root} (commit {commit or 'unknown'})")
+    source = {"repo": REPO, "commit": COMMIT, "torch": str(torch.__version__)}
+    for name, make in (("forward_and_losses", forward_and_loss_goldens), ("iteration", iteration_goldens),
+                       ("trajectory", trajectory_goldens)):
+        path = out_dir / f"{name}.pt"
+        torch.save({**make(official_main, official_trainer), **source}, path)
+        print(f"{path}: {path.stat().st_size} bytes")
 
 
 if __name__ == "__main__":

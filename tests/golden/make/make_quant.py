@@ -2,10 +2,14 @@
 
     python tests/golden/make/make_quant.py /tmp/golden/GDFQ /tmp/golden/ZeroQ /tmp/golden/ZAQ tests/golden/quant
 
-The three folders are exports made by ``prepare_official.sh`` (no patch is needed for the quantizer files).
+The three folders are exports made by ``prepare_official.sh`` from clones of the official repositories
+(commands in tests/golden/quant/README.md; no patch is needed for the quantizer files).
 Each official quantizer package is loaded by path under its own name (``gdfq_qu``, ``zeroq_qu``, ``zaq_qu``),
 the official classes and functions are run on small fixed inputs, and the inputs and outputs are saved as
-tensors only. Nothing official is copied into dfqbench.
+tensors only. Nothing official is copied into dfqbench. Everything runs in float32 (the quantizer's float32
+arithmetic, e.g. the ``ema_gdfq`` 1 − β, is the point); the inputs are made portably (golden_common's
+portable_randn and :func:`linspace` below: the same bits on every CPU), and every output but a conv / linear
+layer's output and gradients is elementwise or min/max arithmetic, so the tests compare those bit for bit.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from golden_common import FORMAT, random_batches  # noqa: E402
+from golden_common import FORMAT, portable_randn, random_batches  # noqa: E402
 
 SOURCES = {
     "gdfq": ("xushoukai/GDFQ", "a93210e7309527cdd0ac2763d2a6928a8a767838", "quantization_utils"),
@@ -37,6 +41,14 @@ def load_quant_package(alias: str, folder: Path) -> tuple[types.ModuleType, type
     return importlib.import_module(f"{alias}.quant_utils"), importlib.import_module(f"{alias}.quant_modules")
 
 
+def linspace(start: float, end: float, steps: int) -> torch.Tensor:
+    """``torch.linspace(start, end, steps)`` in float32 with the same bits on every CPU: ATen's vectorised
+    linspace rounds differently from its scalar one. Here start + i·step in float64 (a multiplication and an
+    addition, each exactly rounded), then a correctly rounded cast."""
+    step = (end - start) / (steps - 1)
+    return (torch.arange(steps, dtype=torch.float64) * step + start).to(torch.float32)
+
+
 def function_cases(qu: types.ModuleType) -> list[dict]:
     """GDFQ's AsymmetricQuantFunction on fixed inputs: exact rounding ties, random values, a degenerate range."""
     cases = []
@@ -46,18 +58,18 @@ def function_cases(qu: types.ModuleType) -> list[dict]:
         ("tie_odd_zero_point", 4, -3.0, 12.0, halves),  # s = 1, z = 5: ties round away from round(s·x)
         ("tie_scaled_quarter", 4, -1.0, 2.75, halves * 0.25),  # s = 4 exactly
         ("tie_3bit", 3, -2.0, 5.0, halves),  # s = 1, z = 2
-        ("degenerate_range", 4, 0.0, 0.0, torch.linspace(-1e-8, 2e-8, 13)),  # s = 15/1e-8; no fallback in GDFQ
+        ("degenerate_range", 4, 0.0, 0.0, linspace(-1e-8, 2e-8, 13)),  # s = 15/1e-8; no fallback in GDFQ
     ]
     gen = torch.Generator().manual_seed(11)
     for bits in (2, 4, 8):
-        x = torch.randn(64, generator=gen) * 1.5 + 0.3
+        x = (portable_randn((64,), gen, torch.float64, 1.5) + 0.3).float()
         lo, hi = float(x.min() * 0.8), float(x.max() * 0.9)  # some values outside the range: clipping
         specs.append((f"random_{bits}bit", bits, lo, hi, x))
     for name, bits, lo, hi, x in specs:
         lo_t, hi_t = torch.tensor([lo]), torch.tensor([hi])
         x = x.clone().requires_grad_(True)
         out = qu.AsymmetricQuantFunction.apply(x, bits, lo_t, hi_t)
-        upstream = torch.linspace(-1.0, 1.0, x.numel())
+        upstream = linspace(-1.0, 1.0, x.numel())
         out.backward(upstream)
         cases.append({"name": name, "bits": bits, "lo": lo_t.reshape(()), "hi": hi_t.reshape(()),
                       "x": x.detach(), "out": out.detach(), "upstream": upstream, "grad_x": x.grad.clone()})
@@ -92,7 +104,7 @@ def weight_cases(qm: types.ModuleType) -> list[dict]:
     """GDFQ's Quant_Conv2d / Quant_Linear: per-output-channel quantized weight, output and STE gradients."""
     cases = []
     gen = torch.Generator().manual_seed(12)
-    convs = [("conv_random", bits, torch.randn(8, 4, 3, 3, generator=gen) * 0.3, None, (1, 1)) for bits in (2, 4, 8)]
+    convs = [("conv_random", bits, portable_randn((8, 4, 3, 3), gen, scale=0.3), None, (1, 1)) for bits in (2, 4, 8)]
     convs.append(("conv_ties", 4, tie_conv_weight(), torch.tensor([0.1, -0.2, 0.0, 0.3, 0.05]), (0, 1)))
     for name, bits, weight, bias, (padding, stride) in convs:
         conv = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], stride=stride, padding=padding,
@@ -104,16 +116,16 @@ def weight_cases(qm: types.ModuleType) -> list[dict]:
         module = qm.Quant_Conv2d(weight_bit=bits)
         module.set_param(conv)
         seen = _record_weight_function(module)
-        x = torch.randn(2, weight.shape[1], 6, 6, generator=gen).requires_grad_(True)
+        x = portable_randn((2, weight.shape[1], 6, 6), gen).requires_grad_(True)
         out = module(x)
-        upstream = torch.randn(out.shape, generator=gen)
+        upstream = portable_randn(tuple(out.shape), gen)
         out.backward(upstream)
         cases.append({"name": name, "kind": "conv", "bits": bits, "weight": weight, "bias": bias,
                       "padding": padding, "stride": stride, "x": x.detach(), "weight_q": seen[0],
                       "out": out.detach(), "upstream": upstream, "grad_x": x.grad.clone(),
                       "grad_weight": module.weight.grad.clone()})
     tie_rows = tie_conv_weight().reshape(5, 8)
-    linears = [("linear_random", 4, torch.randn(6, 10, generator=gen) * 0.4, torch.randn(6, generator=gen) * 0.1),
+    linears = [("linear_random", 4, portable_randn((6, 10), gen, scale=0.4), portable_randn((6,), gen, scale=0.1)),
                ("linear_ties", 4, tie_rows, torch.zeros(5))]
     for name, bits, weight, bias in linears:
         linear = nn.Linear(weight.shape[1], weight.shape[0])
@@ -123,9 +135,9 @@ def weight_cases(qm: types.ModuleType) -> list[dict]:
         module = qm.Quant_Linear(weight_bit=bits)
         module.set_param(linear)
         seen = _record_weight_function(module)
-        x = torch.randn(3, weight.shape[1], generator=gen).requires_grad_(True)
+        x = portable_randn((3, weight.shape[1]), gen).requires_grad_(True)
         out = module(x)
-        upstream = torch.randn(out.shape, generator=gen)
+        upstream = portable_randn(tuple(out.shape), gen)
         out.backward(upstream)
         cases.append({"name": name, "kind": "linear", "bits": bits, "weight": weight, "bias": bias,
                       "x": x.detach(), "weight_q": seen[0], "out": out.detach(), "upstream": upstream,
@@ -163,7 +175,7 @@ def act_sequence(qm: types.ModuleType, bits: int, batches: list[torch.Tensor], f
         if hasattr(act, "beta_t"):
             step["beta_t"] = act.beta_t.detach().clone().reshape(())
         if with_grad:
-            upstream = torch.linspace(-2.0, 2.0, x.numel()).reshape(x.shape)
+            upstream = linspace(-2.0, 2.0, x.numel()).reshape(x.shape)
             out.backward(upstream)
             step["upstream"], step["grad_x"] = upstream, x.grad.clone()
         steps.append(step)

@@ -2,18 +2,21 @@
 
 Usage::
 
-    python tests/golden/make/make_zaq.py --zaq <ZAQ-code export> [--work /tmp/golden_b_zaq]
+    python tests/golden/make/make_zaq.py --zaq <ZAQ-code clone at the README's commit> [--work /tmp/golden_b_zaq]
 
 The official tree is copied to ``--work`` unchanged and imported from there. Its ``utils`` package imports visdom
 (a plotting client), so a no-op ``visdom.Visdom`` stands in for it, and empty ``pydot``/``graphviz`` modules
 for the imports of ``quantization/torchTransformer.py`` (a graph drawer the code path here never calls);
 nothing else is replaced. Then:
-- terms.pt: ``network.gan.Generator`` forward (DAFL), ``utils.loss.SCRM`` (spatial_wise, channel_wise,
-  cal_loss, forward) and its gradient, on seeded inputs;
+- terms.pt: ``network.gan.Generator`` forward (DAFL; in float64), ``utils.loss.SCRM`` (spatial_wise,
+  channel_wise, cal_loss, forward) and its gradient, on seeded inputs;
 - iteration.pt: ``main.train`` with ``epoch_itrs = 1`` (5 Q steps, then 1 G step, exactly its loop) on
   a pytorchcv resnet20_cifar10 with seeded weights, quantized by the official ``quantization.quantize_model``
-  at W6A8 (main.py's defaults). ZAQ's own networks answer ``model(x, True)`` with (stage features, logits);
-  a small wrapper (below) gives the pytorchcv network that interface, so the same weights go into both.
+  at W6A8 (main.py's defaults), in float64 (``torch.set_default_dtype(torch.float64)`` before anything is
+  built; nothing on this path creates a float32 tensor explicitly). ZAQ's own networks answer
+  ``model(x, True)`` with (stage features, logits); a small wrapper (below) gives the pytorchcv network that
+  interface, so the same weights go into both.
+- the official activation quantizer ``QuantAct`` on exact rounding ties (``ties/`` in terms.pt).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from golden_b_common import (  # noqa: E402
-    calibrate_bn_stats, digests, net_bn_entries, official_imports, pytorchcv_name, save_fixture, seeded_state,
-    to_official_generator,
+    calibrate_bn_stats, default_dtype, digests, net_bn_entries, official_imports, portable_randn, pytorchcv_name,
+    save_fixture, seeded_state, tie_fixture, to_official_generator,
 )
 
 NET_SEED, GEN_SEED, ITER_SEED, INPUT_SEED = 30, 31, 32, 33
@@ -86,17 +89,18 @@ def term_fixture(main, network) -> dict[str, torch.Tensor]:
 
     gen = torch.Generator().manual_seed(INPUT_SEED)
     out: dict[str, torch.Tensor] = {}
-    generator = network.gan.Generator(nz=NZ, nc=3, img_size=32)
-    generator.load_state_dict(to_official_generator(seeded_state(DAFLGenerator(NZ, 32), GEN_SEED)))
-    generator.train()
-    z = torch.randn(BATCH, NZ, 1, 1, generator=gen)
-    out["gen_z"] = z
-    out["gen_x"] = generator(z).detach()
-    out.update(digests({k: v for k, v in generator.state_dict().items()}, "gen_after_forward/"))
-    scrm = main.SCRM()
+    with default_dtype(torch.float64):  # the generator forward (train-mode BN: batch statistics) in float64
+        generator = network.gan.Generator(nz=NZ, nc=3, img_size=32)
+        generator.load_state_dict(to_official_generator(seeded_state(DAFLGenerator(NZ, 32), GEN_SEED)))
+        generator.train()
+        z = portable_randn((BATCH, NZ, 1, 1), gen, torch.float64)
+        out["gen_z"] = z
+        out["gen_x"] = generator(z).detach()
+        out.update(digests({k: v for k, v in generator.state_dict().items()}, "gen_after_forward/"))
+    scrm = main.SCRM()  # SCRM's terms in float32 (small reductions; tolerances from the measured spread)
     shapes = [(2, 16, 16, 16), (2, 32, 8, 8), (2, 64, 4, 4)]  # ResNet-20's stage widths, smaller maps
-    fs = [torch.relu(torch.randn(s, generator=gen)) for s in shapes]
-    ft = [torch.relu(torch.randn(s, generator=gen)) for s in shapes]
+    fs = [torch.relu(portable_randn(s, gen)) for s in shapes]
+    ft = [torch.relu(portable_randn(s, gen)) for s in shapes]
     fs[0][:, :, 0, 0] = 0.0  # an all-zero channel vector (F.normalize's 1e-12 floor)
     for i, (a, b) in enumerate(zip(fs, ft)):
         out[f"fs{i}"], out[f"ft{i}"] = a, b
@@ -113,6 +117,12 @@ def term_fixture(main, network) -> dict[str, torch.Tensor]:
 
 
 def whole_iteration(main, quantize_model) -> dict[str, torch.Tensor]:
+    """``main.train`` for one iteration (5 Q steps, 1 G step) in float64."""
+    with default_dtype(torch.float64):
+        return _whole_iteration(main, quantize_model)
+
+
+def _whole_iteration(main, quantize_model) -> dict[str, torch.Tensor]:
     from pytorchcv.model_provider import get_model
 
     from dfqbench.methods.zaq import DAFLGenerator
@@ -194,7 +204,11 @@ def main_cli() -> None:
         shutil.rmtree(folder)
     shutil.copytree(args.zaq, folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     main, network, quantize_model = import_official(folder)
-    save_fixture("zaq", "terms", term_fixture(main, network))
+    terms = term_fixture(main, network)
+    # the activation quantizer (quantization/quant_utils/quant_modules.py QuantAct) on exact ties
+    quant_modules = sys.modules["quantization.quant_utils.quant_modules"]
+    terms.update(tie_fixture(quant_modules.QuantAct, lambda cls, bits: cls(activation_bit=bits, running_stat=False)))
+    save_fixture("zaq", "terms", terms)
     save_fixture("zaq", "iteration", whole_iteration(main, quantize_model))
 
 

@@ -8,13 +8,17 @@ ZeroQ: ``classification/`` is copied to ``--work`` and patched there (``.cuda()`
 ``range(STEPS)``; ConvBlock imported from its current pytorchcv module;
 the removed ``verbose=False`` argument of ReduceLROnPlateau dropped; a stand-in for the unused ``progress``
 console package; the random-data loader's ``num_workers=32`` → ``0`` so the official ``UniformDataset``
-draws its initial images from the seeded global generator in this process). Then ``getDistilData`` runs on
-a pytorchcv resnet20_cifar10 with seeded weights: its starting images, every ``own_loss`` value of every
-step (read by wrapping the module's ``own_loss``) and the images it returns are saved, for 1 and 3 steps.
+draws its initial images from the seeded global generator in this process; its ``.float()`` → ``.to(
+torch.get_default_dtype())``, the one float32 tensor the path creates, so that under float64 the images are
+float64 like the network: identical to the official code at the default dtype). Then ``getDistilData`` runs,
+in float64 (``torch.set_default_dtype(torch.float64)``, float64 network), on a pytorchcv resnet20_cifar10 with
+seeded weights: its starting images, every ``own_loss`` value of every step (read by wrapping the module's
+``own_loss``) and the images it returns are saved, for 1 and 3 steps.
 
 IntraQ: ``trainer_direct.py`` is copied with ``.cuda()`` removed and its ``Trainer.loss_fn_kd`` (the KD loss of
 the fine-tuning that zeroq_kd reproduces) is called with the cifar10 hocon's alpha = temperature = 20 on
-seeded logits, with and without labels, with the gradient, in float32 and (without labels) in float64.
+seeded logits (portable draws), with and without labels, with the gradient, in float32 and (without labels) in
+float64.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from golden_b_common import (  # noqa: E402
-    calibrate_bn_stats, copy_patched, digest, digests, net_bn_entries, official_imports, save_fixture, seeded_state,
+    calibrate_bn_stats, copy_patched, default_dtype, digest, digests, net_bn_entries, official_imports,
+    portable_randn, save_fixture, seeded_state,
 )
 
 NET_SEED, DATA_SEED, LOGIT_SEED = 40, 41, 42
@@ -50,7 +55,10 @@ def zeroq_fixture(src: Path, work: Path, steps: int) -> dict[str, torch.Tensor]:
     copy_patched(src / "classification", folder, {
         # current torch's ReduceLROnPlateau has no `verbose` argument (it was False, i.e. silent)
         "distill_data.py": [(".cuda()", ""), ("range(500)", f"range({steps})"), ("verbose=False,", "")],
-        "utils/data_utils.py": [("num_workers=32", "num_workers=0")],
+        # the seeded global generator draws the start images in this process; they take the default dtype
+        # (float64 here) instead of the hard-coded float32 (the same values at the default dtype float32)
+        "utils/data_utils.py": [("num_workers=32", "num_workers=0"),
+                                ("size=self.size).float()", "size=self.size).to(torch.get_default_dtype())")],
         # pytorchcv >= 0.0.6x moved ConvBlock (ZeroQ pins 0.0.51); imported, not used on this path
         "utils/quantize_model.py": [("from pytorchcv.models.common import ConvBlock",
                                      "from pytorchcv.models.common.conv import ConvBlock")],
@@ -61,6 +69,12 @@ def zeroq_fixture(src: Path, work: Path, steps: int) -> dict[str, torch.Tensor]:
     sys.modules.setdefault("progress", progress)
     sys.modules.setdefault("progress.bar", progress.bar)
     distill_data = purge_and_import(folder, "distill_data")
+    with default_dtype(torch.float64):
+        return _zeroq_run(distill_data, get_model, steps)
+
+
+def _zeroq_run(distill_data, get_model, steps: int) -> dict[str, torch.Tensor]:
+    """getDistilData on the seeded float64 teacher (under float64 default dtype)."""
     teacher = get_model("resnet20_cifar10", pretrained=False)
     state = seeded_state(teacher, NET_SEED)
     teacher.load_state_dict(state)
@@ -86,9 +100,9 @@ def zeroq_fixture(src: Path, work: Path, steps: int) -> dict[str, torch.Tensor]:
     handle.remove()
     if steps == 1:
         out["x0"] = seen["x0"][0]
-        out["refined"] = refined[0]
-    else:  # later images are compared through the loss of the next step (README); x0 is the 1-step fixture's
+    else:  # x0 is the 1-step fixture's (the same seed)
         out["x0_digest"] = digest(seen["x0"][0])
+    out["refined"] = refined[0]
     calls = torch.stack(seen["own"]).view(steps, -1, 2)  # per step: (layers + input) × (mean, std)
     out["own_loss"] = calls
     return out
@@ -103,8 +117,8 @@ def intraq_fixture(src: Path, work: Path) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(LOGIT_SEED)
     out: dict[str, torch.Tensor] = {}
     for i, scale in enumerate((0.5, 3.0, 10.0)):
-        t = torch.randn(16, 10, generator=gen) * scale
-        s = torch.randn(16, 10, generator=gen) * scale
+        t = portable_randn((16, 10), gen, torch.float32, scale)
+        s = portable_randn((16, 10), gen, torch.float32, scale)
         y = torch.randint(0, 10, (16,), generator=gen)
         out[f"t{i}"], out[f"s{i}"], out[f"y{i}"] = t, s, y
         s_grad = s.clone().requires_grad_(True)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Export an official repository from its git mirror (the search tool's `fetch`) into a scratch folder OUTSIDE
-# dfqbench and apply the CPU / current-torch patches the golden scripts need (tests/golden/README.md).
-#   prepare_official.sh gdfq  /work/.mirror/xushoukai+GDFQ/repo        /tmp/golden/GDFQ
-#   prepare_official.sh zeroq /work/.mirror/amirgholami+ZeroQ/repo     /tmp/golden/ZeroQ
-#   prepare_official.sh zaq   /work/.mirror/FLHonker+ZAQ-code/repo     /tmp/golden/ZAQ
+# Export the recorded commit of an official repository from its git directory (a clone's .git, or a bare
+# mirror) into a scratch folder OUTSIDE dfqbench and apply the CPU / current-torch patches the golden scripts
+# need (tests/golden/README.md). For example:
+#   git clone https://github.com/xushoukai/GDFQ /tmp/clones/GDFQ
+#   prepare_official.sh gdfq  /tmp/clones/GDFQ/.git      /tmp/golden/GDFQ
+#   prepare_official.sh zeroq /tmp/clones/ZeroQ/.git     /tmp/golden/ZeroQ     # amirgholami/ZeroQ
+#   prepare_official.sh zaq   /tmp/clones/ZAQ-code/.git  /tmp/golden/ZAQ       # FLHonker/ZAQ-code
 set -euo pipefail
 kind=$1; mirror=$2; out=$3
 declare -A COMMIT=([gdfq]=a93210e7309527cdd0ac2763d2a6928a8a767838

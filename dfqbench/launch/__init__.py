@@ -1,0 +1,1 @@
+"""Grids and their executors: planning, the local worker pool, Slurm job arrays, status and summaries."""
