@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from dfqbench.errors import DfqbenchError
-from dfqbench.validate import check_int, check_real, is_int, is_real
+from dfqbench.validate import check_int, check_real, is_int, is_real, short_repr
 
 
 @dataclass(frozen=True)
@@ -46,17 +46,27 @@ class TrainConfig:
         check_train_config(self)
 
 
+# Upper bounds of the schedule's counts: far above any published protocol (GDFQ: 400 epochs × 200 iterations,
+# batch 200), low enough that every count derived from them (evaluations, GPU-hour estimates) stays small.
+MAX_EPOCHS = 100_000
+MAX_ITERS_PER_EPOCH = 1_000_000
+MAX_BATCH_SIZE = 65_536
+MAX_EVAL_IMAGES = 10_000_000
+MAX_MILESTONES = 1_000
+
+
 def check_train_config(cfg: TrainConfig) -> None:
     """Types and ranges of every field, as one-line errors naming ``train.<field>`` and the valid range."""
-    for name in ("epochs", "iters_per_epoch", "batch_size"):
-        check_int(f"train.{name}", getattr(cfg, name), 1)
+    check_int("train.epochs", cfg.epochs, 1, MAX_EPOCHS)
+    check_int("train.iters_per_epoch", cfg.iters_per_epoch, 1, MAX_ITERS_PER_EPOCH)
+    check_int("train.batch_size", cfg.batch_size, 1, MAX_BATCH_SIZE)
     for name in ("warmup_epochs", "range_update_epochs", "eval_start_epoch"):
-        check_int(f"train.{name}", getattr(cfg, name), 0)
+        check_int(f"train.{name}", getattr(cfg, name), 0, MAX_EPOCHS)
     if cfg.warmup_epochs > cfg.epochs:
         raise DfqbenchError(f"invalid train.warmup_epochs={cfg.warmup_epochs} > train.epochs={cfg.epochs}: the "
                             "student would never be fine-tuned; use warmup_epochs <= epochs (equal: calibration only)")
     if cfg.eval_max_images is not None:
-        check_int("train.eval_max_images", cfg.eval_max_images, 1)
+        check_int("train.eval_max_images", cfg.eval_max_images, 1, MAX_EVAL_IMAGES)
     for name in ("lr_q", "lr_g"):
         check_real(f"train.{name}", getattr(cfg, name), 0.0, low_open=True)
     check_real("train.q_momentum", cfg.q_momentum, 0.0, 1.0)
@@ -70,8 +80,10 @@ def check_train_config(cfg: TrainConfig) -> None:
                             "e.g. [0.5, 0.999]")
     for name in ("milestones_q", "milestones_g"):
         value = getattr(cfg, name)
-        if not isinstance(value, (list, tuple)) or not all(is_int(m) and m >= 0 for m in value):
-            raise DfqbenchError(f"invalid train.{name}={value!r}: expected a list of integers >= 0, e.g. [100, 200]")
+        if not isinstance(value, (list, tuple)) or len(value) > MAX_MILESTONES or not all(
+                is_int(m) and 0 <= m <= MAX_EPOCHS for m in value):
+            raise DfqbenchError(f"invalid train.{name}={short_repr(value)}: expected a list of at most "
+                                f"{MAX_MILESTONES:,} integers in [0, {MAX_EPOCHS:,}], e.g. [100, 200]")
 
 
 @dataclass(frozen=True)
@@ -136,9 +148,66 @@ _Yaml12FloatLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+# Bounds of a YAML document as users write it (grid files, overrides, filters): the nodes it expands to, an
+# alias counted again at every use (nine nested anchors of ten aliases each are 10^9 nodes in a 300-byte
+# file), and its nesting depth.
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+class YamlTooLarge(yaml.YAMLError):
+    """A YAML document over :data:`MAX_YAML_NODES` expanded nodes or :data:`MAX_YAML_DEPTH` levels, recursive,
+    or holding a value Python cannot read (an integer of more than 4,300 digits)."""
+
+
+def _check_yaml_size(root: yaml.Node) -> None:
+    """Refuse a composed document that expands past the bounds, counting in time linear in its distinct nodes
+    (a shared node's expanded size is computed once), without constructing it."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, depth, children_done = stack.pop()
+        if depth > MAX_YAML_DEPTH:
+            raise YamlTooLarge(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1
+            continue
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                raise YamlTooLarge(f"expands to more than {MAX_YAML_NODES:,} values (an alias counts at every use)")
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise YamlTooLarge("an alias refers to a node that contains it (a recursive structure)")
+        open_nodes.add(id(node))
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children if id(child) not in sizes)
+
+
 def read_yaml(text: str) -> Any:
-    """YAML as users write it in overrides, filters and grid files (safe; ``1e-4`` is a float)."""
-    return yaml.load(text, Loader=_Yaml12FloatLoader)
+    """YAML as users write it in overrides, filters and grid files (safe; ``1e-4`` is a float), bounded: a
+    document that would expand past :data:`MAX_YAML_NODES` values or :data:`MAX_YAML_DEPTH` levels, or that
+    is recursive, raises :class:`YamlTooLarge` (a ``yaml.YAMLError``) before anything is built from it."""
+    loader = _Yaml12FloatLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise YamlTooLarge(f"nested deeper than {MAX_YAML_DEPTH} levels") from None
+        if node is None:
+            return None
+        _check_yaml_size(node)
+        try:
+            return loader.construct_document(node)
+        except ValueError as exc:  # an integer of more than 4,300 digits (Python's int-from-text limit)
+            raise YamlTooLarge(f"a value cannot be read ({str(exc).split(';')[0]})") from None
+    finally:
+        loader.dispose()
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -148,6 +217,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise DfqbenchError(f"invalid override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
     try:
         value = read_yaml(raw) if raw.strip() else None
+    except YamlTooLarge as exc:
+        raise DfqbenchError(f"invalid override {key.strip()}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value

@@ -23,10 +23,19 @@ def is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_int(key: str, value: Any, low: int = 0) -> None:
-    """``value`` must be an integer >= ``low``."""
-    if not is_int(value) or value < low:
-        raise DfqbenchError(f"invalid {key}={value!r}: must be an integer >= {low}")
+def check_int(key: str, value: Any, low: int = 0, high: int | None = None) -> None:
+    """``value`` must be an integer >= ``low`` (and <= ``high`` when given)."""
+    if not is_int(value) or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high:,}]"
+        raise DfqbenchError(f"invalid {key}={short_repr(value)}: must be an integer {bound}")
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)``, cut to 40 characters (a 100,000-digit integer is one line, not a screenful)."""
+    if is_int(value) and abs(value) >= 10**40:
+        return f"<an integer of {len(str(abs(value))):,} digits>"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_real(key: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False,

@@ -40,12 +40,18 @@ def train_cost_per_image(model: str, dataset: str) -> float:
 
 
 def evaluations(train: dict[str, Any]) -> int:
-    """Epochs the trainer evaluates: from eval_start_epoch on, plus the calibration epoch and the last."""
-    epochs = train["epochs"]
-    evaluated = set(range(max(0, train["eval_start_epoch"]), epochs)) | {epochs - 1}
-    if train["warmup_epochs"] >= 1:
-        evaluated.add(train["warmup_epochs"] - 1)
-    return len({e for e in evaluated if 0 <= e < epochs})
+    """Epochs the trainer evaluates: from eval_start_epoch on, plus the calibration epoch and the last (counted in
+    closed form: a schedule's length never becomes a loop or a set)."""
+    epochs, first = train["epochs"], max(0, train["eval_start_epoch"])
+    if epochs < 1:
+        return 0
+    count = max(0, epochs - first)  # epochs first .. epochs - 1
+    if first > epochs - 1:
+        count += 1  # the last epoch is always evaluated
+    calibration = train["warmup_epochs"] - 1
+    if 0 <= calibration < min(first, epochs - 1):
+        count += 1  # the calibration epoch, when not already counted
+    return count
 
 
 def formula_seconds(model: str, dataset: str, train: dict[str, Any], q_steps_per_iter: int) -> float:

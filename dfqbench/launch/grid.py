@@ -38,6 +38,7 @@ import difflib
 import functools
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -58,6 +59,7 @@ DEFAULTS: dict[str, Any] = {"seed": 0, "protocol": "paper", "variant": None, "pr
 PRESET_KEYS = ("match", "set", "profile")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 MAX_SEEDS = 10_000  # seeds per grid (--seeds or the file's own list): bounds what a typo can make us build
+MAX_GRID_CELLS = 10_000  # cells per grid (the product of its axes), refused before any is built
 PATH_KEYS = ("method", "model", "bits", "protocol", "profile")  # cell values that end up in folder names
 
 
@@ -323,6 +325,11 @@ def expand(grid: Grid, seeds: list[int] | None = None,
             raise DfqbenchError(f"grid file '{grid.path}': --seeds cannot replace seeds listed under together")
         axes["seed"] = list(seeds)
     dims = [[{key: v} for v in values] for key, values in axes.items()] + grid.together
+    count = math.prod(len(d) for d in dims)
+    if count > MAX_GRID_CELLS:
+        sizes = " × ".join(str(len(d)) for d in dims)
+        raise DfqbenchError(f"grid file '{grid.path}': {count:,} cells ({sizes}) exceed the limit of "
+                            f"{MAX_GRID_CELLS:,} per grid; split it into several grids or narrow an axis")
     cells = []
     for combo in itertools.product(*dims):
         chosen: dict[str, Any] = {}

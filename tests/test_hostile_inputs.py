@@ -1,0 +1,119 @@
+"""Hostile inputs that once hung or exhausted the host (issue 23, defects 1-3): each is now a one-line error,
+exit 2, decided before anything large is built or written. Nothing here trains."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import yaml
+
+from dfqbench.cli import main
+from dfqbench.errors import DfqbenchError
+from dfqbench.launch.estimate import evaluations
+from dfqbench.launch.grid import MAX_GRID_CELLS, expand, load_grid
+from dfqbench.specs import MAX_YAML_DEPTH, MAX_YAML_NODES, TrainConfig, YamlTooLarge, read_yaml
+
+from test_cli import TINY_ARGS
+
+
+def alias_bomb(levels: int = 9, fanout: int = 10) -> str:
+    """``levels`` nested anchors of ``fanout`` aliases each: a few hundred bytes that expand to fanout**levels."""
+    lines = [f"l0: &l0 [{', '.join(['x'] * fanout)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * fanout)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines)
+
+
+GRID_HEAD = "name: hostile\nbase: {method: gdfq, model: tiny_cifar10, bits: w4a4, protocol: quick}\n"
+
+
+def _grid(tmp_path, body: str):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(GRID_HEAD + body)
+    return path
+
+
+def _dry_run(path, tmp_path, capsys) -> tuple[int, str]:
+    results = tmp_path / "results"
+    code = main(["run", "--grid", str(path), "--dry-run", "--results", str(results)])
+    err = capsys.readouterr().err.strip()
+    assert not results.exists(), "a refused grid wrote something"
+    return code, err
+
+
+@pytest.mark.parametrize("where", ["axis", "description", "preset"])
+def test_a_yaml_alias_bomb_in_a_grid_is_refused_before_it_expands(tmp_path, capsys, where):
+    bomb = alias_bomb()
+    body = {
+        "axis": "axes:\n  seed: [0]\n  train.milestones_q: *l9\n",
+        "description": "description: *l9\n",
+        "preset": "presets:\n  - match: {bits: w4a4}\n    set: {train.milestones_q: *l9}\n",
+    }[where]
+    code, err = _dry_run(_grid(tmp_path, bomb + "\n" + body), tmp_path, capsys)  # anchors first, then their use
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "not valid YAML" in err and f"more than {MAX_YAML_NODES:,} values" in err, err
+
+
+@pytest.mark.parametrize("text, reason", [
+    (alias_bomb(), f"more than {MAX_YAML_NODES:,} values"),
+    ("[" * 10_000 + "]" * 10_000, f"deeper than {MAX_YAML_DEPTH} levels"),
+    ("a: " + "{b: " * 200 + "1" + "}" * 200, f"deeper than {MAX_YAML_DEPTH} levels"),
+    ("&a [1, *a]", "recursive"),
+])
+def test_the_yaml_reader_is_bounded(text, reason):
+    with pytest.raises(YamlTooLarge, match=reason):
+        read_yaml(text)
+
+
+def test_the_yaml_reader_still_reads_anchors_and_yaml12_floats():
+    assert read_yaml("x: &v [1, 2]\ny: *v\nz: 1e-4") == {"x": [1, 2], "y": [1, 2], "z": 1e-4}
+    assert read_yaml("") is None
+    with pytest.raises(yaml.YAMLError):
+        read_yaml("a: 1\n---\nb: 2")  # one document only, as before
+
+
+def test_a_grid_over_the_cell_limit_is_refused_before_any_cell_is_built(tmp_path, capsys):
+    values = ", ".join(str(i) for i in range(1, 1001))
+    path = _grid(tmp_path, f"axes:\n  train.epochs: [{values}]\n  train.iters_per_epoch: [{values}]\n")
+    with pytest.raises(DfqbenchError, match=rf"1,000,000 cells \(1000 × 1000\) exceed the limit of {MAX_GRID_CELLS:,}"):
+        expand(load_grid(path))
+    code, err = _dry_run(path, tmp_path, capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "1,000,000 cells" in err, err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=1000000000000", r"train\.epochs=1000000000000: must be an integer in \[1, 100,000\]"),
+    ("train.iters_per_epoch=10000000", r"train\.iters_per_epoch=10000000: must be an integer in \[1, 1,000,000\]"),
+    ("train.batch_size=1000000000", r"train\.batch_size=1000000000: must be an integer in \[1, 65,536\]"),
+    ("train.milestones_q=[" + ", ".join(["1"] * 1001) + "]", r"train\.milestones_q=\(1, 1, .*at most 1,000 integers"),
+    ("train.eval_start_epoch=" + "9" * 100_000, r"override train\.eval_start_epoch: a value cannot be read"),
+])
+def test_every_count_a_user_sets_is_bounded(tmp_path, capsys, override, message):
+    """A single run refuses the value (one line, exit 2, nothing written); a grid's dry run lists every cell as
+    invalid with the same line (the plan is shown, nothing is launched) instead of building a 10^12-epoch set."""
+    results = tmp_path / "results"
+    code = main([*TINY_ARGS, "--seed", "0", "--results", str(results), override])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not results.exists()
+    code = main(["run", "--grid", "smoke", "--dry-run", "--results", str(results), override])
+    out = capsys.readouterr()
+    if code == 0:  # a value that parses: every cell invalid, named
+        assert re.search(r"\d+ × invalid " + message, out.out), out.out[-2000:]
+    else:  # a value that cannot be read at all
+        assert code == 2 and re.search(message, out.err), out.err
+    assert not results.exists()
+
+
+def test_the_evaluation_count_is_closed_form_and_matches_the_trainers_epochs():
+    """What the trainer evaluates (from eval_start_epoch on, the calibration epoch, the last), counted without
+    building the epochs: equal to the set it describes, and instant at the largest schedule."""
+    for epochs in range(1, 12):
+        for start in range(0, 14):
+            for warmup in range(0, epochs + 1):
+                expected = set(range(start, epochs)) | {epochs - 1} | ({warmup - 1} if warmup else set())
+                train = {"epochs": epochs, "eval_start_epoch": start, "warmup_epochs": warmup}
+                assert evaluations(train) == len(expected), train
+    largest = dataclasses.asdict(TrainConfig(epochs=100_000, warmup_epochs=4))
+    assert evaluations(largest) == 100_000
