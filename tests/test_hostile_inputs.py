@@ -1,5 +1,6 @@
-"""Hostile inputs that once hung or exhausted the host (issue 23, defects 1-3): each is now a one-line error,
-exit 2, decided before anything large is built or written. Nothing here trains."""
+"""Hostile inputs that once hung the host, exhausted its memory or wrote outside the results folder (issue 23,
+defects 1-4): each is now a one-line error, exit 2, decided before anything large is built or written. Nothing
+here trains."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from dfqbench.cli import main
 from dfqbench.errors import DfqbenchError
 from dfqbench.launch.estimate import evaluations
 from dfqbench.launch.grid import MAX_GRID_CELLS, expand, load_grid
-from dfqbench.specs import MAX_YAML_DEPTH, MAX_YAML_NODES, TrainConfig, YamlTooLarge, read_yaml
+from dfqbench.specs import MAX_YAML_DEPTH, MAX_YAML_NODES, RunSpec, TrainConfig, YamlTooLarge, read_yaml
+from dfqbench.store import ResultsStore, StoreError
 
 from test_cli import TINY_ARGS
 
@@ -117,3 +119,24 @@ def test_the_evaluation_count_is_closed_form_and_matches_the_trainers_epochs():
                 assert evaluations(train) == len(expected), train
     largest = dataclasses.asdict(TrainConfig(epochs=100_000, warmup_epochs=4))
     assert evaluations(largest) == 100_000
+
+
+@pytest.mark.parametrize("name", ["../../../esc_tiny_cifar10_w4a4_s0_0123456789ab", "..", ".hidden", "a/b", "a\\b",
+                                  "nul\0byte", "", "/abs"])
+def test_the_store_refuses_a_run_folder_outside_its_runs_folder(tmp_path, name):
+    """Issue 23, defect 4: whatever builds a run name (a hostile plugin's method name, a planted store file), the
+    store only ever opens one folder directly inside ``<root>/runs``."""
+    store = ResultsStore(tmp_path / "results")
+    with pytest.raises(StoreError, match="invalid run name"):
+        store.run_dir(name)
+    spec = RunSpec(method=name or "x/..", method_version="1", model="tiny_cifar10", dataset="cifar10", bits="w4a4",
+                   seed=0, teacher={}, normalization={}, quant={}, train={}, method_config={})
+    with pytest.raises(StoreError, match="invalid run name"):
+        store.folder(spec)
+    assert not (tmp_path / "results").exists() and not any(p.name.startswith("esc") for p in tmp_path.parent.iterdir())
+
+
+def test_ordinary_run_names_are_one_folder_inside_runs(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+    name = "gdfq_ie_resnet20_cifar10_w4a4_s0_0123456789ab"
+    assert store.run_dir(name) == tmp_path / "results" / "runs" / name

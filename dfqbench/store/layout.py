@@ -168,6 +168,13 @@ class RunFolder:
                 entry.unlink(missing_ok=True)
 
 
+def is_single_name(name: object) -> bool:
+    """``name`` names one entry inside a folder, whatever the OS: no separator, not ``.``/``..``, no leading dot,
+    no NUL, not empty."""
+    return (isinstance(name, str) and bool(name) and not name.startswith(".")
+            and not any(c in name for c in ("/", "\\", "\0")) and Path(name).name == name)
+
+
 class ResultsStore:
     """The results root: ``<root>/runs/<run name>/``."""
 
@@ -191,7 +198,12 @@ class ResultsStore:
         return self.root / "slurm" / grid
 
     def run_dir(self, run_name: str) -> Path:
-        """The folder of the run called ``run_name`` (:attr:`dfqbench.specs.RunSpec.run_name`)."""
+        """The folder of the run called ``run_name`` (:attr:`dfqbench.specs.RunSpec.run_name`): always one folder
+        directly inside ``<root>/runs``. A name that would lead anywhere else (a separator, ``..``, a leading dot,
+        a NUL; e.g. planted in a store file or made from a hostile plugin's name) is refused."""
+        if not is_single_name(run_name):
+            raise StoreError(f"invalid run name {str(run_name)[:80]!r}: a run's folder must be one name inside "
+                             f"{self.runs_dir} (no '/', '\\', '..', leading '.' or NUL)")
         return self.runs_dir / run_name
 
     def run(self, run_name: str) -> RunFolder:
