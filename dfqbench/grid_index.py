@@ -10,7 +10,6 @@ plugin nor the launcher. Torch-free; written atomically.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import yaml
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.specs import read_yaml
+from dfqbench.store.files import parse_json
 
 SCHEMA = 1
 
@@ -46,7 +46,7 @@ def read_grid_index(results: Path, grid: str) -> dict[str, dict[str, Any]] | Non
     """label → cell entry, or None when the grid was never launched into ``results``."""
     path = index_path(results, grid)
     try:
-        data = json.loads(path.read_bytes())
+        data = parse_json(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:

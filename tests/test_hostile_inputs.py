@@ -5,17 +5,22 @@ here trains."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import socket
 
 import pytest
 import yaml
 
+import dfqbench
 from dfqbench.cli import main
 from dfqbench.errors import DfqbenchError
 from dfqbench.launch.estimate import evaluations
 from dfqbench.launch.grid import MAX_GRID_CELLS, expand, load_grid
 from dfqbench.specs import MAX_YAML_DEPTH, MAX_YAML_NODES, RunSpec, TrainConfig, YamlTooLarge, read_yaml
-from dfqbench.store import ResultsStore, StoreError
+from dfqbench.launch.manifest import read_manifests
+from dfqbench.store import ResultsStore, StoreError, run_state
+from dfqbench.store.files import parse_json
 
 from test_cli import TINY_ARGS
 
@@ -140,3 +145,56 @@ def test_ordinary_run_names_are_one_folder_inside_runs(tmp_path):
     store = ResultsStore(tmp_path / "results")
     name = "gdfq_ie_resnet20_cifar10_w4a4_s0_0123456789ab"
     assert store.run_dir(name) == tmp_path / "results" / "runs" / name
+
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000  # a RecursionError for json.loads
+
+
+@pytest.mark.parametrize("heartbeat", ["abc", None, True, 1e12, float("inf")])
+def test_a_lease_with_a_garbage_or_future_heartbeat_is_not_alive(tmp_path, heartbeat):
+    """A heartbeat no live task writes ("abc", null, a bool, the year 33658) neither breaks the state of its
+    run nor holds it forever: the run shows as lost (and resumes); describing it names the bad heartbeat."""
+    run = tmp_path / "run"
+    run.mkdir()
+    lease = {"job_id": "7_1", "host": "elsewhere", "pid": 1, "heartbeat": heartbeat}
+    (run / "lease.json").write_text(json.dumps(lease))
+    state = run_state(run)
+    assert state.state == "lost" and "no valid heartbeat" in state.reason, state
+    (run / "lease.json").write_text(json.dumps({**lease, "host": socket.gethostname(), "pid": "abc"}))
+    assert run_state(run).state == "lost"
+
+
+@pytest.mark.parametrize("name", ["record.json", "spec.json", "lease.json", "attempts.json", "error.json"])
+def test_deeply_nested_json_in_a_run_file_costs_that_run_only(tmp_path, capsys, name):
+    """One run's hostile file (JSON nested 100,000 deep, or a folder in place of the file) is that run's
+    problem, named; the rest of the results folder is read, and `status` still answers."""
+    results = tmp_path / "results"
+    good, bad = ResultsStore(results).run_dir("good_run"), ResultsStore(results).run_dir("bad_run")
+    for folder in (good, bad):
+        folder.mkdir(parents=True)
+    (bad / name).write_text(DEEP_JSON)
+    assert run_state(good).state == "pending"
+    assert run_state(bad).state in ("pending", "failed", "lost"), run_state(bad)
+    (bad / name).unlink()
+    (bad / name).mkdir()  # a folder where the file belongs
+    assert run_state(bad).state in ("pending", "failed", "lost"), run_state(bad)
+    runs = dfqbench.load_results(results)  # the report's reader: every run listed, none fatal
+    assert set(runs.run_name) >= {"good_run"}, runs
+    assert main(["status", "--results", str(results), "--json"]) == 0
+    json.loads(capsys.readouterr().out)
+
+
+def test_store_json_readers_turn_every_failure_into_a_value_error():
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_json(DEEP_JSON)
+    with pytest.raises(ValueError):
+        parse_json(b"\xff\xfe")
+
+
+def test_a_manifest_that_is_not_an_object_is_skipped(tmp_path):
+    launch = tmp_path / "results" / "launch" / "g"
+    launch.mkdir(parents=True)
+    (launch / "a.json").write_text("[1, 2, 3]")
+    (launch / "b.json").write_text(DEEP_JSON)
+    (launch / "c.json").write_text('{"grid": "g", "runs": []}')
+    assert [m["path"].rsplit("/", 1)[1] for m in read_manifests(tmp_path / "results", "g")] == ["c.json"]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.registry import unknown_choice
+from dfqbench.store.files import parse_json
 
 if TYPE_CHECKING:
     from dfqbench.store import RunRecord
@@ -161,7 +162,7 @@ class SentMark:
         self.path = path
         self.step, self.keys = 0, set()
         try:
-            saved = json.loads(path.read_text())
+            saved = parse_json(path.read_text())
             self.step, self.keys = int(saved["step"]), set(saved["keys"])
         except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: send all rather than lose any
             pass

@@ -9,7 +9,6 @@ say which job a pending run waits in; the run states themselves come from the ru
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import socket
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dfqbench.launch.grid import Grid
+from dfqbench.store.files import read_json_object
 
 
 def launch_dir(results: Path) -> Path:
@@ -46,10 +46,9 @@ def read_manifests(results: Path, grid: str | None = None) -> list[dict[str, Any
     pattern = f"{grid}/*.json" if grid else "*/*.json"
     manifests = []
     for path in sorted(root.glob(pattern), key=lambda p: p.name):
-        try:
-            manifests.append({**json.loads(path.read_text()), "path": str(path)})
-        except (OSError, ValueError):
-            continue
+        manifest = read_json_object(path)  # a manifest that is unreadable or not an object is skipped
+        if manifest is not None:
+            manifests.append({**manifest, "path": str(path)})
     return manifests
 
 

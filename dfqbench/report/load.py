@@ -21,6 +21,7 @@ import yaml
 from dfqbench.errors import DfqbenchError
 from dfqbench.store import RESULTS_ENV, RecordError, ResultsStore, RunFolder, default_results_root, run_state
 from dfqbench.store import RunRecord as StoredRecord  # the typed record.json (this module has its own RunRecord)
+from dfqbench.store.files import parse_json
 from dfqbench.specs import read_yaml
 
 _METRIC_FIELD = {"best": "best_top1", "final": "final_top1"}
@@ -172,7 +173,7 @@ def read_metrics(folder: Path) -> list[dict[str, Any]]:
     rows = []
     for line in text.splitlines():
         try:
-            row = json.loads(line)
+            row = parse_json(line)
         except ValueError:
             continue
         if isinstance(row, dict):

@@ -58,10 +58,21 @@ def _umask() -> int:
     return mask
 
 
-def read_json_object(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when the file is missing, unreadable or holds something else."""
+def parse_json(data: str | bytes) -> Any:
+    """``json.loads`` for files anyone could have written: every way such text fails (bad JSON, bad UTF-8, and
+    nesting too deep for the parser, a ``RecursionError`` otherwise) is a ``ValueError``. The one JSON parser of
+    everything dfqbench reads back (store files, manifests, grid indexes, metrics lines)."""
     try:
-        data = json.loads(path.read_bytes())
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when the file is missing, unreadable (a folder, bad JSON, nested too
+    deeply) or holds something else."""
+    try:
+        data = parse_json(path.read_bytes())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -17,8 +17,8 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from dfqbench.store.files import (StoreError, atomic_write_bytes, atomic_write_json, first_line, read_json_object,
-                                  remove_stale_tmp, unreadable)
+from dfqbench.store.files import (StoreError, atomic_write_bytes, atomic_write_json, first_line, parse_json,
+                                  read_json_object, remove_stale_tmp, unreadable)
 from dfqbench.store.records import RunRecord
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class RunFolder:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = parse_json(line)
             except ValueError as exc:
                 raise unreadable("metrics", self.metrics_path, f"line {number}: {first_line(exc)}") from None
             if not isinstance(row, dict):

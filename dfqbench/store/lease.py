@@ -16,6 +16,7 @@ again resumes it from its checkpoint. A lease that is alive keeps other launcher
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -80,19 +81,43 @@ def pid_alive(pid: int, started: str | None = None) -> bool:
     return True
 
 
-def lease_alive(lease: dict[str, Any], now: float | None = None) -> bool:
-    """The staleness rule of the module docstring."""
-    if lease.get("host") == socket.gethostname():
-        return pid_alive(int(lease.get("pid", -1)), lease.get("pid_started"))
+CLOCK_SKEW_S = 60.0  # hosts' clocks are assumed to agree within a minute
+
+
+def lease_heartbeat(lease: dict[str, Any], now: float | None = None) -> float | None:
+    """The lease's last heartbeat (seconds since the epoch), or None when no live task could have written it:
+    not a finite number (``"abc"``, null, a bool), or more than :data:`CLOCK_SKEW_S` in the future (a heartbeat
+    in the year 33658 would otherwise hold its run forever)."""
+    value = lease.get("heartbeat")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return None
     now = time.time() if now is None else now
-    return now - float(lease.get("heartbeat", 0)) < stale_after()
+    return float(value) if value <= now + CLOCK_SKEW_S else None
+
+
+def lease_pid(lease: dict[str, Any]) -> int | None:
+    """The lease's pid when it is a positive integer (what a live task writes), else None."""
+    pid = lease.get("pid")
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None
+
+
+def lease_alive(lease: dict[str, Any], now: float | None = None) -> bool:
+    """The staleness rule of the module docstring; a lease with an invalid pid or heartbeat is not alive (no
+    live task writes one), so its run shows as lost and can be resumed."""
+    if lease.get("host") == socket.gethostname():
+        pid = lease_pid(lease)
+        started = lease.get("pid_started")
+        return pid is not None and pid_alive(pid, started if isinstance(started, str) else None)
+    heartbeat = lease_heartbeat(lease, now)
+    now = time.time() if now is None else now
+    return heartbeat is not None and now - heartbeat < stale_after()
 
 
 def describe_lease(lease: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
-    age = now - float(lease.get("heartbeat", 0))
-    return (f"job {lease.get('job_id')} on {lease.get('host')} (pid {lease.get('pid')}), "
-            f"last heartbeat {age:.0f} s ago")
+    heartbeat = lease_heartbeat(lease, now)
+    beat = "no valid heartbeat" if heartbeat is None else f"last heartbeat {now - heartbeat:.0f} s ago"
+    return f"job {str(lease.get('job_id'))[:40]} on {str(lease.get('host'))[:80]} (pid {lease.get('pid')!r:.20}), {beat}"
 
 
 class Lease:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dfqbench.store.files import StoreError, restart_hint
+from dfqbench.store.files import StoreError, parse_json, restart_hint
 
 RECORD_VERSION = 1
 REQUIRED = ("spec", "fp_top1", "best_top1", "final_top1")  # in this order in "missing …" messages
@@ -99,7 +99,7 @@ class RunRecord:
     def read(cls, path: Path) -> "RunRecord":
         """Read and validate ``path`` (which must exist: ``FileNotFoundError`` otherwise)."""
         try:
-            data = json.loads(path.read_bytes())
+            data = parse_json(path.read_bytes())
         except FileNotFoundError:
             raise
         except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
