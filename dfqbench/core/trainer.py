@@ -47,12 +47,13 @@ from dfqbench.core.loggers import Loggers
 from dfqbench.core.plugin import Method
 from dfqbench.core.probe import GameProbe
 from dfqbench.core.progress import Progress
-from dfqbench.core.snapshots import repair_best_student, save_best_student
+from dfqbench.core.snapshots import best_student_epoch, best_student_path, repair_best_student, save_best_student
 from dfqbench.core.step import TrainStep
 from dfqbench.errors import RunDiverged
 from dfqbench.quant import activation_quantizers, set_range_update
 from dfqbench.specs import RunSpec, TrainConfig
-from dfqbench.store import RunFolder, RunRecord, git_state, package_versions
+from dfqbench.store import RunFolder, RunRecord, StoreError, git_state, package_versions, unreadable_checkpoint
+from dfqbench.store.files import unreadable
 
 
 @dataclass
@@ -99,6 +100,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
+
+
+CHECKPOINT_PARTS = ("generator", "student", "opt_g", "opt_q", "sched_g", "sched_q", "rng", "state")
+
+
+def check_checkpoint(ckpt: dict[str, Any], epochs: int) -> None:
+    """A checkpoint this trainer wrote: every part present as a mapping, its epoch one of the run's
+    (0 .. epochs − 1), and its state's per-epoch top-1 a mapping. Raises ``ValueError`` naming what is wrong."""
+    missing = [part for part in CHECKPOINT_PARTS if not isinstance(ckpt.get(part), dict)]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} in it")
+    epoch = ckpt.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < epochs:
+        raise ValueError(f"its epoch {epoch!r} is not one of this run's epochs 0..{epochs - 1}")
+    if not isinstance(ckpt["state"].get("top1"), dict):
+        raise ValueError("its state has no per-epoch top-1")
 
 class Trainer:
     """Runs one prepared run to completion (or resumes it) and returns its final record."""
@@ -157,18 +174,27 @@ class Trainer:
         ckpt = self.run.folder.load_checkpoint()
         if ckpt is None or ckpt.get("run_id") != self.run.spec.run_id:
             return
-        self.generator.load_state_dict(ckpt["generator"])
-        self.student.load_state_dict(ckpt["student"])
-        self.opt_g.load_state_dict(ckpt["opt_g"])
-        self.opt_q.load_state_dict(ckpt["opt_q"])
-        self.sched_g.load_state_dict(ckpt["sched_g"])
-        self.sched_q.load_state_dict(ckpt["sched_q"])
+        path = self.run.folder.checkpoint_path
+        try:  # anything wrong in the checkpoint is one line naming it, never a traceback halfway through loading
+            check_checkpoint(ckpt, self.cfg.epochs)
+            self.generator.load_state_dict(ckpt["generator"])
+            self.student.load_state_dict(ckpt["student"])
+            self.opt_g.load_state_dict(ckpt["opt_g"])
+            self.opt_q.load_state_dict(ckpt["opt_q"])
+            self.sched_g.load_state_dict(ckpt["sched_g"])
+            self.sched_q.load_state_dict(ckpt["sched_q"])
+            set_rng_state(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise StoreError(unreadable_checkpoint(path, exc)) from None
         self.engine.prepare(self.student, [self.opt_g, self.opt_q])  # loaded optimizer options, e.g. capturable
-        set_rng_state(ckpt["rng"])
         self.state = ckpt["state"]
         self.start_epoch = ckpt["epoch"] + 1
         # a crash between this epoch's checkpoint and its best_student.pt leaves the file one epoch behind
         repair_best_student(self.run.folder.path, self.run.spec.run_id, ckpt, self.state["top1"])
+        best = best_student_path(self.run.folder.path)
+        if self.state["top1"] and best.exists() and best_student_epoch(self.run.folder.path) is None:
+            # not repairable (its epoch is not the checkpoint's): refuse now, not after the run reports success
+            raise StoreError(unreadable("best student", best, "not a readable best_student.pt"))
         self.metrics = [row for row in self.run.folder.read_metrics() if row.get("epoch", -1) <= ckpt["epoch"]]
         self.progress.message(f"resuming {self.run.spec.run_name} after epoch {self.start_epoch}/{self.cfg.epochs} (checkpoint)")
 

@@ -19,7 +19,8 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 
 
 def unreadable_checkpoint(path: Path, exc: BaseException) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    first = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (lines[0] if lines else "")  # the cause
     if "Weights only load failed" in first or "Unsupported global" in str(exc):
         first = "it holds objects other than tensors, numbers and strings, which are never unpickled"
     return f"unreadable checkpoint '{path}' ({type(exc).__name__}: {first[:200]}); {restart_hint(path.parent)}"
