@@ -155,57 +155,76 @@ MAX_YAML_NODES = 100_000
 MAX_YAML_DEPTH = 64
 
 
-class YamlTooLarge(yaml.YAMLError):
-    """A YAML document over :data:`MAX_YAML_NODES` expanded nodes or :data:`MAX_YAML_DEPTH` levels, recursive,
-    or holding a value Python cannot read (an integer of more than 4,300 digits)."""
+class YamlRefused(yaml.YAMLError):
+    """A YAML document that :func:`read_yaml` refuses: over :data:`MAX_YAML_NODES` expanded nodes or
+    :data:`MAX_YAML_DEPTH` levels, recursive, with a key given twice in one mapping (YAML forbids it; PyYAML
+    would silently keep the last value), or holding a value Python cannot read (an integer of > 4,300 digits)."""
 
 
 def _check_yaml_size(root: yaml.Node) -> None:
-    """Refuse a composed document that expands past the bounds, counting in time linear in its distinct nodes
-    (a shared node's expanded size is computed once), without constructing it."""
+    """Refuse a composed document whose expansion (every alias expanded) has more than :data:`MAX_YAML_NODES`
+    values or is deeper than :data:`MAX_YAML_DEPTH`, or that is recursive or repeats a key, without constructing
+    it: a depth-first walk that sizes each distinct node once, so its time is linear in the file."""
     sizes: dict[int, int] = {}
-    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    heights: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     open_nodes: set[int] = set()
     while stack:
-        node, depth, children_done = stack.pop()
-        if depth > MAX_YAML_DEPTH:
-            raise YamlTooLarge(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        node, children_done = stack.pop()
         if isinstance(node, yaml.ScalarNode):
-            sizes[id(node)] = 1
+            sizes[id(node)], heights[id(node)] = 1, 1
             continue
         children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
         if children_done:
             open_nodes.discard(id(node))
             sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            heights[id(node)] = 1 + max((heights[id(c)] for c in children), default=0)
             if sizes[id(node)] > MAX_YAML_NODES:
-                raise YamlTooLarge(f"expands to more than {MAX_YAML_NODES:,} values (an alias counts at every use)")
+                raise YamlRefused(f"expands to more than {MAX_YAML_NODES:,} values (an alias counts at every use)")
+            if heights[id(node)] > MAX_YAML_DEPTH:
+                raise YamlRefused(f"nested deeper than {MAX_YAML_DEPTH} levels")
             continue
         if id(node) in sizes:
             continue
         if id(node) in open_nodes:
-            raise YamlTooLarge("an alias refers to a node that contains it (a recursive structure)")
+            raise YamlRefused("an alias refers to a node that contains it (a recursive structure)")
+        if isinstance(node, yaml.MappingNode):
+            _check_unique_keys(node)
         open_nodes.add(id(node))
-        stack.append((node, depth, True))
-        stack.extend((child, depth + 1, False) for child in children if id(child) not in sizes)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+        if len(open_nodes) > MAX_YAML_DEPTH:  # the path from the root: refuse before walking further down
+            raise YamlRefused(f"nested deeper than {MAX_YAML_DEPTH} levels")
+
+
+def _check_unique_keys(node: yaml.MappingNode) -> None:
+    """Refuse a mapping that gives one plain key twice (``epochs: 3`` … ``epochs: 300``)."""
+    seen: set[tuple[str, str]] = set()
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode):
+            if (key.tag, key.value) in seen:
+                raise YamlRefused(f"the key {key.value[:60]!r} is given twice in one mapping "
+                                  f"(line {key.start_mark.line + 1})")
+            seen.add((key.tag, key.value))
 
 
 def read_yaml(text: str) -> Any:
     """YAML as users write it in overrides, filters and grid files (safe; ``1e-4`` is a float), bounded: a
     document that would expand past :data:`MAX_YAML_NODES` values or :data:`MAX_YAML_DEPTH` levels, or that
-    is recursive, raises :class:`YamlTooLarge` (a ``yaml.YAMLError``) before anything is built from it."""
+    is recursive, raises :class:`YamlRefused` (a ``yaml.YAMLError``) before anything is built from it."""
     loader = _Yaml12FloatLoader(text)
     try:
         try:
             node = loader.get_single_node()
         except RecursionError:
-            raise YamlTooLarge(f"nested deeper than {MAX_YAML_DEPTH} levels") from None
+            raise YamlRefused(f"nested deeper than {MAX_YAML_DEPTH} levels") from None
         if node is None:
             return None
         _check_yaml_size(node)
         try:
             return loader.construct_document(node)
         except ValueError as exc:  # an integer of more than 4,300 digits (Python's int-from-text limit)
-            raise YamlTooLarge(f"a value cannot be read ({str(exc).split(';')[0]})") from None
+            raise YamlRefused(f"a value cannot be read ({str(exc).split(';')[0]})") from None
     finally:
         loader.dispose()
 
@@ -217,7 +236,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise DfqbenchError(f"invalid override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
     try:
         value = read_yaml(raw) if raw.strip() else None
-    except YamlTooLarge as exc:
+    except YamlRefused as exc:
         raise DfqbenchError(f"invalid override {key.strip()}: {exc}") from None
     except yaml.YAMLError:
         value = raw

@@ -17,7 +17,7 @@ from dfqbench.cli import main
 from dfqbench.errors import DfqbenchError
 from dfqbench.launch.estimate import evaluations
 from dfqbench.launch.grid import MAX_GRID_CELLS, expand, load_grid
-from dfqbench.specs import MAX_YAML_DEPTH, MAX_YAML_NODES, RunSpec, TrainConfig, YamlTooLarge, read_yaml
+from dfqbench.specs import MAX_YAML_DEPTH, MAX_YAML_NODES, RunSpec, TrainConfig, YamlRefused, read_yaml
 from dfqbench.launch.manifest import read_manifests
 from dfqbench.store import ResultsStore, StoreError, run_state
 from dfqbench.store.files import parse_json
@@ -67,10 +67,21 @@ def test_a_yaml_alias_bomb_in_a_grid_is_refused_before_it_expands(tmp_path, caps
     ("[" * 10_000 + "]" * 10_000, f"deeper than {MAX_YAML_DEPTH} levels"),
     ("a: " + "{b: " * 200 + "1" + "}" * 200, f"deeper than {MAX_YAML_DEPTH} levels"),
     ("&a [1, *a]", "recursive"),
+    ("a0: &a0 [[[[[1]]]]]\n" + "".join(f"a{i}: &a{i} [[[[[*a{i - 1}]]]]]\n" for i in range(1, 20)),
+     f"deeper than {MAX_YAML_DEPTH} levels"),  # depth built from aliases, each shallow
+    ("base: {method: gdfq}\naxes: {seed: [0]}\nbase: {method: zaq}", "'base' is given twice"),
+    ("axes: {train.epochs: [1], train.epochs: [2]}", "'train.epochs' is given twice"),
 ])
 def test_the_yaml_reader_is_bounded(text, reason):
-    with pytest.raises(YamlTooLarge, match=reason):
+    with pytest.raises(YamlRefused, match=reason):
         read_yaml(text)
+
+
+def test_a_grid_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(GRID_HEAD.encode() + "description: caf\xe9\n".encode("latin-1"))
+    code, err = _dry_run(path, tmp_path, capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "is not UTF-8 text" in err, err
 
 
 def test_the_yaml_reader_still_reads_anchors_and_yaml12_floats():

@@ -263,9 +263,13 @@ def load_grid(text: str | Path) -> Grid:
     """Read and structurally validate a grid (shipped name or file path)."""
     path = find_grid(str(text))
     try:
-        raw = read_yaml(path.read_text())
+        raw = read_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise DfqbenchError(f"grid file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError as exc:
+        raise DfqbenchError(f"grid file '{path}' is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise DfqbenchError(f"cannot read grid file '{path}' ({exc.strerror or type(exc).__name__})") from None
     raw = _mapping(path, "the file", raw)
     for key in raw:
         if key not in TOP_KEYS:
