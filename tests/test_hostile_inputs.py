@@ -209,3 +209,28 @@ def test_a_manifest_that_is_not_an_object_is_skipped(tmp_path):
     (launch / "b.json").write_text(DEEP_JSON)
     (launch / "c.json").write_text('{"grid": "g", "runs": []}')
     assert [m["path"].rsplit("/", 1)[1] for m in read_manifests(tmp_path / "results", "g")] == ["c.json"]
+
+
+def _spec() -> RunSpec:
+    return RunSpec(method="gdfq", method_version="1", model="tiny_cifar10", dataset="cifar10", bits="w4a4", seed=0,
+                   teacher={}, normalization={}, quant={}, train={}, method_config={})
+
+
+@pytest.mark.parametrize("content", [b"a/b", b"\xff\xfe\x00", "folder"])
+def test_a_bad_wandb_id_file_is_one_line_naming_it(tmp_path, content):
+    from dfqbench.core.loggers import WandbLogger
+
+    pytest.importorskip("wandb")
+    path = tmp_path / "wandb_id"
+    path.mkdir() if content == "folder" else path.write_bytes(content)
+    with pytest.raises(StoreError, match=r"unreadable W&B run id '.*wandb_id'"):
+        WandbLogger().open(_spec(), tmp_path, 0)
+
+
+def test_a_file_where_the_tensorboard_folder_belongs_is_one_line(tmp_path):
+    from dfqbench.core.loggers import TensorBoardLogger
+
+    pytest.importorskip("tensorboard")
+    (tmp_path / "tensorboard").write_text("not a folder")
+    with pytest.raises(StoreError, match=r"unreadable TensorBoard folder '.*tensorboard' \(a file where"):
+        TensorBoardLogger().open(_spec(), tmp_path, 0)

@@ -27,13 +27,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.registry import unknown_choice
-from dfqbench.store.files import parse_json
+from dfqbench.store.files import cannot_write, parse_json, unreadable
 
 if TYPE_CHECKING:
     from dfqbench.store import RunRecord
@@ -94,10 +95,15 @@ class TensorBoardLogger(RunLogger):
         from torch.utils.tensorboard import SummaryWriter
 
         self.last_step = first_step
+        log_dir = folder / "tensorboard"
+        if log_dir.exists() and not log_dir.is_dir():
+            raise unreadable("TensorBoard folder", log_dir, "a file where its folder of event files belongs")
         # purge_step hides every event at or after it from earlier sessions: the part of an epoch that a
         # crash cut short is re-run and logged again.
-        self.writer = SummaryWriter(log_dir=str(folder / "tensorboard"),
-                                    purge_step=first_step + 1 if first_step > 0 else None)
+        try:
+            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=first_step + 1 if first_step > 0 else None)
+        except OSError as exc:
+            raise cannot_write(log_dir, exc) from None
 
     def log(self, values: dict[str, float], step: int) -> None:
         for key, value in values.items():
@@ -126,7 +132,7 @@ class WandbLogger(RunLogger):
 
         self.sent = SentMark(folder / "wandb_step")
         id_file = folder / "wandb_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else None
+        run_id = read_wandb_id(id_file)
         if not run_id:
             from dfqbench.store import atomic_write_bytes
 
@@ -152,6 +158,27 @@ class WandbLogger(RunLogger):
             self.run.summary[key] = value
         self.run.finish(exit_code=0 if summary is not None else 1)
         self.run = None
+
+
+WANDB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what W&B accepts as a run id (dfqbench writes 8 hex digits)
+
+
+def read_wandb_id(path: Path) -> str | None:
+    """The W&B run id kept in the run folder, or None before the first session. A file that cannot be read or
+    that holds no valid id (a '/', bytes that are not ASCII, a folder) is one line naming it."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise unreadable("W&B run id", path, exc.strerror or type(exc).__name__) from None
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise unreadable("W&B run id", path, "not ASCII text") from None
+    if text and not WANDB_ID.fullmatch(text):
+        raise unreadable("W&B run id", path, "a W&B run id is 1-64 letters, digits, '-' or '_'")
+    return text or None
 
 
 class SentMark:
