@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from dfqbench.errors import DfqbenchError
-from dfqbench.validate import check_int, check_real, is_int, is_real, short_repr
+from dfqbench.validate import check_finite, check_int, check_real, is_int, is_real, short_repr
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,20 @@ def read_yaml(text: str) -> Any:
             raise YamlRefused(f"a value cannot be read ({str(exc).split(';')[0]})") from None
     finally:
         loader.dispose()
+
+
+def read_flag_value(flag: str, text: str) -> Any:
+    """One value of a command-line filter (``--only``, ``--where``): YAML read by :func:`read_yaml` (a refused
+    document is one line); text that is not YAML, or uses a tag, stays the plain string it is; NaN and
+    infinity, which equal nothing, are refused."""
+    try:
+        value = read_yaml(text)
+    except YamlRefused as exc:
+        raise DfqbenchError(f"invalid {flag} value {text[:60]!r}: {exc}") from None
+    except yaml.YAMLError:
+        return text
+    check_finite(flag, value)
+    return value
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -234,3 +234,28 @@ def test_a_file_where_the_tensorboard_folder_belongs_is_one_line(tmp_path):
     (tmp_path / "tensorboard").write_text("not a folder")
     with pytest.raises(StoreError, match=r"unreadable TensorBoard folder '.*tensorboard' \(a file where"):
         TensorBoardLogger().open(_spec(), tmp_path, 0)
+
+
+@pytest.mark.parametrize("flag", ["--only", "--where"])
+@pytest.mark.parametrize("value, outcome", [
+    ("!!python/object/apply:os.system [echo hacked]", "string"),  # a tag: a plain string, never constructed
+    (".nan", "refused"), (".inf", "refused"),
+])
+def test_filter_values_are_read_safely(flag, value, outcome):
+    """`--only` (run, status) and `--where` (report) read values one way: bounded YAML, tags as plain text,
+    NaN and infinity (which match nothing) refused in one line."""
+    from dfqbench.launch.grid import parse_filters
+    from dfqbench.report.load import Where
+
+    parse = (lambda text: parse_filters([text])) if flag == "--only" else Where.parse
+    key = "train.epochs"
+    if outcome == "refused":
+        with pytest.raises(DfqbenchError, match=rf"invalid {flag} {re.escape(key)}=.*must be a finite number"):
+            parse(f"{key}={value}")
+    else:
+        parsed = parse(f"{key}={value}")
+        values = parsed[key] if flag == "--only" else parsed.values
+        assert all(isinstance(v, str) for v in values), values
+    if flag == "--where":  # a YAML list is one value there
+        with pytest.raises(DfqbenchError, match="must be a finite number"):
+            Where.parse(f"{key}=[1, .nan]")

@@ -48,7 +48,7 @@ import yaml
 from dfqbench.errors import DfqbenchError
 from dfqbench.grids import GRID_DIR, shipped_grids
 from dfqbench.registry import unknown_choice
-from dfqbench.specs import TrainConfig, parse_override, read_yaml
+from dfqbench.specs import TrainConfig, parse_override, read_flag_value, read_yaml
 from dfqbench.validate import MAX_SEED, check_path_name
 
 TOP_KEYS = ("name", "description", "base", "axes", "together", "exclude", "presets")
@@ -377,7 +377,7 @@ def parse_filters(texts: list[str] | None) -> dict[str, list[Any]]:
         key = key.strip()
         if not sep or not key or not raw.strip():
             raise DfqbenchError(f"invalid --only {text!r}: expected KEY=VALUE[,VALUE…], e.g. method=adasg bits=w3a3")
-        values = [read_yaml(v.strip()) for v in raw.split(",")]
+        values = [read_flag_value(f"--only {key}", v.strip()) for v in raw.split(",")]
         if key == "bits":
             values = [str(v).lower() for v in values]
         filters.setdefault(key, []).extend(values)

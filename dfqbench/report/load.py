@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from dfqbench.errors import DfqbenchError
 from dfqbench.store import RESULTS_ENV, RecordError, ResultsStore, RunFolder, default_results_root, run_state
 from dfqbench.store import RunRecord as StoredRecord  # the typed record.json (this module has its own RunRecord)
 from dfqbench.store.files import parse_json
-from dfqbench.specs import read_yaml
+from dfqbench.specs import read_flag_value
 
 _METRIC_FIELD = {"best": "best_top1", "final": "final_top1"}
 
@@ -202,10 +200,7 @@ class Where:
         values = []
         parts = [raw] if raw.strip().startswith("[") else raw.split(",")  # a YAML list is one value
         for part in parts:
-            try:
-                values.append(read_yaml(part))
-            except yaml.YAMLError:
-                values.append(part)
+            values.append(read_flag_value(f"--where {key}", part))
         return cls(key, tuple(values))
 
     def lookup(self, spec: dict[str, Any]) -> tuple[bool, Any]:
