@@ -53,6 +53,7 @@ MAX_ITERS_PER_EPOCH = 1_000_000
 MAX_BATCH_SIZE = 65_536
 MAX_EVAL_IMAGES = 10_000_000
 MAX_MILESTONES = 1_000
+MAX_RATE = 1_000.0  # learning rates and weight decay: far above any setting, far below float32's overflow
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -68,9 +69,9 @@ def check_train_config(cfg: TrainConfig) -> None:
     if cfg.eval_max_images is not None:
         check_int("train.eval_max_images", cfg.eval_max_images, 1, MAX_EVAL_IMAGES)
     for name in ("lr_q", "lr_g"):
-        check_real(f"train.{name}", getattr(cfg, name), 0.0, low_open=True)
+        check_real(f"train.{name}", getattr(cfg, name), 0.0, MAX_RATE, low_open=True, high_open=False)
     check_real("train.q_momentum", cfg.q_momentum, 0.0, 1.0)
-    check_real("train.q_weight_decay", cfg.q_weight_decay, 0.0)
+    check_real("train.q_weight_decay", cfg.q_weight_decay, 0.0, MAX_RATE, high_open=False)
     check_real("train.lr_gamma", cfg.lr_gamma, 0.0, 1.0, low_open=True, high_open=False)
     if not isinstance(cfg.q_nesterov, bool):
         raise DfqbenchError(f"invalid train.q_nesterov={cfg.q_nesterov!r}: expected true or false")

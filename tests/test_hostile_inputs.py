@@ -106,6 +106,8 @@ def test_a_grid_over_the_cell_limit_is_refused_before_any_cell_is_built(tmp_path
     ("train.batch_size=1000000000", r"train\.batch_size=1000000000: must be an integer in \[1, 65,536\]"),
     ("train.milestones_q=[" + ", ".join(["1"] * 1001) + "]", r"train\.milestones_q=\(1, 1, .*at most 1,000 integers"),
     ("train.eval_start_epoch=" + "9" * 100_000, r"override train\.eval_start_epoch: a value cannot be read"),
+    ("train.lr_q=1e300", r"train\.lr_q=1e\+300: must be a finite number in \(0, 1000\]"),
+    ("train.q_weight_decay=1e300", r"train\.q_weight_decay=1e\+300: must be a finite number in \[0, 1000\]"),
 ])
 def test_every_count_a_user_sets_is_bounded(tmp_path, capsys, override, message):
     """A single run refuses the value (one line, exit 2, nothing written); a grid's dry run lists every cell as
