@@ -36,7 +36,7 @@ GENERATOR_METHODS = ("gdfq", "qimera", "adasg", "adadfq", "zaq")
 def make_trainer(method: str, model: str, bits: str | None, batch: int | None, engine: str, device: torch.device,
                  folder: Path):
     """A Trainer of ``method`` on ``model`` (random weights) in its first fine-tuning epoch; ``bits=None``: FP student."""
-    from dfqbench.core.plugin import load_methods
+    from dfqbench.plugins import load_methods
     from dfqbench.core.progress import Progress
     from dfqbench.core.trainer import PreparedRun, Trainer
     from dfqbench.quant import QuantConfig, parse_bits, quantize_model, set_range_update

@@ -34,7 +34,7 @@ METHOD_OVERRIDES = {"zaq": ["method.safe_normalize=true"], "zeroq": ["method.ste
 
 
 def check_fake_quant(device: torch.device) -> list[dict]:
-    from dfqbench.core.engine import configure_inductor_numerics
+    from dfqbench.quant.compiler import configure_inductor_numerics
     from dfqbench.quant.fused import fused_per_channel_fake_quant
     from dfqbench.quant.modules import per_channel_fake_quant
     from dfqbench.quant.primitives import FakeQuantSTE, quant_params

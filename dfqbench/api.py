@@ -10,9 +10,12 @@
     student = dfqbench.load_student(runs.iloc[0], "best")  # the fake-quantized student, ready to evaluate
     dfqbench.evaluate(student, runs.iloc[0])               # == the record's best_top1
 
-:func:`run` and :func:`run_grid` go through the command line's code (``runner.run``, ``launch.cli``) with its
-checks; bad input raises :class:`dfqbench.errors.DfqbenchError` with the CLI's one-line message instead of
-exiting. Readers go through the results store's readers (:mod:`dfqbench.report.load`, :mod:`dfqbench.store`).
+:func:`run` and :func:`run_grid` build the request the command line builds from its flags
+(:class:`dfqbench.request.RunRequest`, :class:`dfqbench.launch.launcher.GridRequest`) and go through the same
+library code (:func:`dfqbench.runner.run`, :mod:`dfqbench.launch.launcher`) with the same checks; bad input
+raises :class:`dfqbench.errors.DfqbenchError` with the CLI's one-line message instead of exiting. Nothing
+here imports the command line (``dfqbench.cli``, ``dfqbench.launch.cli``, ``dfqbench.report.cli``). Readers go
+through the results store's readers (:mod:`dfqbench.report.load`, :mod:`dfqbench.store`).
 This module imports nothing heavy at import time (``import dfqbench`` stays light); torch, pandas and the
 trainer load inside the functions.
 """
@@ -22,10 +25,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
 
 from dfqbench.core.progress import Progress  # torch-free
 from dfqbench.errors import DfqbenchError
+from dfqbench.request import RunOptions, RunRequest, check_options
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,17 +70,11 @@ def _progress(progress: "bool | Progress") -> Progress:
     return make_progress() if progress else SilentProgress()
 
 
-def _run_args(**values: Any):
-    """The parsed ``dfqbench run`` namespace (the parser's defaults) with ``values`` set: the CLI's checks then
-    see exactly what they see for flags."""
-    from dfqbench.cli import build_parser
-
-    args = build_parser().parse_args(["run"])
-    for key, value in values.items():
-        if not hasattr(args, key):
-            raise TypeError(f"unknown option {key!r}")
-        setattr(args, key, value)
-    return args
+def _options(results: str | os.PathLike | None, overrides: Overrides, log: str | Iterable[str] | None,
+             **values: Any) -> RunOptions:
+    """The API's keywords as :class:`dfqbench.request.RunOptions` (the command line's run flags)."""
+    return RunOptions(results=None if results is None else str(results), overrides=_override_list(overrides),
+                      log=_log_list(log), **values)
 
 
 def run(method: str, model: str, bits: str, seed: int = 0, protocol: str = "paper", overrides: Overrides = None,
@@ -90,18 +88,12 @@ def run(method: str, model: str, bits: str, seed: int = 0, protocol: str = "pape
     ``"wandb"`` or a list of them; ``progress``: True (progress lines or a live bar), False (silent) or a
     :class:`dfqbench.core.progress.Progress`. Bad input raises :class:`DfqbenchError` before anything is written.
     """
-    from dfqbench.cli import check_run_flags
-    from dfqbench.runner import RunRequest
+    options = _options(results, overrides, log, weights=weights, weights_dir=weights_dir, weights_norm=weights_norm,
+                       data_root=data_root, device=device, engine=engine, log_every=log_every)
+    check_options(options)  # as the command line checks its flags, before torch is imported
+    request = RunRequest.of(options, method=method, model=model, bits=bits, seed=seed, protocol=protocol)
     from dfqbench.runner import run as run_request
 
-    log_names = _log_list(log)
-    check_run_flags(_run_args(log_every=log_every, engine=engine, log=log_names))
-    request = RunRequest(
-        method=method, model=model, bits=bits, seed=seed, protocol=protocol, overrides=_override_list(overrides),
-        weights=weights, weights_dir=weights_dir, weights_norm=weights_norm, data_root=data_root,
-        results=None if results is None else str(results), device=device, log_every=log_every, engine=engine,
-        log=log_names,
-    )
     return run_request(request, _progress(progress)).to_dict()
 
 
@@ -120,6 +112,12 @@ def _only_list(only: Mapping[str, Any] | Sequence[str] | None) -> list[str] | No
     return [str(text) for text in only]
 
 
+def _say(progress: "bool | Callable[[str], None]") -> "Callable[[str], None] | None":
+    if callable(progress):
+        return progress
+    return (lambda text: print(text, flush=True)) if progress else None
+
+
 def run_grid(grid: str | os.PathLike, results: str | os.PathLike | None = None, *,
              only: Mapping[str, Any] | Sequence[str] | None = None, seeds: str | Iterable[int] | None = None,
              protocol: str | None = None, overrides: Overrides = None, dry_run: bool = False,
@@ -127,58 +125,76 @@ def run_grid(grid: str | os.PathLike, results: str | os.PathLike | None = None, 
              runs_per_gpu: int | None = None, profile: str | None = None, profiles: str | None = None,
              weights: str | None = None, weights_dir: str | None = None, weights_norm: str | None = None,
              data_root: str | None = None, device: str = "auto", engine: str = "auto",
-             log: str | Iterable[str] | None = None, log_every: int = 50) -> "pd.DataFrame":
+             log: str | Iterable[str] | None = None, log_every: int = 50,
+             progress: "bool | Callable[[str], None]" = False, errors: str = "raise") -> "pd.DataFrame":
     """Run a grid (``dfqbench run --grid``): a shipped grid's name or a YAML file, filtered with ``only``
     (``{"bits": "w4a4"}`` or ``["bits=w4a4"]``) and ``seeds`` (``[0, 1]`` or ``"0-4"``).
 
-    Returns :func:`load_results`' frame of the grid's runs after the launch (one row per run; failed runs
-    have ``state == "failed"`` and their reason). With ``dry_run=True`` nothing runs: one row per cell of the
-    plan (``--dry-run --json``'s ``cells``), the rest of that document in ``frame.attrs``. A Slurm launch
-    returns after submitting (the runs are then pending). Ctrl-C stops the local workers and raises
-    KeyboardInterrupt (finished runs are kept; run it again to resume).
-    """
-    from dfqbench.cli import check_run_flags
-    from dfqbench.launch.cli import grid_inputs, run_grid as launch_grid
+    Returns :func:`load_results`' frame of the grid's runs after the launch (one row per run; a run without a
+    folder yet is a pending row). With ``dry_run=True`` nothing runs: one row per cell of the plan
+    (``--dry-run --json``'s ``cells``), the rest of that document in ``frame.attrs``. A Slurm launch returns
+    after submitting (the runs are then pending). The grid is planned once.
 
-    if executor not in ("local", "slurm"):
+    ``progress``: False (default) prints nothing; True prints what ``dfqbench run --grid`` prints (the runs to
+    run, each worker's start and end, the submissions); a function is called with each of those lines instead.
+    ``errors``: when runs of this launch fail, ``"raise"`` (default) raises :class:`DfqbenchError` naming each
+    failed run and its reason (the frame is its ``runs`` attribute, the (run name, reason) pairs its ``failed``);
+    ``"return"`` returns the frame, where failed runs have ``state == "failed"`` and their ``reason`` (the pairs
+    are also in ``frame.attrs["failed"]``). Ctrl-C stops the local workers and raises KeyboardInterrupt
+    (finished runs are kept; run it again to resume).
+    """
+    from dfqbench.launch import launcher
+
+    if errors not in ("raise", "return"):
         from dfqbench.registry import unknown_choice
 
-        raise DfqbenchError(unknown_choice("executor", executor, ["local", "slurm"]))
+        raise DfqbenchError(unknown_choice("errors", errors, ["raise", "return"]))
     if seeds is not None and not isinstance(seeds, str):
         seeds = ",".join(str(int(s)) for s in seeds)
-    args = _run_args(grid=str(grid), results=None if results is None else str(results), only=_only_list(only),
-                     seeds=seeds, protocol=protocol, overrides=_override_list(overrides), dry_run=dry_run,
-                     retry_failed=retry_failed, executor=executor, jobs=jobs, runs_per_gpu=runs_per_gpu,
-                     profile=profile, profiles=profiles, weights=weights, weights_dir=weights_dir,
-                     weights_norm=weights_norm, data_root=data_root, device=device, engine=engine,
-                     log=_log_list(log), log_every=log_every)
-    check_run_flags(args)
+    request = launcher.GridRequest(
+        grid=str(grid), only=_only_list(only), seeds=seeds, retry_failed=retry_failed, executor=executor, jobs=jobs,
+        runs_per_gpu=runs_per_gpu, profile=profile, profiles=profiles,
+        options=_options(results, overrides, log, protocol=protocol, weights=weights, weights_dir=weights_dir,
+                         weights_norm=weights_norm, data_root=data_root, device=device, engine=engine,
+                         log_every=log_every))
+    inputs = launcher.grid_inputs(request, write=not dry_run)  # checks the request first
     if dry_run:
-        return _plan_frame(*grid_inputs(args), retry_failed)
-    code = launch_grid(args)
-    if code == 130:
+        return _plan_frame(launcher.dry_plan(inputs), retry_failed)
+    say = _say(progress) or launcher.quiet
+    # the workers write to their run folders' worker.log: only what ``say`` is given reaches the caller
+    outcome = launcher.launch(launcher.plan_launch(inputs, say), request, say, worker_logs=True)
+    if outcome.exit_code == 130:
         raise KeyboardInterrupt("grid interrupted; run it again to resume (finished runs are kept)")
-    return _grid_results(*grid_inputs(args))
+    frame = _grid_results(outcome.plan)
+    frame.attrs["failed"] = outcome.failed
+    if outcome.failed and errors == "raise":
+        launched = len(outcome.plan.to_launch(retry_failed))
+        error = DfqbenchError(f"grid {outcome.plan.grid.name}: {len(outcome.failed)} of {launched} runs failed: "
+                              + "; ".join(f"{name}: {reason}" for name, reason in outcome.failed)
+                              + " (see their error.json; errors='return' returns them as rows instead)")
+        error.exit_code = 1  # type: ignore[attr-defined]  (runs failed at run time, not bad input)
+        error.failed = outcome.failed  # type: ignore[attr-defined]
+        error.runs = frame  # type: ignore[attr-defined]
+        raise error
+    return frame
 
 
-def _plan_frame(grid, options, filters, seeds, retry_failed: bool) -> "pd.DataFrame":
+def _plan_frame(plan, retry_failed: bool) -> "pd.DataFrame":
     import pandas as pd
 
-    from dfqbench.launch.plancache import plan_dry
     from dfqbench.launch.summary import plan_document
 
-    document = plan_document(plan_dry(grid, options, filters, seeds), retry_failed)
+    document = plan_document(plan, retry_failed)
     frame = pd.DataFrame(document.pop("cells"))
     frame.attrs.update(document)
     return frame
 
 
-def _grid_results(grid, options, filters, seeds) -> "pd.DataFrame":
+def _grid_results(plan) -> "pd.DataFrame":
     """The results rows of the planned grid's runs (a run without a folder yet is a pending row)."""
-    from dfqbench.launch.plancache import plan_dry
     from dfqbench.report.load import Scan, filter_scan, scan_results
 
-    plan = plan_dry(grid, options, filters, seeds)
+    options = plan.options
     runs = [c for c in plan.runs() if c.run_id is not None]
     root = Path(options.results)
     scan = scan_results(root) if root.is_dir() else Scan(root)
@@ -208,7 +224,7 @@ def load_results(results_dir: str | os.PathLike | None = None, grid: str | os.Pa
 
     scan = scan_results(results_dir)
     if grid is not None:
-        from dfqbench.report.cli import grid_selection
+        from dfqbench.report.selection import grid_selection
 
         run_ids, missing, _ = grid_selection(str(grid), scan.root)
         scan.unfinished += missing
@@ -262,7 +278,7 @@ def run_dir(run: RunRef, results: str | os.PathLike | None = None) -> Path:
     """The folder of ``run``: a run folder path; a row of :func:`load_results` or a record dict (its ``path``,
     else its ``run_name`` under ``results``); or a run id or run name under ``results`` (default
     ``$DFQBENCH_RESULTS`` or ``./results``)."""
-    from dfqbench.report.load import results_root
+    from dfqbench.store import results_root
 
     if hasattr(run, "get") and not isinstance(run, (str, os.PathLike)):  # a mapping or a pandas row
         path = run.get("path")

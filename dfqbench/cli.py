@@ -1,4 +1,10 @@
-"""The ``dfqbench`` command: ``run`` one cell, ``list methods|models``.
+"""The ``dfqbench`` command: ``run`` one cell, ``list methods|models``; ``run --grid`` and ``status`` are in
+:mod:`dfqbench.launch.cli`, ``report`` in :mod:`dfqbench.report.cli`.
+
+The command line is the top layer: these three modules hold argparse and printing only, on top of the
+library (:mod:`dfqbench.request`, :mod:`dfqbench.runner`, :mod:`dfqbench.launch.launcher`,
+:mod:`dfqbench.report`), and nothing else in dfqbench imports them (the Python API, :mod:`dfqbench.api`,
+included).
 
 Bad input prints one line (``dfqbench: error: …``) naming the bad value and the valid choices or the fix,
 and exits with status 2; nothing is written to the results folder. A run that runs out of CUDA memory also
@@ -15,6 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 from dfqbench.errors import DfqbenchError  # everything else is imported inside main(), where Ctrl-C is caught
 
 if TYPE_CHECKING:
+    from dfqbench.request import RunOptions
     from dfqbench.store import RunRecord
 
 OFFLINE_HELP = (
@@ -69,26 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_run_flags(args: argparse.Namespace) -> None:
-    """The checks of ``run`` that come before anything else, torch-free (a cached dry run never imports torch)."""
-    if args.log_every < 1:
-        raise DfqbenchError(f"invalid --log-every {args.log_every}: must be >= 1")
-    from dfqbench.core.engine_names import check_engine
-    from dfqbench.core.loggers import check_loggers
+def run_options(args: argparse.Namespace) -> "RunOptions":
+    """The run flags of ``dfqbench run`` as :class:`dfqbench.request.RunOptions` (the flags' destinations are its
+    field names), checked (:func:`dfqbench.request.check_options`: torch-free, before a cached dry run)."""
+    from dfqbench.request import RunOptions, check_options
 
-    check_engine(args.engine)
-    check_loggers(args.log)
+    options = RunOptions(**{name: getattr(args, name) for name in RunOptions.option_names()})
+    check_options(options)
+    return options
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    check_run_flags(args)
+    options = run_options(args)
     if args.grid is not None:  # before the imports below: a dry run from the plan cache never imports torch
         if args.restart:
             raise DfqbenchError("--restart is for single runs, not with --grid; to start a grid run from scratch, "
                                 "delete its folder (named in the error) and run the grid again")
         from dfqbench.launch.cli import run_grid
 
-        return run_grid(args)
+        return run_grid(args, options)
     from dfqbench.core.progress import make_progress  # torch-free
 
     if args.json:
@@ -100,14 +106,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     progress = make_progress(force_plain=args.plain)
     progress.stage(f"preparing {args.method} {args.model} {args.bits} seed {args.seed or 0}: importing torch, "
                    "checking the request")
-    from dfqbench.runner import RunRequest, run
+    from dfqbench.request import RunRequest
+    from dfqbench.runner import run
 
-    request = RunRequest(
-        method=args.method, model=args.model, bits=args.bits, seed=args.seed or 0, protocol=args.protocol or "paper",
-        overrides=list(args.overrides), weights=args.weights, weights_dir=args.weights_dir,
-        weights_norm=args.weights_norm, data_root=args.data_root, results=args.results, device=args.device,
-        log_every=args.log_every, engine=args.engine, log=list(args.log),
-    )
+    request = RunRequest.of(options, method=args.method, model=args.model, bits=args.bits, seed=args.seed or 0,
+                            protocol=args.protocol or "paper")
     record = run(request, progress, restart=args.restart)
     progress.stop()
     print(summarize(record, request.overrides, record_path(request, record)), flush=True)
@@ -151,7 +154,7 @@ def summarize(record: "RunRecord", overrides: Sequence[str] = (), path: object =
 def list_document(what: str) -> list[dict]:
     """``dfqbench list methods|models --json``: one object per registered method or zoo model."""
     if what == "methods":
-        from dfqbench.core.plugin import load_methods
+        from dfqbench.plugins import load_methods
 
         registry = load_methods()
         return [{"name": name, "version": registry.get(name).version, "paper": registry.get(name).paper,
@@ -174,7 +177,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     table = Table(show_lines=False)
     if args.what == "methods":
-        from dfqbench.core.plugin import METHOD_SOURCES, load_methods
+        from dfqbench.plugins import METHOD_SOURCES, load_methods
 
         registry = load_methods()
         for column in ("method", "version", "paper", "from"):

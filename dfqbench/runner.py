@@ -1,4 +1,5 @@
-"""From a run request (CLI flags or a grid cell) to a finished record.
+"""From a run request (:class:`dfqbench.request.RunRequest`: CLI flags, API keywords, a grid cell or a task) to a
+finished record.
 
 Every input is validated — method, model, bits, protocol, overrides, weights, data, device, and that the
 results folder is a folder this process can write — before anything is written, so bad input leaves no run
@@ -12,49 +13,28 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dfqbench.core.engine import resolve_engine
-from dfqbench.core.loggers import check_loggers
-from dfqbench.core.plugin import Method, load_methods
+from dfqbench.core.plugin import Method
+from dfqbench.plugins import load_methods
 from dfqbench.configuration import changes
 from dfqbench.core.progress import Progress
 from dfqbench.errors import DfqbenchError
 from dfqbench.protocols import PROTOCOLS
 from dfqbench.quant import QuantConfig, parse_bits, quantize_model
+from dfqbench.request import RunRequest, check_request  # RunRequest also by this name: tasks pickled before it moved
 from dfqbench.specs import RunSpec, TrainConfig, apply_overrides
 from dfqbench.store import ResultsStore, RunRecord
 from dfqbench.store.lease import Lease, describe_lease
 from dfqbench.validate import check_finite, check_seed
 from dfqbench.zoo import Evaluator, load_pretrained, load_test_set, model_info
-from dfqbench.zoo.identity import Teacher, teacher_identity
+from dfqbench.zoo.teacher import Teacher, teacher_identity
 
 if TYPE_CHECKING:
     from dfqbench.core.trainer import PreparedRun
-
-
-@dataclass
-class RunRequest:
-    """What a user asks for. Only the fields that change numbers end up in the RunSpec."""
-
-    method: str
-    model: str
-    bits: str
-    seed: int = 0
-    protocol: str = "paper"
-    overrides: list[str] = field(default_factory=list)
-    weights: str | None = None
-    weights_dir: str | None = None
-    weights_norm: str | None = None
-    data_root: str | None = None
-    results: str | None = None
-    device: str = "auto"
-    log_every: int = 50
-    engine: str = "auto"  # auto | eager | compiled (dfqbench.core.engine); recorded, not hashed, like the device
-    log: list[str] = field(default_factory=list)  # experiment loggers: tensorboard, wandb (dfqbench.core.loggers)
 
 
 def resolve_device(text: str) -> torch.device:
@@ -141,10 +121,9 @@ def prepare(request: RunRequest, progress: Progress | None = None) -> "PreparedR
 
     stage = progress.stage if progress is not None else (lambda text: None)
 
-    check_seed("seed", request.seed)
+    loggers = check_request(request)  # seed, log_every, engine, loggers (dfqbench.request)
     store = ResultsStore(request.results)
     store.check()  # a file or a read-only folder: one line now, not a traceback after training
-    loggers = check_loggers(getattr(request, "log", ()))  # a request pickled before --log existed has none
     method_cls = load_methods().get(request.method)
     info = model_info(request.model)
     settings = request_settings(method_cls, request)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from dfqbench.core.diagnostics import WindowMeans
-from dfqbench.core.plugin import load_methods
+from dfqbench.plugins import load_methods
 from dfqbench.core.progress import Progress
 from dfqbench.core.trainer import Trainer
 from dfqbench.quant import set_range_update

@@ -78,3 +78,17 @@ def check_path_name(what: str, value: Any) -> None:
     if not isinstance(value, str) or not _SAFE_NAME.match(value):
         raise DfqbenchError(f"invalid {what} {value!r}: it names a folder, so it must be 1-128 letters, digits, "
                             "'_', '.' or '-', not starting with '.' (no '/' or '..')")
+
+
+# A method's name is part of every run's spec, run id and folder name (``<method>_<model>_<bits>_s<seed>_<id>``):
+# a lowercase letter, then lowercase letters, digits or '_', 48 characters at most. Bundled methods, plugin
+# entry points, ``name`` attributes and ``@register_method`` are all held to it when they register.
+METHOD_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
+
+
+def check_method_name(name: Any) -> None:
+    """Raise a one-line :class:`DfqbenchError` unless ``name`` can name a method (:data:`METHOD_NAME`)."""
+    if not isinstance(name, str) or not METHOD_NAME.fullmatch(name):
+        raise DfqbenchError(f"invalid method name {short_repr(name)}: a method's name is part of its runs' folder "
+                            "names, so it must be a lowercase letter followed by up to 47 lowercase letters, "
+                            "digits or '_'")

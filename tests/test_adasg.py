@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from dfqbench.core import game_losses as gl
-from dfqbench.core.plugin import Sample, StepContext, load_methods
+from dfqbench.core.plugin import Sample, StepContext
 from dfqbench.core.trainer import Trainer
 from dfqbench.errors import DfqbenchError
+from dfqbench.plugins import load_methods
 from dfqbench.quant import set_range_update
 from dfqbench.runner import prepare, run
 

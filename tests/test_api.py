@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -285,3 +286,76 @@ def test_run_grid_dry_run_then_run_with_a_logger(tmp_path, monkeypatch):
     assert json.loads((run_folder / "record.json").read_text())["best_top1"] == frame.iloc[0]["best_top1"]
     assert dfqbench.load_results(results, grid="smoke").shape[0] == 4  # the others: pending rows
     assert set(dfqbench.load_results(results, grid="smoke")["state"]) == {"done", "pending"}
+
+
+def _cli_modules(modules) -> list[str]:
+    """The command line's modules among ``modules``: dfqbench.cli (and anything under it), launch.cli, report.cli."""
+    return sorted(m for m in modules if m == "dfqbench.cli" or m.startswith("dfqbench.cli.")
+                  or (m.startswith("dfqbench.") and m.rsplit(".", 1)[-1] == "cli"))
+
+
+def test_the_api_imports_nothing_from_the_command_line(tmp_path):
+    """import dfqbench.api, and a grid's dry run and a grid's results through it, never import a CLI module."""
+    code = ("import json, sys\n"
+            "import dfqbench.api\n"
+            "after_import = [m for m in sys.modules]\n"
+            f"frame = dfqbench.api.run_grid('smoke', {str(tmp_path / 'res')!r}, dry_run=True)\n"
+            "assert len(frame) == 4, frame\n"
+            "try:\n"
+            f"    dfqbench.api.load_results({str(tmp_path)!r}, grid='smoke')\n"
+            "except dfqbench.DfqbenchError:\n"
+            "    pass\n"
+            "print(json.dumps([after_import, sorted(sys.modules)]))\n")
+    env = {**os.environ, "DFQBENCH_PLAN_CACHE": "off"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S, env=env)
+    assert done.returncode == 0, done.stderr
+    after_import, after_use = json.loads(done.stdout.splitlines()[-1])
+    assert "dfqbench.api" in after_import and "torch" not in after_import
+    assert _cli_modules(after_import) == [] and _cli_modules(after_use) == []
+
+
+def test_run_grid_plans_once_prints_nothing_and_raises_or_returns_failed_runs(tmp_path, monkeypatch, capfd):
+    """A launch loads the grid file once and plans once (the whole grid, for the grid index, in the same pass:
+    each cell decided once), prints nothing by default, and a run that fails raises DfqbenchError naming it, or
+    (errors="return") comes back as a failed row; progress= gets the command line's lines."""
+    from dfqbench.launch import grid as grid_module
+    from dfqbench.launch import plan as plan_module
+    from dfqbench.launch import plancache
+
+    monkeypatch.setenv("DFQBENCH_PLAN_CACHE", str(tmp_path / "plan-cache"))
+    calls = {"load_grid": 0, "plan_grid": 0, "decide": 0, "plan_dry": 0}
+
+    def counted(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(grid_module, "load_grid")
+    counted(plan_module, "plan_grid")
+    counted(plan_module, "decide")
+    counted(plancache, "plan_dry")
+    results = tmp_path / "res"
+    # cuda:99 passes planning (the device is not part of a run) and fails the run when it starts, on any machine
+    args = dict(only={"bits": "w3a3"}, seeds=[0], device="cuda:99")
+    with pytest.raises(DfqbenchError, match=r"grid smoke: 1 of 1 runs failed: \S+: .*cuda:99") as raised:
+        dfqbench.run_grid("smoke", results, **args)
+    assert calls == {"load_grid": 1, "plan_grid": 1, "decide": 4, "plan_dry": 0}  # 1 cell launched, 4 in the grid
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    (name, reason), = raised.value.failed
+    assert "cuda:99" in reason and raised.value.runs.iloc[0]["state"] == "failed"
+    assert dfqbench.load_results(results, grid="smoke").shape[0] == 4  # the grid index has the whole grid
+
+    lines: list[str] = []
+    frame = dfqbench.run_grid("smoke", results, **args, retry_failed=True, errors="return", progress=lines.append)
+    assert frame.shape[0] == 1 and frame.iloc[0]["state"] == "failed" and "cuda:99" in frame.iloc[0]["reason"]
+    assert [n for n, _ in frame.attrs["failed"]] == [name]
+    assert lines[0] == "grid smoke: 1 runs, 1 to run (1 failed)"
+    assert lines[-1] == "grid smoke: 0 done, 1 failed, 0 interrupted, 0 not started, 0 left to other live tasks"
+    assert capfd.readouterr() == ("", "")  # the worker too: its lines are in its worker.log
+    with pytest.raises(DfqbenchError, match="unknown errors 'ignore'"):
+        dfqbench.run_grid("smoke", results, errors="ignore")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dfqbench.cli import main
-from dfqbench.core.plugin import load_methods
+from dfqbench.plugins import load_methods
 from dfqbench.errors import DfqbenchError
 
 from conftest import TINY_OVERRIDES

@@ -30,7 +30,7 @@ def _json_out(args: list[str], capsys):
 
 def test_list_json(capsys):
     methods = _json_out(["list", "methods", "--json"], capsys)
-    from dfqbench.core.plugin import load_methods
+    from dfqbench.plugins import load_methods
 
     assert [m["name"] for m in methods] == load_methods().names() and "zaq" in load_methods()
     gdfq = next(m for m in methods if m["name"] == "gdfq")

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from dfqbench.core.engine import CompiledEngine, EagerEngine, check_engine, make_engine, resolve_engine
-from dfqbench.core.plugin import load_methods
 from dfqbench.errors import DfqbenchError
+from dfqbench.plugins import load_methods
 from dfqbench.quant import QuantAct
 from dfqbench.quant.primitives import FakeQuantSTE, fake_quantize, quant_params
 from dfqbench.runner import prepare, run
@@ -214,7 +214,7 @@ def _tie_inputs(bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_compiled_fake_quant_is_bit_identical_to_the_reference(bits):
-    from dfqbench.core.engine import configure_inductor_numerics
+    from dfqbench.quant.compiler import configure_inductor_numerics
 
     configure_inductor_numerics()
     x, lo, hi = _tie_inputs(bits)

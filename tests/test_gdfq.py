@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfqbench.core.generators import CifarGenerator, ImageNetGenerator
-from dfqbench.core.plugin import Sample, StepContext, load_methods
+from dfqbench.core.plugin import Sample, StepContext
 from dfqbench.errors import DfqbenchError
+from dfqbench.plugins import load_methods
 
 
 def _gdfq(dataset="cifar10", num_classes=10, size=32, **config):

@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfqbench.core.plugin import Sample, StepContext, load_methods
+from dfqbench.core.plugin import Sample, StepContext
 from dfqbench.core.trainer import PreparedRun, Trainer
+from dfqbench.plugins import load_methods
 from dfqbench.quant import QuantConfig, activation_quantizers, quantize_model, set_range_update
 from dfqbench.runner import resolve_settings
 from dfqbench.specs import RunSpec

@@ -192,9 +192,13 @@ def test_concurrent_launchers_run_each_run_once_and_leave_every_record_intact(tm
         assert [a["outcome"] for a in attempts(folder)] == ["done"] and rec["sessions"] == 1
         assert [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert not (folder / "lease.json").exists() and (folder / "worker.log").exists()
+    # Each launcher that found runs to do wrote a manifest of them. Which runs each one planned depends on how
+    # far the other had got when it planned (on a loaded machine the second may start after the first finished
+    # everything, and then writes none): together they cover the 4 runs, each executed once (above).
     manifests = read_manifests(results, "smoke")
-    assert len(manifests) == 2
-    assert all(m["executor"] == "local" and len(m["runs"]) == 4 and "commit" in m["git"] for m in manifests)
+    assert 1 <= len(manifests) <= 2
+    assert all(m["executor"] == "local" and "commit" in m["git"] for m in manifests)
+    assert {r["run_name"] for m in manifests for r in m["runs"]} == set(folders)
     assert main(args) == 0
     assert "nothing to run" in capsys.readouterr().out
     assert all(len(attempts(f)) == 1 for f in folders.values())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from dfqbench.core.plugin import load_methods
+from dfqbench.plugins import load_methods
 from dfqbench.testing import check_registration, check_repeats_bit_for_bit, check_step_contract
 
 METHODS = sorted(load_methods().names())

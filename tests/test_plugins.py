@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dfqbench.core import discovery, plugin
-from dfqbench.core.discovery import GROUP, MethodEntry
+from dfqbench import plugins
+from dfqbench.core import plugin
+from dfqbench.plugins import GROUP, MethodEntry
 
 from waiting import HANG_S
 
@@ -37,11 +38,11 @@ class NotAMethod:
 @pytest.fixture
 def registry_snapshot():
     """Entry points registered by a test are removed afterwards (the registry is per process)."""
-    plugin.load_methods()
-    items, sources = dict(plugin.METHODS._items), dict(plugin.METHOD_SOURCES)
+    plugins.load_methods()
+    items, sources = dict(plugin.METHODS._items), dict(plugins.METHOD_SOURCES)
     yield
     plugin.METHODS._items.clear(), plugin.METHODS._items.update(items)
-    plugin.METHOD_SOURCES.clear(), plugin.METHOD_SOURCES.update(sources)
+    plugins.METHOD_SOURCES.clear(), plugins.METHOD_SOURCES.update(sources)
 
 
 @pytest.fixture
@@ -55,8 +56,8 @@ def fake_entries(tmp_path, monkeypatch, registry_snapshot):
     def install(entries: list[tuple[str, str, str]]) -> list[str]:
         found = [MethodEntry(name, value.replace("MOD", module), dist, metadata.EntryPoint(
             name, value.replace("MOD", module), GROUP)) for name, value, dist in entries]
-        monkeypatch.setattr(discovery, "method_entries", lambda: found)
-        return plugin.register_entry_points()
+        monkeypatch.setattr(plugins, "method_entries", lambda: found)
+        return plugins.register_entry_points()
 
     return install
 
@@ -67,7 +68,7 @@ def test_entry_point_registers_a_subclass_under_the_entry_name(fake_entries):
     variant = plugin.METHODS.get("gdfq_variant")
     assert variant.__name__ == "Variant" and variant.name == "gdfq_variant"
     assert plugin.METHODS.get("gdfq").name == "gdfq"  # the parent keeps its name
-    assert plugin.METHOD_SOURCES["gdfq_variant"] == "variant-pkg 1.0" and plugin.METHOD_SOURCES["gdfq"] == "dfqbench"
+    assert plugins.METHOD_SOURCES["gdfq_variant"] == "variant-pkg 1.0" and plugins.METHOD_SOURCES["gdfq"] == "dfqbench"
     assert plugin.METHODS.get("named").name == "named"
 
 
@@ -78,6 +79,8 @@ def test_entry_point_registers_a_subclass_under_the_entry_name(fake_entries):
     (("notmethod", "MOD:NotAMethod", "p 1"), "is not a subclass of dfqbench.core.plugin.Method"),
     (("other_name", "MOD:Named", "p 1"), "the class sets name = 'named'; the entry point's name and the class's"),
     (("gdfq", "MOD:Variant", "evil 1"), "'gdfq' is a bundled method; a plugin cannot replace it"),
+    (("../../../esc", "MOD:Variant", "evil 1"), "invalid method name '../../../esc': a method's name is part of"),
+    (("Gdfq-IE", "MOD:Variant", "p 1"), "invalid method name 'Gdfq-IE'"),
 ])
 def test_refused_entries_give_one_line_and_leave_the_rest_working(fake_entries, entry, expected):
     problems = fake_entries([entry, ("gdfq_variant", "MOD:Variant", "variant-pkg 1.0")])
@@ -90,7 +93,7 @@ def test_refused_entries_give_one_line_and_leave_the_rest_working(fake_entries, 
 def test_the_same_name_from_two_distributions_keeps_the_first(fake_entries):
     problems = fake_entries([("dup", "MOD:Variant", "a 1"), ("dup", "MOD:Other", "b 1")])
     assert len(problems) == 1 and "(distribution b 1)" in problems[0] and "already registered by a 1" in problems[0]
-    assert plugin.METHODS.get("dup").__name__ == "Variant" and plugin.METHOD_SOURCES["dup"] == "a 1"
+    assert plugin.METHODS.get("dup").__name__ == "Variant" and plugins.METHOD_SOURCES["dup"] == "a 1"
 
 
 def _dist_info(site: Path, dist: str, entries: dict[str, str]) -> None:
@@ -109,7 +112,7 @@ def test_a_fresh_process_finds_installed_plugins_and_warns_once_about_a_broken_o
     _dist_info(site, "fresh-plugin", {"fresh_variant": "fresh_plugin:Variant"})
     _dist_info(site, "broken-plugin", {"broken": "fresh_plugin_missing:Variant"})
     code = textwrap.dedent("""
-        from dfqbench.core.plugin import load_methods
+        from dfqbench.plugins import load_methods
         registry = load_methods()
         load_methods()  # a second call warns no more
         print(sorted(registry.names()), registry.get("fresh_variant").name)
@@ -137,12 +140,32 @@ def test_plan_cache_fingerprint_follows_the_installed_plugins(tmp_path, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     options = LaunchOptions(results=tmp_path / "results")
     entry = MethodEntry("fp_variant", "fp_plugin_pkg.method:Variant", "fp 1", None)
-    monkeypatch.setattr(discovery, "method_entries", lambda: [])
+    monkeypatch.setattr(plugins, "method_entries", lambda: [])
     without = fingerprint(options)
-    monkeypatch.setattr(discovery, "method_entries", lambda: [entry])
+    monkeypatch.setattr(plugins, "method_entries", lambda: [entry])
     with_plugin = fingerprint(options)
     assert with_plugin != without and fingerprint(options) == with_plugin
     (package / "method.py").write_text(PLUGIN_MODULE + "\n# edited\n")
     os.utime(package / "method.py", ns=(1, 1))
     assert fingerprint(options) != with_plugin
     assert "fp_plugin_pkg.method" not in sys.modules  # fingerprinted without importing the plugin
+
+
+def test_plugin_packages_written_against_earlier_releases_keep_working():
+    """The interface (``Method``, ``Sample``, ``StepContext``, ``register_method``, ``LossTerms``) stays in
+    dfqbench.core.plugin, without a warning; the loading names that moved to dfqbench.plugins are still there
+    for one release, as the same objects, with a DeprecationWarning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exec("from dfqbench.core.plugin import LossTerms, Method, Sample, StepContext, register_method", {})
+    for name in ("load_methods", "register_entry_points", "METHOD_SOURCES", "PLUGIN_PROBLEMS"):
+        with pytest.warns(DeprecationWarning, match=f"dfqbench.core.plugin.{name} moved to dfqbench.plugins.{name}"):
+            assert getattr(plugin, name) is getattr(plugins, name)
+    namespace: dict = {}
+    with pytest.warns(DeprecationWarning, match="load_methods moved"):
+        exec("from dfqbench.core.plugin import Method, Sample, StepContext, register_method, load_methods", namespace)
+    assert namespace["load_methods"]() is plugin.METHODS and "gdfq" in plugin.METHODS
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        plugin.no_such_name  # noqa: B018

@@ -13,12 +13,13 @@ from torch import nn
 
 from dfqbench.core.generators import CifarGenerator, ConditionalBatchNorm2d, ImageNetGenerator
 from dfqbench.core.generators_qimera import QimeraGenerator, embed_normalize, teacher_class_embedding
-from dfqbench.core.plugin import Sample, StepContext, load_methods
+from dfqbench.core.plugin import Sample, StepContext
 from dfqbench.core.superposed import (
     MIX_WEIGHTS, SLOT_LABELS, generate_gdfq_superposed, mixing_weights, soft_targets, superposed_sample,
 )
 from dfqbench.core.trainer import Trainer
 from dfqbench.errors import DfqbenchError
+from dfqbench.plugins import load_methods
 from dfqbench.runner import RunRequest, prepare, run
 
 from conftest import RecordingProgress

@@ -49,7 +49,7 @@ def make_spec(method: str, model: str = "resnet20_cifar10", bits: str = "w4a4", 
     ``legacy``: without the recorded ``changed`` (specs written before it existed)."""
     from dfqbench.configuration import changes
 
-    from dfqbench.core.plugin import load_methods
+    from dfqbench.plugins import load_methods
     from dfqbench.runner import resolve_settings
     from dfqbench.zoo import model_info
 
@@ -187,7 +187,7 @@ def test_published_rows_are_verbatim_from_the_spec():
 
 # -- mapping, statistics -------------------------------------------------------------------------------
 def test_ablation_terms_from_plugin_configs():
-    from dfqbench.core.plugin import load_methods
+    from dfqbench.plugins import load_methods
 
     methods = load_methods()
     adasg = dataclasses.asdict(methods.get("adasg").config_class())

@@ -189,7 +189,7 @@ def test_runs_per_gpu_packs_runs_into_array_tasks(tmp_path, fake_slurm, capsys):
     the manifest keeps one entry per run, with its array task's job id; --runs-per-gpu overrides the profile."""
     import pickle
 
-    from dfqbench.launch.task import SlurmTaskGroup
+    from dfqbench.launch.slurm import SlurmTaskGroup
 
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text("profiles: {p: {cpus: 4, array_parallelism: 8, runs_per_gpu: 2}}\nselect: [{profile: p}]\n")
@@ -226,7 +226,8 @@ def test_task_group_checkpoint_stops_its_workers_and_requeues_the_same_runs(tmp_
 
     from dfqbench.launch.grid import load_grid
     from dfqbench.launch.plan import LaunchOptions, plan_grid
-    from dfqbench.launch.task import GridTask, SlurmTaskGroup
+    from dfqbench.launch.slurm import SlurmTaskGroup
+    from dfqbench.launch.task import GridTask
 
     plan = plan_grid(load_grid("smoke"), LaunchOptions(results=tmp_path / "r", device="cpu"))
     tasks = [GridTask(c.request, c.spec, "smoke") for c in plan.to_launch()[:2]]
@@ -243,3 +244,20 @@ def test_task_group_checkpoint_stops_its_workers_and_requeues_the_same_runs(tmp_
     assert isinstance(fresh, SlurmTaskGroup) and fresh is not group and fresh._procs == []
     assert [t.spec.run_id for t in fresh.tasks] == [t.spec.run_id for t in tasks] and fresh.runs_per_gpu == 2
     assert [t.spec.run_id for t in pickle.loads(pickle.dumps(group)).tasks] == [t.spec.run_id for t in tasks]
+
+
+def test_jobs_pickled_with_the_old_task_module_names_still_load():
+    """Slurm jobs pickled before the task wrappers moved to dfqbench.launch.slurm name them
+    ``dfqbench.launch.task.<Class>``: they still unpickle, to the same classes, with a DeprecationWarning
+    (a compatibility name for one release)."""
+    import pickle
+
+    from dfqbench.launch.slurm import SlurmGridTask, SlurmTaskGroup
+
+    for job in (SlurmGridTask(None), SlurmTaskGroup([], 1)):
+        name = type(job).__name__
+        new = pickle.dumps(job, protocol=0)
+        assert f"dfqbench.launch.slurm\n{name}\n".encode() in new
+        old = new.replace(b"dfqbench.launch.slurm\n", b"dfqbench.launch.task\n")
+        with pytest.warns(DeprecationWarning, match=f"dfqbench.launch.task.{name} moved to dfqbench.launch.slurm"):
+            assert type(pickle.loads(old)) is type(job)

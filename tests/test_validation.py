@@ -72,7 +72,7 @@ def test_train_config_keeps_zeroq_calibration_only_and_ranges():
 
 @pytest.mark.parametrize("method", ["gdfq", "qimera", "zeroq_kd", "adasg", "adadfq"])
 def test_zero_temperature_rejected_for_every_method_with_one(method):
-    from dfqbench.core.plugin import load_methods
+    from dfqbench.plugins import load_methods
 
     cls = load_methods().get(method)
     with pytest.raises(DfqbenchError, match=r"method\.temperature"):

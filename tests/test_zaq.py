@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfqbench.core.features import FeatureTap, stage_names
-from dfqbench.core.plugin import Sample, StepContext, load_methods
+from dfqbench.core.plugin import Sample, StepContext
 from dfqbench.core.trainer import Trainer
 from dfqbench.errors import DfqbenchError
 from dfqbench.methods import zaq as zaq_module
+from dfqbench.plugins import load_methods
 from dfqbench.quant import QuantAct, QuantConfig, quantize_model
 from dfqbench.runner import prepare, resolve_settings, run
 from dfqbench.zoo import build_model

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfqbench.core.distill import DistilledSet, DistillSettings, ZeroQLoss, distill, init_images
-from dfqbench.core.plugin import Sample, StepContext, load_methods
+from dfqbench.core.plugin import Sample, StepContext
 from dfqbench.core.trainer import Trainer
 from dfqbench.errors import DfqbenchError
 from dfqbench.methods.zeroq import draw_crops, resized_crop
+from dfqbench.plugins import load_methods
 from dfqbench.quant import activation_quantizers
 from dfqbench.runner import prepare, resolve_settings
 from dfqbench.zoo.tiny import build_tiny

@@ -4,7 +4,7 @@ The engine changes how the step's kernels are launched, never what the step comp
 in ``record.json`` but is not part of the run hash (like the device). ``auto`` picks ``compiled`` on CUDA
 (the eager loop is host-bound there: thousands of small kernels per iteration launched one by one from
 Python) and ``eager`` on the CPU, where ``benchmarks/bench_step.py`` shows compilation does not pay for itself
-within a run (see the README's engine section for the measured figures).
+within a run (see docs/engines.md for the measured figures).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch.utils import _pytree as pytree
 
 from dfqbench.core.engine_names import ENGINES, check_engine
 from dfqbench.errors import DfqbenchError
+from dfqbench.quant import configure_inductor_numerics, set_fused_fake_quant
 from dfqbench.registry import unknown_choice
 
 __all__ = ["ENGINES", "CompiledEngine", "EagerEngine", "Engine", "check_engine", "make_engine", "resolve_engine"]
@@ -90,8 +91,6 @@ class CompiledEngine(Engine):
         return self.graphs is not None
 
     def prepare(self, student: nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
-        from dfqbench.quant.fused import set_fused_fake_quant
-
         set_fused_fake_quant(student, True)
         if self.device.type != "cuda":
             return
@@ -135,25 +134,6 @@ def make_engine(name: str, device: torch.device) -> Engine:
     if name == "eager":
         return EagerEngine()
     raise DfqbenchError(unknown_choice("engine", name, ["eager", "compiled"]))
-
-
-def configure_inductor_numerics() -> None:
-    """Eager-equal arithmetic in inductor's generated kernels, where this torch version has the switches."""
-    import torch._dynamo
-    import torch._inductor.config as inductor
-
-    if hasattr(inductor, "emulate_precision_casts"):  # also turns off Triton's FMA contraction
-        inductor.emulate_precision_casts = True
-    numerics = getattr(inductor, "eager_numerics", None)
-    if numerics is not None and hasattr(numerics, "division_rounding"):
-        numerics.division_rounding = True  # div_rn instead of Triton's approximate division
-    cpp = getattr(inductor, "cpp", None)
-    if cpp is not None and hasattr(cpp, "enable_floating_point_contract_flag"):
-        cpp.enable_floating_point_contract_flag = "off"
-    # One recompilation per phase and sample structure (ranges on/off, warm-up, superposed batches, ...).
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
 
 
 def input_signature(leaves: list[Any], spec: pytree.TreeSpec) -> tuple[Any, ...]:

@@ -1,7 +1,9 @@
 """The method plugin interface: what a DFQ method contributes to the shared trainer, and the method registry.
 
-Methods come from the bundled ``dfqbench.methods`` package (``@register_method``) and from other installed
-packages' ``dfqbench.methods`` entry points (:func:`register_entry_points`; README "Add your own method").
+A method is a :class:`Method` subclass; the bundled ones (``dfqbench.methods``) add themselves to
+:data:`METHODS` with ``@register_method``, other installed packages' through their entry points. Finding and
+loading them all is :mod:`dfqbench.plugins`'s (:func:`dfqbench.plugins.load_methods`), above the methods;
+this module, which every method imports, imports no method.
 
 The trainer owns the loop; a method builds its generator, samples latents and labels, and computes its
 generator and student objectives (already signed for minimisation). ``steps`` says in which order one
@@ -13,7 +15,7 @@ branch on a tensor's value, no CPU tensors created inside.
 from __future__ import annotations
 
 import dataclasses
-import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,6 +25,7 @@ from torch.utils import _pytree as pytree
 
 from dfqbench.core.features import stage_names
 from dfqbench.registry import Registry
+from dfqbench.validate import check_method_name
 
 LossTerms = dict[str, torch.Tensor]
 
@@ -169,77 +172,27 @@ class Method:
 
 
 METHODS: Registry[type[Method]] = Registry("method")
-# Where each registered method comes from: "dfqbench" (bundled) or "<distribution> <version>" (entry point).
-METHOD_SOURCES: dict[str, str] = {}
-# One line per installed plugin that could not be registered (also printed once to stderr as a warning).
-PLUGIN_PROBLEMS: list[str] = []
-_entry_points_loaded = False
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: add a method plugin to the registry under ``cls.name``."""
+    """Class decorator: add a method plugin to the registry under ``cls.name`` (which must follow
+    :data:`dfqbench.validate.METHOD_NAME`: it becomes part of run folder names)."""
+    check_method_name(cls.name)
     METHODS.add(cls.name, cls)
     return cls
 
 
-def load_methods() -> Registry[type[Method]]:
-    """The registry with every method: the bundled plugins (``dfqbench.methods``, the repository's
-    ``methods/`` folder) and, once per process, those of other installed packages' ``dfqbench.methods``
-    entry points (:func:`register_entry_points`)."""
-    import dfqbench.methods  # noqa: F401  (registers on import)
-
-    for name in METHODS.names():
-        METHOD_SOURCES.setdefault(name, "dfqbench")
-    global _entry_points_loaded
-    if not _entry_points_loaded:
-        _entry_points_loaded = True
-        for problem in register_entry_points():
-            PLUGIN_PROBLEMS.append(problem)
-            print(f"dfqbench: warning: {problem}", file=sys.stderr)
-    return METHODS
+# Loading moved to dfqbench.plugins; plugin packages written against earlier releases import these names here.
+_MOVED_TO_PLUGINS = ("load_methods", "register_entry_points", "METHOD_SOURCES", "PLUGIN_PROBLEMS")
 
 
-def register_entry_points() -> list[str]:
-    """Register each installed ``dfqbench.methods`` entry point ``name = "package.module:Class"`` under
-    ``name``; returns one line per entry that was not registered, naming its distribution and why.
+def __getattr__(name: str) -> Any:
+    """``load_methods``, ``register_entry_points``, ``METHOD_SOURCES`` and ``PLUGIN_PROBLEMS`` of
+    :mod:`dfqbench.plugins` under their old module, for one release, with a DeprecationWarning."""
+    if name in _MOVED_TO_PLUGINS:
+        from dfqbench import plugins
 
-    The rules: the class must be a :class:`Method` subclass; a class that does not set ``name`` itself
-    (e.g. a subclass of a bundled method) is given the entry's name; one that sets a different ``name`` is
-    refused (the name is part of every run's spec and folder, so the two must agree); a name already taken
-    by a bundled method or by another distribution's entry is refused (a plugin never replaces a method).
-    A plugin that fails to import is reported and skipped; the other methods keep working.
-    """
-    from dfqbench.core.discovery import method_entries
-
-    problems = []
-    for entry in method_entries():
-        where = f"method plugin {entry.name!r} = {entry.value!r} (distribution {entry.distribution})"
-        try:
-            cls = entry.entry_point.load()
-        except Exception as exc:  # noqa: BLE001  (any import failure: report it and carry on)
-            problems.append(f"{where} not loaded: {type(exc).__name__}: {_first_line(exc)}")
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            problems.append(f"{where} not loaded: {cls!r} is not a subclass of dfqbench.core.plugin.Method")
-            continue
-        own = cls.__dict__.get("name")
-        if own is not None and own != entry.name:
-            problems.append(f"{where} not loaded: the class sets name = {own!r}; the entry point's name and the "
-                            "class's `name` must be equal (or leave `name` unset)")
-            continue
-        if entry.name in METHODS and METHODS.get(entry.name) is not cls:
-            taken = METHOD_SOURCES.get(entry.name, "another plugin")
-            what = "a bundled method" if taken == "dfqbench" else f"already registered by {taken}"
-            problems.append(f"{where} not loaded: {entry.name!r} is {what}; a plugin cannot replace it "
-                            "(rename the entry point)")
-            continue
-        if own is None:
-            cls.name = entry.name
-        METHODS.add(entry.name, cls)
-        METHOD_SOURCES.setdefault(entry.name, entry.distribution)
-    return problems
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
+        warnings.warn(f"dfqbench.core.plugin.{name} moved to dfqbench.plugins.{name}; the old name goes in the "
+                      "next release", DeprecationWarning, stacklevel=2)
+        return getattr(plugins, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,12 +1,21 @@
-"""The grid side of the command line: ``dfqbench run --grid …`` and ``dfqbench status`` (hooked in dfqbench/cli.py)."""
+"""The grid side of the command line: ``dfqbench run --grid …`` and ``dfqbench status`` (hooked in dfqbench/cli.py).
+
+Argparse and printing only: the flags become a :class:`dfqbench.launch.launcher.GridRequest`, and
+:mod:`dfqbench.launch.launcher` plans and launches it (its messages are printed here). Nothing in dfqbench but
+``dfqbench.cli`` imports this module.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from dfqbench.errors import DfqbenchError
+from dfqbench.launch import launcher
+from dfqbench.launch.launcher import GridRequest, results_root
+from dfqbench.request import RunOptions
+
+__all__ = ["add_grid_arguments", "add_status_parser", "grid_request", "results_root", "run_grid", "run_status"]
 
 
 def add_grid_arguments(run: argparse.ArgumentParser) -> None:
@@ -59,168 +68,42 @@ def _json(document: object) -> str:
     return json.dumps(document, indent=2, default=str, allow_nan=False)
 
 
-def _path(text: str | None) -> str | None:
-    return None if text is None else str(Path(text).expanduser().resolve())
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
-def results_root(text: str | None) -> Path:
-    """--results, else $DFQBENCH_RESULTS, else ./results (:func:`dfqbench.store.default_results_root`), resolved."""
-    from dfqbench.store import default_results_root
-
-    return (Path(text) if text else default_results_root()).expanduser().resolve()
-
-
-def _options(args: argparse.Namespace):
-    from dfqbench.launch.plan import LaunchOptions
-
-    return LaunchOptions(
-        results=results_root(args.results), device=args.device,
-        weights=_path(args.weights), weights_dir=_path(args.weights_dir), weights_norm=args.weights_norm,
-        data_root=_path(args.data_root), log_every=args.log_every, overrides=list(args.overrides),
-        protocol=args.protocol, engine=args.engine, log=list(args.log or []),
-    )
-
-
-def grid_inputs(args: argparse.Namespace):
-    """The checked flags of ``run --grid``: (grid, launch options, --only filters, --seeds); one-line errors."""
-    from dfqbench.launch.grid import load_grid, parse_filters, parse_seeds
-
+def grid_request(args: argparse.Namespace, options: RunOptions) -> GridRequest:
+    """The flags of ``run --grid`` as a :class:`GridRequest` (``options``: the run flags, see dfqbench/cli.py)."""
     single = [flag for flag, value in (("--method", args.method), ("--model", args.model), ("--bits", args.bits),
                                        ("--seed", args.seed)) if value is not None]
     if single:
         raise DfqbenchError(f"{single[0]} is for single runs, not with --grid; filter a grid with --only "
                             "(e.g. --only method=gdfq) and set its seeds with --seeds")
-    if args.jobs is not None and args.jobs < 1:
-        raise DfqbenchError(f"invalid --jobs {args.jobs}: must be >= 1")
-    if args.runs_per_gpu is not None and args.runs_per_gpu < 1:
-        raise DfqbenchError(f"invalid --runs-per-gpu {args.runs_per_gpu}: must be >= 1")
-    grid = load_grid(args.grid)
-    options = _options(args)
-    from dfqbench.store import ResultsStore
-
-    ResultsStore(options.results).check(write=not args.dry_run)  # before planning writes anything
-    return grid, options, parse_filters(args.only), parse_seeds(args.seeds) if args.seeds else None
+    return GridRequest(grid=args.grid, options=options, only=args.only, seeds=args.seeds,
+                       retry_failed=args.retry_failed, executor=args.executor, jobs=args.jobs,
+                       runs_per_gpu=args.runs_per_gpu, profile=args.profile, profiles=args.profiles)
 
 
-def run_grid(args: argparse.Namespace) -> int:
-    """``dfqbench run --grid …``: plan, then dry-run, run locally or submit to Slurm."""
-    from dfqbench.launch.plan import plan_grid
-    from dfqbench.launch.plancache import plan_dry, remember
+def run_grid(args: argparse.Namespace, options: RunOptions) -> int:
+    """``dfqbench run --grid …``: plan, then dry-run (print the plan), run locally or submit to Slurm."""
     from dfqbench.launch.summary import describe, plan_document
 
-    grid, options, filters, seeds = grid_inputs(args)
+    request = grid_request(args, options)
+    inputs = launcher.grid_inputs(request, write=not args.dry_run)
     if args.dry_run:
-        plan = plan_dry(grid, options, filters, seeds)
+        plan = launcher.dry_plan(inputs)
         print(_json(plan_document(plan, args.retry_failed)) if args.json else describe(plan, args.retry_failed))
         return 0
     if args.json:
         raise DfqbenchError("--json prints a dry run's plan: give --dry-run too (a launch prints progress, not JSON)")
-    plan = plan_grid(grid, options, filters, seeds)
-    remember(plan)
-    invalid = plan.invalid()
-    if invalid:
-        first = invalid[0]
-        raise DfqbenchError(f"grid {grid.name!r} has {len(invalid)} invalid cells (e.g. {first.cell.label}: "
-                            f"{first.reason}); see --dry-run, fix the grid or leave them out with --only")
-    if any(c.spec is None for c in plan.to_launch(args.retry_failed)):
-        _fetch_teachers(plan, args.retry_failed)
-        plan = plan_grid(grid, options, filters, seeds)
-        remember(plan)
-    plan.whole = plan_grid(grid, options) if filters or seeds else None  # for the grid index
-    return _launch(plan, args)
-
-
-def _index_grid(plan) -> None:
-    """Record the grid's cells for `report --grid` (:mod:`dfqbench.grid_index`) once the launch goes ahead: the
-    whole grid as its file defines it (planned without --only/--seeds when those restricted this launch) and
-    this launch's cells."""
-    from dfqbench.grid_index import write_grid_index
-
-    cells = ([] if plan.whole is None else plan.whole.cells) + plan.cells
-    write_grid_index(plan.options.results, plan.grid.name, [_index_entry(c) for c in cells])
-
-
-def _fetch_teachers(plan, retry_failed: bool) -> None:
-    from dfqbench.zoo import load_pretrained
-
-    for cell in {c.cell.model: c for c in plan.to_launch(retry_failed) if c.spec is None}.values():
-        print(f"downloading the pretrained {cell.cell.model} (its identity is part of the run id)", flush=True)
-        request = cell.request
-        load_pretrained(request.model, request.weights, request.weights_dir, request.weights_norm)
-
-
-def _index_entry(cell) -> dict:
-    """A planned cell as the grid index keeps it (:mod:`dfqbench.grid_index`)."""
-    return {"label": cell.cell.label, "status": cell.status, "reason": cell.reason, "run_id": cell.run_id,
-            "run_name": cell.run_name, "duplicate_of": cell.duplicate_of,
-            "spec": cell.spec.to_dict() if cell.spec is not None else None}
-
-
-def _launch(plan, args: argparse.Namespace) -> int:
-    from dfqbench.launch.manifest import write_manifest
-    from dfqbench.launch.task import GridTask
-
-    counts, todo = plan.counts(), plan.to_launch(args.retry_failed)
-    notes = [f"{counts[s]} {s}" for s in ("done", "running", "failed", "unsupported", "excluded") if counts[s]]
-    print(f"grid {plan.grid.name}: {len(plan.runs())} runs, {len(todo)} to run" + (f" ({', '.join(notes)})" if notes else ""))
-    if counts["running"]:
-        print(f"  {counts['running']} runs are held by live tasks elsewhere and are left to them")
-    if counts["failed"] and not args.retry_failed:
-        print(f"  {counts['failed']} failed runs are not retried (--retry-failed retries them)")
-    if counts["unsupported"]:
-        print(f"  {counts['unsupported']} cells skipped as unsupported by their method (reasons: --dry-run)")
-    if counts["skipped"]:
-        first = next(c for c in plan.cells if c.status == "skipped")
-        print(f"  {counts['skipped']} cells skipped: no teacher weights (e.g. {first.reason}; reasons: --dry-run)")
-    if not todo:
-        _index_grid(plan)
-        print("nothing to run")
-        return 0
-    tasks = [GridTask(c.request, c.spec, plan.grid.name, args.retry_failed) for c in todo]
-    if args.executor == "slurm":
-        return _submit_slurm(plan, todo, tasks, args)
-    from dfqbench.launch.local import default_jobs, run_local
-
-    per_gpu = args.runs_per_gpu or 1
-    jobs = args.jobs or default_jobs(args.device, per_gpu)
-    write_manifest(plan.options.results, plan.grid, "local",
-                   [{"run_id": t.spec.run_id, "run_name": t.spec.run_name, "job_id": None} for t in tasks],
-                   {"jobs": jobs, "runs_per_gpu": per_gpu})
-    _index_grid(plan)
-    result = run_local(tasks, jobs, args.device, runs_per_gpu=per_gpu)
-    print(f"grid {plan.grid.name}: {len(result.done)} done, {len(result.failed)} failed, "
-          f"{len(result.interrupted)} interrupted, {result.not_started} not started, "
-          f"{len(result.busy)} left to other live tasks")
-    for name, reason in result.failed:
+    outcome = launcher.launch(launcher.plan_launch(inputs, _say), request, _say)
+    for name, reason in outcome.failed:
         print(f"  FAILED {name}: {reason}", file=sys.stderr)
-    if result.exit_code == 130:
+    if outcome.exit_code == 130:
         print("dfqbench: interrupted; run the same command again to resume (finished runs are kept)", file=sys.stderr)
-    return result.exit_code
-
-
-def _submit_slurm(plan, todo, tasks, args: argparse.Namespace) -> int:
-    from dfqbench.launch.manifest import write_manifest
-    from dfqbench.launch.slurm import load_profiles, submit
-
-    profiles = load_profiles(args.profiles)
-    work = [(task, profiles.for_cell(cell, args.profile)) for task, cell in zip(tasks, todo)]
-    _index_grid(plan)
-    from dfqbench.store import ResultsStore
-
-    folder = ResultsStore(plan.options.results).slurm_dir(plan.grid.name)
-    submitted: list = []
-    try:
-        submitted = submit(work, folder, plan.grid.name, args.jobs, runs_per_gpu=args.runs_per_gpu)
-    except DfqbenchError as exc:
-        submitted = getattr(exc, "submitted", [])
-        raise
-    finally:
-        if submitted:
-            path = write_manifest(plan.options.results, plan.grid, "slurm", submitted,
-                                  {"profiles_file": str(profiles.path)})
-            print(f"manifest {path}")
-    print(f"follow with: dfqbench status --grid {plan.grid.name} --results {plan.options.results}")
-    return 0
+    if outcome.submitted:
+        print(f"follow with: dfqbench status --grid {outcome.plan.grid.name} --results {outcome.plan.options.results}")
+    return outcome.exit_code
 
 
 def run_status(args: argparse.Namespace) -> int:

@@ -82,17 +82,22 @@ def worker_env(slot: int, jobs: int, device: str, gpus: list[str], plain: bool, 
 
 def run_local(tasks: list[GridTask], jobs: int, device: str, out: TextIO | None = None,
               python: str | None = None, runs_per_gpu: int = 1, extra_env: dict[str, str] | None = None,
-              started: Callable[[subprocess.Popen], None] | None = None) -> LocalResult:
+              started: Callable[[subprocess.Popen], None] | None = None,
+              worker_logs: bool | None = None) -> LocalResult:
     """Run ``tasks`` with at most ``jobs`` workers, ``runs_per_gpu`` per GPU; returns what happened to each.
 
     ``extra_env`` is added to every worker's environment; ``started`` is called with each worker process
-    (a Slurm array task running several runs uses both: :class:`dfqbench.launch.task.SlurmTaskGroup`).
+    (a Slurm array task running several runs uses both: :class:`dfqbench.launch.slurm.SlurmTaskGroup`).
+    ``worker_logs``: each worker's output goes to its run folder's ``worker.log`` instead of this process's
+    terminal; by default when several workers run at once (their lines would interleave). The Python API
+    asks for it always, so that a quiet ``run_grid`` prints nothing.
     """
     out = out or sys.stdout
     say: Callable[[str], None] = lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", file=out,  # noqa: E731
                                                     flush=True)  # timestamped, as the workers' plain lines
     gpus = visible_gpus() if device in ("auto", "cuda") else []
     plain = jobs > 1 or not sys.stdout.isatty()
+    to_logs = jobs > 1 if worker_logs is None else worker_logs
     result = LocalResult()
     queue = deque(enumerate(tasks, 1))
     running: dict[int, tuple[subprocess.Popen, GridTask, int, TextIO | None]] = {}
@@ -106,7 +111,7 @@ def run_local(tasks: list[GridTask], jobs: int, device: str, out: TextIO | None 
                     continue
                 slot = free.pop(0)
                 env = worker_env(slot, jobs, device, gpus, plain, runs_per_gpu, extra_env)
-                running[slot] = _start(task, index, jobs, env, python)
+                running[slot] = _start(task, index, to_logs, env, python)
                 if started is not None:
                     started(running[slot][0])
                 gpu = gpu_for_slot(slot, gpus, runs_per_gpu)
@@ -149,10 +154,10 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _start(task: GridTask, index: int, jobs: int, env: dict[str, str],
+def _start(task: GridTask, index: int, to_log: bool, env: dict[str, str],
            python: str | None) -> tuple[subprocess.Popen, GridTask, int, TextIO | None]:
     log = None
-    if jobs > 1:
+    if to_log:
         task.folder.path.mkdir(parents=True, exist_ok=True)
         log = open(task.folder.worker_log_path, "a")  # noqa: SIM115  (closed in _finish)
     proc = subprocess.Popen(

@@ -25,41 +25,26 @@ from typing import TYPE_CHECKING, Any, Callable
 from dfqbench.errors import DfqbenchError
 from dfqbench.launch.estimate import Estimate, formula_seconds
 from dfqbench.launch.grid import Cell, Grid, apply_filters, dataset_of, expand
+from dfqbench.request import RunOptions, RunRequest
 from dfqbench.store import CELL_ONLY_STATES, ResultsStore, RunFolder, RunState, StoreError, run_state
 
 if TYPE_CHECKING:
-    from dfqbench.runner import RunRequest
     from dfqbench.specs import RunSpec
-    from dfqbench.zoo.identity import Teacher
+    from dfqbench.zoo.teacher import Teacher
     from dfqbench.store import RunRecord
 
 
-@dataclass
-class LaunchOptions:
-    """Run options shared by every cell of a grid (CLI flags), none of which is in the grid file."""
+@dataclass(kw_only=True)
+class LaunchOptions(RunOptions):
+    """The run options of a grid launch (:class:`dfqbench.request.RunOptions`, none of which is in the grid file),
+    with the results folder resolved: every cell's :class:`RunRequest` is the cell with these options."""
 
     results: Path
-    device: str = "auto"
-    weights: str | None = None
-    weights_dir: str | None = None
-    weights_norm: str | None = None
-    data_root: str | None = None
-    log_every: int = 50
-    overrides: list[str] = field(default_factory=list)  # applied after the grid's own
-    protocol: str | None = None  # replaces the cells' protocol when given
-    engine: str = "auto"  # how each run's step executes; recorded, not in the run id nor the plan cache's key
-    log: list[str] = field(default_factory=list)  # experiment loggers of every run (--log); not in the run id
 
-    def request(self, cell: Cell) -> "RunRequest":
-        from dfqbench.runner import RunRequest
-
-        return RunRequest(
-            method=cell.method, model=cell.model, bits=cell.bits, seed=cell.seed,
-            protocol=self.protocol or cell.protocol, overrides=self.overrides_for(cell),
-            weights=self.weights, weights_dir=self.weights_dir, weights_norm=self.weights_norm,
-            data_root=self.data_root, results=str(self.results), device=self.device, log_every=self.log_every,
-            engine=self.engine, log=list(self.log),
-        )
+    def request(self, cell: Cell) -> RunRequest:
+        return RunRequest.of(self, method=cell.method, model=cell.model, bits=cell.bits, seed=cell.seed,
+                             protocol=self.protocol or cell.protocol, overrides=self.overrides_for(cell),
+                             results=str(self.results))
 
     def overrides_for(self, cell: Cell) -> list[str]:
         return list(cell.overrides) + list(self.overrides)
@@ -94,7 +79,7 @@ class PlannedCell:
     results: Path | None = None
     duplicate_of: str | None = None
     decision: Decision | None = None
-    request: "RunRequest | None" = None  # set by a full plan (plan_grid), None from the plan cache
+    request: RunRequest | None = None  # set by a full plan (plan_grid), None from the plan cache
     spec: "RunSpec | None" = None
 
     @property
@@ -202,19 +187,34 @@ def assemble(grid: Grid, options: LaunchOptions, cells: list[Cell], decisions: l
 
 
 def plan_grid(grid: Grid, options: LaunchOptions, filters: dict[str, list[Any]] | None = None,
-              seeds: list[int] | None = None) -> Plan:
-    """Expand, filter and classify every cell of ``grid`` (the full planner: imports torch and the methods)."""
-    from dfqbench.core.plugin import load_methods
+              seeds: list[int] | None = None, *, whole: bool = False) -> Plan:
+    """Expand, filter and classify every cell of ``grid`` (the full planner: imports torch and the methods).
 
-    kept, filtered_out, models = select_cells(grid, filters, seeds)
+    ``whole``: when ``filters`` or ``seeds`` restrict the plan, also plan the grid as its file defines it
+    (``plan.whole``, which the grid index records) in the same pass: the method registry, the teachers'
+    identities and the decisions of the cells both have are shared."""
+    from dfqbench.plugins import load_methods
+
     registry = load_methods()
     teachers: dict[str, Teacher | DfqbenchError] = {}
-    decided = [decide(cell, options, registry, teachers) for cell in kept]
-    plan = assemble(grid, options, kept, [d for d, *_ in decided], filtered_out, [tuple(x) for _, *x in decided])
-    for model in models:
-        teacher = teachers.get(_zoo_name(model))
-        plan.models[model] = {"dataset": dataset_of(model), "teacher_resolved": teacher is not None,
-                              "teacher_file": getattr(teacher, "file", None)}
+    decided: dict[Cell, tuple[Decision, Any, Any]] = {}
+
+    def one(filters: dict[str, list[Any]] | None, seeds: list[int] | None) -> Plan:
+        kept, filtered_out, models = select_cells(grid, filters, seeds)
+        for cell in kept:
+            if cell not in decided:
+                decided[cell] = decide(cell, options, registry, teachers)
+        results = [decided[cell] for cell in kept]
+        plan = assemble(grid, options, kept, [d for d, *_ in results], filtered_out, [tuple(x) for _, *x in results])
+        for model in models:
+            teacher = teachers.get(_zoo_name(model))
+            plan.models[model] = {"dataset": dataset_of(model), "teacher_resolved": teacher is not None,
+                                  "teacher_file": getattr(teacher, "file", None)}
+        return plan
+
+    plan = one(filters, seeds)
+    if whole and (filters or seeds):
+        plan.whole = one(None, None)
     return plan
 
 
@@ -232,7 +232,7 @@ def decide(cell: Cell, options: LaunchOptions, registry, teachers: dict) -> tupl
     from dfqbench.quant import parse_bits
     from dfqbench.runner import build_spec, request_settings
     from dfqbench.zoo import model_info, single_file_misfit
-    from dfqbench.zoo.identity import teacher_identity
+    from dfqbench.zoo.teacher import teacher_identity
 
     if cell.excluded:
         return Decision("excluded", cell.excluded), None, None

@@ -32,10 +32,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dfqbench.core.discovery import entries_fingerprint
 from dfqbench.launch.grid import Cell, Grid
 from dfqbench.launch.plan import Decision, LaunchOptions, Plan, assemble, plan_grid, select_cells
+from dfqbench.plugins import entries_fingerprint
 from dfqbench.store import atomic_write_bytes
+
+PACKAGE = Path(__file__).resolve().parents[1]  # the dfqbench package folder (from this file: no `import dfqbench`)
 
 CACHE_ENV = "DFQBENCH_PLAN_CACHE"
 SCHEMA = 1
@@ -71,9 +73,7 @@ def _listing(folder: str | None) -> list[Any]:
 
 
 def _code_files() -> list[Any]:
-    import dfqbench
-
-    roots = [Path(dfqbench.__file__).resolve().parent]
+    roots = [PACKAGE]
     spec = importlib.util.find_spec("dfqbench.methods")
     if spec is not None and spec.submodule_search_locations:
         roots += [Path(p).resolve() for p in spec.submodule_search_locations]

@@ -1,7 +1,7 @@
 """The Slurm executor: pending runs grouped by resource profile, one submitit job array per profile.
 
 Always submitit's ``SlurmExecutor`` (never ``AutoExecutor``, which picks Slurm whenever ``srun`` is on the
-PATH). Each array task is a :class:`~dfqbench.launch.task.SlurmGridTask` (a ``Checkpointable``): on
+PATH). Each array task is a :class:`SlurmGridTask` (a ``Checkpointable``): on
 preemption or timeout (Slurm's ``--signal=USR2@signal_delay_s``) submitit requeues it and the run resumes
 from its epoch checkpoint. Arrays are cut into chunks no larger than the cluster's ``MaxArraySize``
 (``scontrol show config``; Slurm's default 1001 when it cannot be read) or the profile's own
@@ -20,23 +20,29 @@ Profiles come from a YAML file (``--profiles FILE``, else ``$DFQBENCH_SLURM_PROF
 
 A grid cell's own ``profile`` (grid key or preset) beats the rules; ``--profile NAME`` beats both.
 ``runs_per_gpu: N`` (``--runs-per-gpu N`` overrides it) packs N runs into each array task, trained at once as
-worker processes sharing its GPU and CPUs (:class:`~dfqbench.launch.task.SlurmTaskGroup`); the manifest still
+worker processes sharing its GPU and CPUs (:class:`SlurmTaskGroup`); the manifest still
 has one entry per run, with its array task's job id.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import signal
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+import submitit
 import yaml
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.launch.grid import CELL_KEYS, MATCH_ONLY_KEYS, matches
+from dfqbench.launch.local import GRACE_S, run_local
 from dfqbench.launch.plan import PlannedCell
 from dfqbench.launch.task import GridTask
 from dfqbench.registry import unknown_choice
@@ -179,10 +185,6 @@ def submit(work: list[tuple[GridTask, Profile]], folder: Path, grid: str, parall
     Each array task runs ``runs_per_gpu`` runs (else the profile's). On an sbatch failure the entries
     submitted so far are attached to the raised error (``.submitted``).
     """
-    import submitit
-
-    from dfqbench.launch.task import SlurmGridTask, SlurmTaskGroup
-
     limit_cluster = max_array_size or cluster_max_array_size()
     groups: dict[str, tuple[Profile, list[GridTask]]] = {}
     for task, profile in work:
@@ -216,3 +218,76 @@ def submit(work: list[tuple[GridTask, Profile]], folder: Path, grid: str, parall
             submitted += [{"run_id": t.spec.run_id, "run_name": t.spec.run_name, "job_id": j.job_id,
                            "profile": name, "log": str(folder / name)} for unit, j in zip(chunk, jobs) for t in unit]
     return submitted
+
+
+class SlurmGridTask(submitit.helpers.Checkpointable):
+    """A grid run in a Slurm array task; requeued (with itself) on preemption or timeout."""
+
+    def __init__(self, task: GridTask) -> None:
+        self.task = task
+        self._preempted = False
+
+    def __call__(self) -> dict[str, Any]:
+        self._preempted = False
+        env = submitit.JobEnvironment()
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        if cpus and "OMP_NUM_THREADS" not in os.environ:
+            import torch
+
+            torch.set_num_threads(int(cpus))
+        outcome = self.task.execute(env.job_id, "slurm", preempted=lambda: self._preempted)
+        if outcome.status == "failed" and outcome.ran:
+            raise RuntimeError(f"{self.task.spec.run_name} failed: {outcome.reason} (see its error.json)")
+        return dataclasses.asdict(outcome)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit's signal handler before requeueing: the trainer's epoch checkpoint is the state."""
+        self._preempted = True
+        return submitit.helpers.DelayedSubmission(SlurmGridTask(self.task))
+
+
+class SlurmTaskGroup(submitit.helpers.Checkpointable):
+    """Several grid runs in one Slurm array task (a profile's ``runs_per_gpu``), trained concurrently, each in
+    its own worker process (:func:`~dfqbench.launch.local.run_local`) sharing the task's GPU and CPUs.
+
+    Fails (raises) when any run failed; the others still finish. On preemption or timeout submitit calls
+    :meth:`checkpoint`: the workers get SIGINT (each ends its attempt and releases its lease; its run keeps
+    its last epoch checkpoint) and a fresh group with the same runs is requeued.
+    """
+
+    def __init__(self, tasks: list[GridTask], runs_per_gpu: int | None = None) -> None:
+        self.tasks = list(tasks)
+        self.runs_per_gpu = runs_per_gpu or len(self.tasks)
+        self._procs: list[Any] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_procs": []}  # worker processes are not pickled (requeue, result)
+
+    def __call__(self) -> dict[str, Any]:
+        self._procs = []
+        env = submitit.JobEnvironment()
+        extra = {"DFQBENCH_WORKER_JOB_ID": str(env.job_id), "DFQBENCH_WORKER_EXECUTOR": "slurm"}
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        if cpus and "OMP_NUM_THREADS" not in os.environ:  # the task's CPUs, shared by its workers
+            extra["OMP_NUM_THREADS"] = str(max(1, int(cpus) // len(self.tasks)))
+        result = run_local(self.tasks, jobs=len(self.tasks), device=self.tasks[0].request.device, out=sys.stdout,
+                           runs_per_gpu=self.runs_per_gpu, extra_env=extra, started=self._procs.append)
+        if result.failed:
+            raise RuntimeError(f"{len(result.failed)} of {len(self.tasks)} runs failed: "
+                               + "; ".join(f"{name}: {reason}" for name, reason in result.failed)
+                               + " (see their error.json)")
+        return dataclasses.asdict(result)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit's signal handler before requeueing: stop the workers, requeue the same runs."""
+        live = [p for p in self._procs if p.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGINT)
+        deadline = time.time() + GRACE_S
+        for proc in live:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return submitit.helpers.DelayedSubmission(SlurmTaskGroup(self.tasks, self.runs_per_gpu))

@@ -5,12 +5,9 @@ retrying), appends an attempt to ``attempts.json`` (job id, host, the checkpoint
 calls :func:`dfqbench.runner.run` (which skips done runs, resumes from ``checkpoint.pt`` and writes
 ``error.json`` with the traceback when training raises, e.g. an exception or CUDA out-of-memory; a diverged
 run is recorded as finished, not raised), and records a failure that happens before training (``prepare``
-errors, e.g. a weights file missing on the node) in the run folder too. The Slurm flavour is a
-``submitit.helpers.Checkpointable``: on preemption or timeout submitit calls
-:meth:`SlurmGridTask.checkpoint` and requeues the job; the requeued task resumes the run from its last
-epoch checkpoint (the trainer writes one every epoch). A Slurm profile with ``runs_per_gpu: N > 1`` packs N
-runs into each array task, a :class:`SlurmTaskGroup`: it trains them at once, each in its own local worker
-process on the task's GPU, and requeues itself with the same runs (done ones are then skipped).
+errors, e.g. a weights file missing on the node) in the run folder too. The Slurm flavours of a task
+(:class:`dfqbench.launch.slurm.SlurmGridTask`, :class:`dfqbench.launch.slurm.SlurmTaskGroup`) live with the
+Slurm executor; this module knows neither Slurm nor the local executor.
 """
 
 from __future__ import annotations
@@ -18,18 +15,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import socket
-import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import submitit
-
 from dfqbench.core.progress import Progress, make_progress
-from dfqbench.runner import RunRequest
+from dfqbench.request import RunRequest
 from dfqbench.specs import RunSpec
 from dfqbench.store import ResultsStore, RunFolder, atomic_write_json
 from dfqbench.store.files import StoreError, first_line
@@ -173,80 +167,17 @@ def _drop_error(folder: RunFolder, exc_type: str) -> None:
         pass
 
 
-class SlurmGridTask(submitit.helpers.Checkpointable):
-    """A grid run in a Slurm array task; requeued (with itself) on preemption or timeout."""
-
-    def __init__(self, task: GridTask) -> None:
-        self.task = task
-        self._preempted = False
-
-    def __call__(self) -> dict[str, Any]:
-        self._preempted = False
-        env = submitit.JobEnvironment()
-        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-        if cpus and "OMP_NUM_THREADS" not in os.environ:
-            import torch
-
-            torch.set_num_threads(int(cpus))
-        outcome = self.task.execute(env.job_id, "slurm", preempted=lambda: self._preempted)
-        if outcome.status == "failed" and outcome.ran:
-            raise RuntimeError(f"{self.task.spec.run_name} failed: {outcome.reason} (see its error.json)")
-        return dataclasses.asdict(outcome)
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Called by submitit's signal handler before requeueing: the trainer's epoch checkpoint is the state."""
-        self._preempted = True
-        return submitit.helpers.DelayedSubmission(SlurmGridTask(self.task))
+# The Slurm task wrappers moved to dfqbench.launch.slurm; jobs pickled before the move name them here.
+_MOVED_TO_SLURM = ("SlurmGridTask", "SlurmTaskGroup")
 
 
-class SlurmTaskGroup(submitit.helpers.Checkpointable):
-    """Several grid runs in one Slurm array task (a profile's ``runs_per_gpu``), trained concurrently, each in
-    its own worker process (:func:`dfqbench.launch.local.run_local`) sharing the task's GPU and CPUs.
+def __getattr__(name: str) -> Any:
+    """``dfqbench.launch.task.SlurmGridTask`` / ``SlurmTaskGroup``: the classes of :mod:`dfqbench.launch.slurm`
+    under their old names, for Slurm jobs pickled before they moved (one release; a DeprecationWarning)."""
+    if name in _MOVED_TO_SLURM:
+        from dfqbench.launch import slurm
 
-    Fails (raises) when any run failed; the others still finish. On preemption or timeout submitit calls
-    :meth:`checkpoint`: the workers get SIGINT (each ends its attempt and releases its lease; its run keeps
-    its last epoch checkpoint) and a fresh group with the same runs is requeued.
-    """
-
-    def __init__(self, tasks: list[GridTask], runs_per_gpu: int | None = None) -> None:
-        self.tasks = list(tasks)
-        self.runs_per_gpu = runs_per_gpu or len(self.tasks)
-        self._procs: list[Any] = []
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_procs": []}  # worker processes are not pickled (requeue, result)
-
-    def __call__(self) -> dict[str, Any]:
-        import sys
-
-        from dfqbench.launch.local import run_local
-
-        self._procs = []
-        env = submitit.JobEnvironment()
-        extra = {"DFQBENCH_WORKER_JOB_ID": str(env.job_id), "DFQBENCH_WORKER_EXECUTOR": "slurm"}
-        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-        if cpus and "OMP_NUM_THREADS" not in os.environ:  # the task's CPUs, shared by its workers
-            extra["OMP_NUM_THREADS"] = str(max(1, int(cpus) // len(self.tasks)))
-        result = run_local(self.tasks, jobs=len(self.tasks), device=self.tasks[0].request.device, out=sys.stdout,
-                           runs_per_gpu=self.runs_per_gpu, extra_env=extra, started=self._procs.append)
-        if result.failed:
-            raise RuntimeError(f"{len(result.failed)} of {len(self.tasks)} runs failed: "
-                               + "; ".join(f"{name}: {reason}" for name, reason in result.failed)
-                               + " (see their error.json)")
-        return dataclasses.asdict(result)
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Called by submitit's signal handler before requeueing: stop the workers, requeue the same runs."""
-        from dfqbench.launch.local import GRACE_S
-
-        live = [p for p in self._procs if p.poll() is None]
-        for proc in live:
-            proc.send_signal(signal.SIGINT)
-        deadline = time.time() + GRACE_S
-        for proc in live:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return submitit.helpers.DelayedSubmission(SlurmTaskGroup(self.tasks, self.runs_per_gpu))
+        warnings.warn(f"dfqbench.launch.task.{name} moved to dfqbench.launch.slurm.{name}; the old name goes in "
+                      "the next release", DeprecationWarning, stacklevel=2)
+        return getattr(slurm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

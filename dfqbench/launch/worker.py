@@ -4,7 +4,7 @@ Exit status: 0 done, 1 failed, 3 held by another live task, 130 interrupted (Ctr
 run resumes from its checkpoint next time). A separate process per run keeps a crash, a CUDA context or a
 host out-of-memory kill of one run from taking the others down.
 
-A Slurm array task that trains several runs (:class:`dfqbench.launch.task.SlurmTaskGroup`) starts these
+A Slurm array task that trains several runs (:class:`dfqbench.launch.slurm.SlurmTaskGroup`) starts these
 workers too; it names its job in ``DFQBENCH_WORKER_JOB_ID`` and ``DFQBENCH_WORKER_EXECUTOR=slurm`` (for the
 lease and ``attempts.json``). SIGUSR2, Slurm's warning before a time limit or a preemption, is ignored: the
 array task decides (it stops its workers with SIGINT and requeues itself).

@@ -8,7 +8,7 @@ weight quantizer about a dozen; on a GPU the training loop is bound by launching
 kernels. The arithmetic is the official one exactly: s = (2^k−1)/clamp(hi−lo, 1e-8), z = round(s·lo) +
 2^(k−1), q = clamp(round(s·x − z), −2^(k−1), 2^(k−1)−1), x̂ = (q + z)/s, round half to even, identity
 straight-through gradient — with inductor told not to contract s·x − z into a fused multiply-add and to
-divide with IEEE rounding (:func:`dfqbench.core.engine.configure_inductor_numerics`), and tests showing
+divide with IEEE rounding (:func:`dfqbench.quant.compiler.configure_inductor_numerics`), and tests showing
 bit-equality with the eager primitive at ties (tests/test_engine.py; on CUDA benchmarks/gpu_check.sh).
 PyTorch's ``fake_quantize_per_*_affine`` ops are not used: they multiply by 1/scale, round before adding
 the zero point and mask the gradient outside the range, so they differ from the official arithmetic.
@@ -19,31 +19,20 @@ its guards are on the bit-width, the tracker and whether ranges update, all fixe
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
-
-import torch
 from torch import Tensor, nn
 
+from dfqbench.quant.compiler import compiled
 from dfqbench.quant.modules import QuantAct, QuantConv2d, QuantLinear, per_channel_fake_quant, quant_act_forward
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled(fn: Callable) -> Callable:
-    from dfqbench.core.engine import configure_inductor_numerics
-
-    configure_inductor_numerics()
-    return torch.compile(fn, fullgraph=True, dynamic=None)
 
 
 def fused_quant_act_forward(act: QuantAct, x: Tensor) -> Tensor:
     """:func:`quant_act_forward` compiled: same values, same tracker updates, fewer kernels."""
-    return _compiled(quant_act_forward)(act, x)
+    return compiled(quant_act_forward)(act, x)
 
 
 def fused_per_channel_fake_quant(weight: Tensor, bits: int) -> Tensor:
     """:func:`per_channel_fake_quant` compiled."""
-    return _compiled(per_channel_fake_quant)(weight, bits)
+    return compiled(per_channel_fake_quant)(weight, bits)
 
 
 def set_fused_fake_quant(model: nn.Module, enabled: bool) -> int:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dfqbench.quant.compiler import compiled
 from dfqbench.quant.primitives import FakeQuantSTE, check_bits
 from dfqbench.quant.trackers import RangeTracker, make_tracker
 
@@ -40,9 +41,7 @@ class QuantAct(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fused:
-            from dfqbench.quant.fused import fused_quant_act_forward
-
-            return fused_quant_act_forward(self, x)
+            return compiled(quant_act_forward)(self, x)
         return quant_act_forward(self, x)
 
     def extra_repr(self) -> str:
@@ -79,9 +78,7 @@ class WeightQuantized(nn.Module):
         """The fake-quantized weight used by the forward (straight-through to ``weight``)."""
         if not self.fused:
             return per_channel_fake_quant(self.weight, self.wbits)
-        from dfqbench.quant.fused import fused_per_channel_fake_quant
-
-        return fused_per_channel_fake_quant(self.weight, self.wbits)
+        return compiled(per_channel_fake_quant)(self.weight, self.wbits)
 
 
 class QuantConv2d(WeightQuantized):

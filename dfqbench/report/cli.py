@@ -1,7 +1,9 @@
-"""``dfqbench report``: its arguments (:func:`add_report_parser`) and what it does (:func:`run_report`).
+"""``dfqbench report``: its arguments (:func:`add_report_parser`) and its output (:func:`run_report`).
 
-Reads stored records only. Kept import-light (the heavy modules load inside :func:`run_report`), so that
-``dfqbench.cli`` can build its parser without importing pandas, matplotlib or torch.
+Argparse and printing only: the flags become a :class:`dfqbench.report.make.ReportRequest` and
+:func:`dfqbench.report.make.make_report` builds the tables; nothing in dfqbench but ``dfqbench.cli`` imports
+this module. Reads stored records only. Kept import-light (the heavy modules load inside :func:`run_report`),
+so that ``dfqbench.cli`` can build its parser without importing pandas, matplotlib or torch.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from dfqbench.errors import DfqbenchError
+from dfqbench.report.make import FORMAT_CHOICES, TABLE_CHOICES, ReportRequest
+from dfqbench.report.selection import grid_selection
 
-TABLE_CHOICES = ("all", "table1", "qimera_t2", "ablation")
-FORMAT_CHOICES = ("markdown", "latex", "latex-document", "csv", "csv-runs")
+__all__ = ["FORMAT_CHOICES", "TABLE_CHOICES", "add_report_parser", "grid_selection", "report_request", "run_report"]
 
 
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -55,85 +58,25 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def grid_selection(grid: str, root: Path) -> tuple[set[str], list[Any], list[str]]:
-    """(run ids of the grid's runs, Unfinished entries for runs without a folder yet, summary lines), from the
-    grid's index written when it was launched (:mod:`dfqbench.grid_index`): no re-planning, no torch."""
-    from collections import Counter
-
-    from dfqbench.grid_index import grid_name, read_grid_index
-    from dfqbench.report.load import Unfinished
-    from dfqbench.store import CELL_ONLY_STATES, ResultsStore
-
-    store = ResultsStore(root)
-    name = grid_name(grid)
-    cells = read_grid_index(root, name)
-    if cells is None:
-        raise DfqbenchError(f"grid {name!r} was never launched into '{root}' (report --grid shows the runs its launches "
-                            f"planned); run `dfqbench run --grid {grid} --results {root}`, or report without --grid")
-    run_ids, missing, unknown = set(), [], 0
-    statuses: Counter = Counter()
-    for cell in cells.values():
-        if cell.get("duplicate_of"):
-            statuses["duplicate"] += 1
-            continue
-        if cell.get("run_id") is None:
-            statuses[cell.get("status", "?")] += 1
-            unknown += cell.get("status") not in CELL_ONLY_STATES
-            continue
-        run_ids.add(cell["run_id"])
-        folder = store.run(cell["run_name"])
-        statuses["done" if folder.has_record() else "not finished"] += 1
-        if not folder.path.exists() and isinstance(cell.get("spec"), dict):
-            missing.append(Unfinished(folder.path, "pending", cell["spec"]))
-    lines = [f"Grid {name}: {len(cells)} cells as launched (" + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-             + ")" + (f"; {unknown} runs without a known run id (teacher not downloaded yet) are not shown" if unknown else "")]
-    return run_ids, missing, lines
+def report_request(args: argparse.Namespace) -> ReportRequest:
+    """The flags of ``dfqbench report`` as a :class:`dfqbench.report.make.ReportRequest`."""
+    return ReportRequest(results=args.results, grid=args.grid, protocol=args.protocol, where=list(args.where),
+                         table=args.table, format=args.format, metric=args.metric, all_rows=args.all_rows,
+                         all_columns=args.all_columns, all_configurations=args.all_configurations,
+                         compare=args.compare)
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from dfqbench.report.compare import compare_scans
-    from dfqbench.report.load import Where, filter_scan, scan_results
-    from dfqbench.report.published import load_published
-    from dfqbench.report.render import render
-    from dfqbench.report.tables import build_tables
+    from dfqbench.report.make import make_report
 
     if args.cell and not args.plots:
         raise DfqbenchError("--cell selects plots; give --plots DIR too")
-    if args.format == "csv-runs" and args.compare is not None:
-        raise DfqbenchError("--format csv-runs lists the runs of one results folder; choices with --compare are "
-                            "markdown, latex, latex-document, csv")
-    wheres = [Where.parse(text) for text in args.where]
-    scan = scan_results(args.results)
-    preamble = []
-    run_ids = None
-    if args.grid is not None:
-        run_ids, missing, preamble = grid_selection(args.grid, scan.root)
-        scan.unfinished += missing
-    if args.protocol is not None:
-        wheres.append(Where("protocol", (args.protocol,)))
-    scan = filter_scan(scan, wheres, run_ids)
-    for path, why in scan.unreadable:  # skipped, never fatal: one bad record must not hide the others
-        print(f"dfqbench: warning: skipped {path}: {why}", file=sys.stderr)
-    published = load_published()
-    if args.format == "csv-runs":
-        from dfqbench.report.runs import runs_csv
 
-        tables, text = [], runs_csv(scan)
-    elif args.compare is not None:
-        other = filter_scan(scan_results(args.compare), wheres, run_ids)
-        tables = [compare_scans(scan, other, args.metric)]
-    else:
-        tables = build_tables(scan, published, args.table, args.metric, args.all_rows, args.all_columns,
-                              all_configurations=args.all_configurations or bool(args.where) or args.grid is not None)
-        preamble = [f"dfqbench report: {scan.status_line()}."] + preamble
-        if not tables:
-            preamble.append("No runs match: nothing to tabulate.")
-        if scan.unreadable:
-            preamble.append(f"Unreadable records ({len(scan.unreadable)}): "
-                            + "; ".join(f"{p.parent.name}/{p.name} ({why})" for p, why in scan.unreadable[:5])
-                            + (" …" if len(scan.unreadable) > 5 else ""))
-    if args.format != "csv-runs":
-        text = render(tables, args.format, preamble if args.format != "csv" else ())
+    def warn(path: Path, why: str) -> None:  # skipped, never fatal: one bad record must not hide the others
+        print(f"dfqbench: warning: skipped {path}: {why}", file=sys.stderr)
+
+    report = make_report(report_request(args), warn)
+    scan, tables, text = report.scan, report.tables, report.text
     if args.out:
         from dfqbench.store import atomic_write_bytes
 
@@ -146,7 +89,7 @@ def run_report(args: argparse.Namespace) -> int:
     if args.plots:
         from dfqbench.report.plots import make_plots
 
-        written = make_plots(scan.records, published, args.metric, Path(args.plots), args.cell)
+        written = make_plots(scan.records, report.published, args.metric, Path(args.plots), args.cell)
         print(f"wrote {len(written)} figure files to {args.plots}"
               + ("" if written else " (no finished runs with logged diagnostics in the chosen cells)"),
               file=sys.stderr if not args.out else sys.stdout)

@@ -33,7 +33,7 @@ def _configuration(spec: dict[str, Any]) -> dict[str, Any]:
 def _default_configuration(method: str, dataset: str, model: str, bits: str, protocol: str) -> dict[str, Any] | str:
     """The default configuration of a cell (shared: never mutate it), or the reason there is none here."""
     try:
-        from dfqbench.core.plugin import load_methods
+        from dfqbench.plugins import load_methods
         from dfqbench.runner import resolve_settings
 
         method_cls = load_methods().get(method)

@@ -17,17 +17,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from dfqbench.errors import DfqbenchError
-from dfqbench.store import RESULTS_ENV, RecordError, ResultsStore, RunFolder, default_results_root, run_state
+from dfqbench.store import RESULTS_ENV, RecordError, ResultsStore, RunFolder, results_root, run_state
 from dfqbench.store import RunRecord as StoredRecord  # the typed record.json (this module has its own RunRecord)
 from dfqbench.store.files import parse_json
 from dfqbench.specs import read_flag_value
 
 _METRIC_FIELD = {"best": "best_top1", "final": "final_top1"}
 
-
-def results_root(path: str | os.PathLike | None) -> Path:
-    """``--results`` if given, else ``$DFQBENCH_RESULTS``, else ``./results`` (as for ``dfqbench run``)."""
-    return Path(path) if path is not None else default_results_root()
 
 
 def teacher_key(teacher: dict[str, Any]) -> str:

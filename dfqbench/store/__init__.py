@@ -14,7 +14,8 @@ Importing this package never imports torch (``dfqbench status`` and ``dfqbench r
 
 from dfqbench.store.checkpoint import atomic_torch_save, unreadable_checkpoint
 from dfqbench.store.files import StoreError, StoreWriteError, atomic_write_bytes, atomic_write_json
-from dfqbench.store.layout import RESULTS_ENV, ResultsStore, RunFolder, check_results_root, default_results_root
+from dfqbench.store.layout import (RESULTS_ENV, ResultsStore, RunFolder, check_results_root, default_results_root,
+                                   results_root)
 from dfqbench.store.provenance import git_state, package_versions
 from dfqbench.store.records import RECORD_VERSION, RecordError, RunRecord
 from dfqbench.store.state import CELL_ONLY_STATES, RUN_STATES, RunState, error_reason, run_state
@@ -22,6 +23,6 @@ from dfqbench.store.state import CELL_ONLY_STATES, RUN_STATES, RunState, error_r
 __all__ = [
     "CELL_ONLY_STATES", "RECORD_VERSION", "RESULTS_ENV", "RUN_STATES", "RecordError", "ResultsStore", "RunFolder",
     "RunRecord", "RunState", "StoreError", "StoreWriteError", "atomic_torch_save", "atomic_write_bytes", "atomic_write_json",
-    "check_results_root", "default_results_root", "error_reason", "git_state", "package_versions", "run_state",
-    "unreadable_checkpoint",
+    "check_results_root", "default_results_root", "error_reason", "git_state", "package_versions", "results_root",
+    "run_state", "unreadable_checkpoint",
 ]

@@ -35,6 +35,13 @@ def default_results_root() -> Path:
     return Path(os.environ.get(RESULTS_ENV, "results"))
 
 
+def results_root(text: str | os.PathLike | None) -> Path:
+    """The results folder a command or API call means: ``--results``/``results=`` if given (an empty string
+    counts as not given), else ``$DFQBENCH_RESULTS``, else ``./results``; ``~`` expanded, made absolute. The one
+    reading of that option, for the launcher, the reporter and the API alike."""
+    return (Path(text) if text else default_results_root()).expanduser().resolve()
+
+
 class RunFolder:
     """The files of one run."""
 

@@ -38,7 +38,7 @@ class RecordError(StoreError):
 
 @dataclass(frozen=True)
 class RunRecord:
-    """A finished run (see the README's "What a run records")."""
+    """A finished run (see "What a run records" in docs/results-and-reports.md)."""
 
     spec: dict[str, Any]
     fp_top1: float | None

@@ -15,7 +15,7 @@ import functools
 import io
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,16 +56,6 @@ KNOWN_MODELS: dict[str, ModelInfo] = {
 _UNSUPPORTED_SUFFIXES = ("svhn", "cub", "voc", "coco", "ade20k", "cityscapes", "celebamaskhq")
 
 
-@dataclass
-class LoadedModel:
-    """A frozen teacher (eval mode, no grads), its info, the normalisation to evaluate with, its identity."""
-
-    model: nn.Module
-    info: ModelInfo
-    normalization: Normalization
-    teacher_id: dict = field(default_factory=dict)
-
-
 @functools.lru_cache(maxsize=1)
 def _pytorchcv_names() -> frozenset[str]:
     from pytorchcv.model_provider import _models
@@ -80,6 +70,14 @@ def _pytorchcv_metainfo() -> dict[str, dict[str, str]]:
 
     with open(model_store.get_model_metainfos_file_path(), encoding="utf-8") as f:
         return {row["model_name"]: row for row in csv.DictReader(f)}
+
+
+def pytorchcv_file(name: str) -> Path | None:
+    """Where pytorchcv's ``get_model(name, pretrained=True)`` stores its weights (None: no pretrained weights)."""
+    meta = _pytorchcv_metainfo().get(name)
+    if meta is None:
+        return None
+    return PYTORCHCV_CACHE.expanduser() / f"{name}-{meta['error_value']}-{meta['checksum'][:8]}.pth"
 
 
 def model_info(name: str) -> ModelInfo:
@@ -224,7 +222,7 @@ def _non_finite(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _check_finite(state: dict[str, torch.Tensor], source: str, name: str) -> None:
+def check_finite(state: dict[str, torch.Tensor], source: str, name: str) -> None:
     bad = _non_finite(state)
     if bad:
         raise DfqbenchError(f"teacher {name!r} from {source} has non-finite weights: {bad}; "
@@ -237,7 +235,7 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
     reason = _misfit(state, model.state_dict())
     if reason:
         raise DfqbenchError(f"weights file '{path}' does not fit model {name!r}: {reason}")
-    _check_finite(state, f"'{path}'", name)
+    check_finite(state, f"'{path}'", name)
     model.load_state_dict(state, strict=True)
 
 
@@ -254,7 +252,7 @@ def _file_fit(path: str, size: int, mtime_ns: int, name: str) -> tuple[str | Non
     or non-finite), each None when not the case; reads the file once per (path, size, mtime, model)."""
     try:
         state = _read_state(Path(path), name)
-        _check_finite(state, f"'{path}'", name)
+        check_finite(state, f"'{path}'", name)
     except DfqbenchError as exc:
         return None, None, str(exc)
     reason = _misfit(state, _meta_state(name))
@@ -310,29 +308,13 @@ def _download(name: str) -> nn.Module:
         ) from exc
 
 
-def load_pretrained(
-    name: str, weights: str | None = None, weights_dir: str | None = None, weights_norm: str | None = None
-) -> LoadedModel:
-    """A frozen pretrained teacher; ``weights_norm`` (or env) applies only to local weights files. Its
-    identity comes from :func:`dfqbench.zoo.identity.teacher_identity`, as when a grid is planned."""
-    from dfqbench.zoo.identity import teacher_identity
-
-    info = model_info(name)
-    path = resolve_weights_file(info.name, weights, weights_dir)
+def pretrained_model(name: str, path: Path | None) -> nn.Module:
+    """The architecture ``name`` with its pretrained weights: the local file ``path`` (which must fit it and be
+    finite; :func:`resolve_weights_file`), else tiny's built-in weights, else pytorchcv's download."""
     if path is not None:
-        model = build_model(info.name)
-        _load_file(model, path, info.name)
-    elif info.name == TINY_NAME:
-        model = tiny.build_tiny(seed=0)
-    else:
-        model = _download(info.name)
-    teacher = teacher_identity(info.name, weights, weights_dir, weights_norm)
-    if teacher.teacher_id is None:  # downloaded, but not where pytorchcv's metadata says: nothing to hash
-        raise DfqbenchError(f"pytorchcv downloaded {info.name!r} but its file {teacher.file} is missing; "
-                            f"give local weights with --weights FILE (or {ENV_WEIGHTS})")
-    if path is None and info.name != TINY_NAME:  # a local file was checked when it was read
-        _check_finite(model.state_dict(), f"pytorchcv ({teacher.teacher_id['file']})", info.name)
-    model.eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return LoadedModel(model, info, teacher.normalization, teacher.teacher_id)
+        model = build_model(name)
+        _load_file(model, path, name)
+        return model
+    if name == TINY_NAME:
+        return tiny.build_tiny(seed=0)
+    return _download(name)

@@ -1,0 +1,174 @@
+"""Method plugins: where they are found and how they are loaded into the method registry.
+
+Methods come from the bundled ``dfqbench.methods`` package (the repository's ``methods/`` folder, each class
+with ``@register_method``) and from other installed packages' entry points of the group ``dfqbench.methods``.
+A package declares, in its ``pyproject.toml``::
+
+    [project.entry-points."dfqbench.methods"]
+    gdfq_ie = "dfqbench_gdfq_ie.method:GDFQIE"
+
+and :func:`load_methods` registers that :class:`~dfqbench.core.plugin.Method` subclass under the entry's name
+wherever methods are looked up (the CLI, ``list methods``, grid planning, local workers, Slurm tasks).
+
+This module sits above the methods it loads: the interface they implement is :mod:`dfqbench.core.plugin`,
+which knows nothing of this one. Importing it imports neither torch nor a plugin: listing the entries
+(:func:`method_entries`) and fingerprinting them for the plan cache (:func:`entries_fingerprint`,
+:mod:`dfqbench.launch.plancache`) load nothing; only :func:`load_methods` and :func:`register_entry_points` do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dfqbench.errors import DfqbenchError
+from dfqbench.validate import check_method_name
+
+if TYPE_CHECKING:
+    from dfqbench.core.plugin import Method
+    from dfqbench.registry import Registry
+
+GROUP = "dfqbench.methods"
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One ``dfqbench.methods`` entry point and the distribution that declares it."""
+
+    name: str
+    value: str  # "package.module:Class"
+    distribution: str  # "name version", or "?" when the entry point does not say
+    entry_point: metadata.EntryPoint
+
+    @property
+    def module(self) -> str:
+        return self.value.split(":", 1)[0].strip()
+
+
+def _distribution(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "?"
+    return f"{dist.metadata['Name']} {dist.version}"
+
+
+def method_entries() -> list[MethodEntry]:
+    """Every installed ``dfqbench.methods`` entry point, sorted by name then distribution (a stable order)."""
+    found = [MethodEntry(ep.name, ep.value, _distribution(ep), ep) for ep in metadata.entry_points(group=GROUP)]
+    return sorted(found, key=lambda e: (e.name, e.distribution, e.value))
+
+
+def _source_files(module: str) -> list[Any]:
+    """Size and modification time of the ``.py`` files of ``module``'s top-level package, found without
+    importing it (``find_spec`` of a top-level name imports nothing)."""
+    try:
+        spec = importlib.util.find_spec(module.split(".", 1)[0])
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    roots = [Path(p) for p in (spec.submodule_search_locations or [])] or ([Path(spec.origin)] if spec.origin else [])
+    files: list[Any] = []
+    for root in roots:
+        if root.is_file():
+            files.append([str(root), _stat(root)])
+            continue
+        for dirpath, dirnames, names in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            files += [[os.path.join(dirpath, n), _stat(os.path.join(dirpath, n))] for n in sorted(names)
+                      if n.endswith(".py")]
+    return files
+
+
+def _stat(path: str | Path) -> list[int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
+
+
+def entries_fingerprint() -> list[Any]:
+    """What the installed plugins contribute to a cache key: each entry, its distribution and its code files."""
+    return [[e.name, e.value, e.distribution, _source_files(e.module)] for e in method_entries()]
+
+
+# Where each registered method comes from: "dfqbench" (bundled) or "<distribution> <version>" (entry point).
+METHOD_SOURCES: dict[str, str] = {}
+# One line per installed plugin that could not be registered (also printed once to stderr as a warning).
+PLUGIN_PROBLEMS: list[str] = []
+_entry_points_loaded = False
+
+
+def load_methods() -> Registry[type[Method]]:
+    """The registry with every method: the bundled plugins (``dfqbench.methods``, the repository's
+    ``methods/`` folder) and, once per process, those of other installed packages' ``dfqbench.methods``
+    entry points (:func:`register_entry_points`)."""
+    import dfqbench.methods  # noqa: F401  (registers on import)
+    from dfqbench.core.plugin import METHODS
+
+    for name in METHODS.names():
+        METHOD_SOURCES.setdefault(name, "dfqbench")
+    global _entry_points_loaded
+    if not _entry_points_loaded:
+        _entry_points_loaded = True
+        for problem in register_entry_points():
+            PLUGIN_PROBLEMS.append(problem)
+            print(f"dfqbench: warning: {problem}", file=sys.stderr)
+    return METHODS
+
+
+def register_entry_points() -> list[str]:
+    """Register each installed ``dfqbench.methods`` entry point ``name = "package.module:Class"`` under
+    ``name``; returns one line per entry that was not registered, naming its distribution and why.
+
+    The rules: the class must be a :class:`Method` subclass; a class that does not set ``name`` itself
+    (e.g. a subclass of a bundled method) is given the entry's name; one that sets a different ``name`` is
+    refused (the name is part of every run's spec and folder, so the two must agree); a name already taken
+    by a bundled method or by another distribution's entry is refused (a plugin never replaces a method).
+    A plugin that fails to import is reported and skipped; the other methods keep working.
+    """
+    from dfqbench.core.plugin import METHODS, Method
+
+    problems = []
+    for entry in method_entries():
+        where = f"method plugin {entry.name!r} = {entry.value!r} (distribution {entry.distribution})"
+        try:
+            check_method_name(entry.name)  # before importing anything of the plugin
+        except DfqbenchError as exc:
+            problems.append(f"{where} not loaded: {exc}")
+            continue
+        try:
+            cls = entry.entry_point.load()
+        except Exception as exc:  # noqa: BLE001  (any import failure: report it and carry on)
+            problems.append(f"{where} not loaded: {type(exc).__name__}: {_first_line(exc)}")
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            problems.append(f"{where} not loaded: {cls!r} is not a subclass of dfqbench.core.plugin.Method")
+            continue
+        own = cls.__dict__.get("name")
+        if own is not None and own != entry.name:
+            problems.append(f"{where} not loaded: the class sets name = {own!r}; the entry point's name and the "
+                            "class's `name` must be equal (or leave `name` unset)")
+            continue
+        if entry.name in METHODS and METHODS.get(entry.name) is not cls:
+            taken = METHOD_SOURCES.get(entry.name, "another plugin")
+            what = "a bundled method" if taken == "dfqbench" else f"already registered by {taken}"
+            problems.append(f"{where} not loaded: {entry.name!r} is {what}; a plugin cannot replace it "
+                            "(rename the entry point)")
+            continue
+        if own is None:
+            cls.name = entry.name
+        METHODS.add(entry.name, cls)
+        METHOD_SOURCES.setdefault(entry.name, entry.distribution)
+    return problems
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
