@@ -24,21 +24,9 @@ from torch import nn
 
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from golden_common import portable_randn, portable_uniform  # noqa: E402
+from golden_common import default_dtype, portable_randn, portable_uniform  # noqa: E402,F401  (default_dtype: re-exported)
 
 GOLDEN = Path(__file__).resolve().parent.parent  # tests/golden
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """``torch.set_default_dtype(dtype)`` inside the block (the whole-iteration fixtures and their tests run the
-    official code and dfqbench in float64, where kernel differences stay ~1e-16 relative); restored after."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 @contextlib.contextmanager

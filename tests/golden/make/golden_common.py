@@ -8,12 +8,26 @@ put an official repository (with its own ``pytorchcv`` copy) first on ``sys.path
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
 FORMAT = 2  # bumped if the fill rules or the digest layout change (every fixture records it); 2: portable draws
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """``torch.set_default_dtype(dtype)`` inside the block, restored after: the makers run the official code,
+    and the tests dfqbench, in float64 (their layers, buffers and draws take the default dtype), where kernel
+    differences between CPUs stay ~1e-16 relative (tests/golden/README.md)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def portable_randn(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype = torch.float32,

@@ -15,17 +15,16 @@ stand-in modules: settings are passed as a namespace, and nothing is logged in c
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from golden_common import FORMAT, digest, fill_, portable_randn, random_batches, state_pairs  # noqa: E402
+from golden_common import (FORMAT, default_dtype, digest, fill_, portable_randn, random_batches,  # noqa: E402
+                           state_pairs)
 
 REPO, COMMIT = "xushoukai/GDFQ", "a93210e7309527cdd0ac2763d2a6928a8a767838"
 TEACHER_SEED, GENERATOR_SEED, CALIBRATION_SEED, NOISE_SEED, ITERATION_SEED = 101, 102, 103, 104, 105
@@ -53,17 +52,6 @@ def load_official(root: Path) -> tuple[types.ModuleType, types.ModuleType, types
 
     assert Path(main.__file__).resolve().parent == root.resolve(), main.__file__
     return main, trainer, utils
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Run the official code with ``dtype`` as torch's default (its layers, buffers and draws take it)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def settings(**changes) -> types.SimpleNamespace:
