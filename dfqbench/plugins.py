@@ -18,13 +18,16 @@ which knows nothing of this one. Importing it imports neither torch nor a plugin
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.validate import check_method_name
@@ -144,8 +147,11 @@ def register_entry_points() -> list[str]:
             problems.append(f"{where} not loaded: {exc}")
             continue
         try:
-            cls = entry.entry_point.load()
-        except Exception as exc:  # noqa: BLE001  (any import failure: report it and carry on)
+            with _sigint_watch() as ctrl_c:
+                cls = entry.entry_point.load()
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001  (report it and carry on)
+            if ctrl_c() and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise  # the user's Ctrl-C (or dfqbench's own handler of it), not the plugin's doing
             problems.append(f"{where} not loaded: {type(exc).__name__}: {_first_line(exc)}")
             continue
         if not (isinstance(cls, type) and issubclass(cls, Method)):
@@ -167,6 +173,33 @@ def register_entry_points() -> list[str]:
         METHODS.add(entry.name, cls)
         METHOD_SOURCES.setdefault(entry.name, entry.distribution)
     return problems
+
+
+@contextlib.contextmanager
+def _sigint_watch() -> Iterator[Callable[[], bool]]:
+    """Inside the block, a real SIGINT (Ctrl-C) still raises KeyboardInterrupt and is remembered; the callable
+    says whether one came. A plugin that raises KeyboardInterrupt (or calls ``sys.exit``) while it is imported
+    is then a broken plugin, reported like any other, while the user's Ctrl-C still stops dfqbench. Outside the
+    main thread signals cannot be watched: every KeyboardInterrupt counts as the user's there."""
+    received = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: True
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if previous == signal.SIG_IGN:
+            return
+        received[0] = True
+        if callable(previous):
+            previous(signum, frame)  # e.g. dfqbench's own handler, or Python's (raises KeyboardInterrupt)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: received[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _first_line(exc: BaseException) -> str:

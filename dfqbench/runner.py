@@ -11,9 +11,10 @@ left are removed before training starts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
@@ -28,6 +29,7 @@ from dfqbench.quant import QuantConfig, parse_bits, quantize_model
 from dfqbench.request import RunRequest, check_request  # RunRequest also by this name: tasks pickled before it moved
 from dfqbench.specs import RunSpec, TrainConfig, apply_overrides
 from dfqbench.store import ResultsStore, RunRecord
+from dfqbench.store.files import first_line
 from dfqbench.store.lease import Lease, describe_lease
 from dfqbench.validate import check_finite, check_seed
 from dfqbench.zoo import Evaluator, load_pretrained, load_test_set, model_info
@@ -35,6 +37,18 @@ from dfqbench.zoo.teacher import Teacher, teacher_identity
 
 if TYPE_CHECKING:
     from dfqbench.core.trainer import PreparedRun
+
+
+@contextlib.contextmanager
+def plugin_errors(what: str) -> Iterator[None]:
+    """Method code (a config class's checks, a constructor: a plugin's, possibly) failing is one line, ``what:
+    Type: message``, not a traceback; a :class:`DfqbenchError` it raises passes through as it is."""
+    try:
+        yield
+    except DfqbenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (any failure of method code is reported the same way)
+        raise DfqbenchError(f"{what}: {first_line(exc)}") from None
 
 
 def resolve_device(text: str) -> torch.device:
@@ -75,7 +89,8 @@ def resolve_settings(method_cls: type[Method], dataset: str, model: str, bits: s
         for name, value in values.items():
             check_finite(f"{section}.{name}", value)
     TrainConfig(**sections["train"])  # validate
-    method_cls.config_class(**sections["method"])
+    with plugin_errors(f"invalid {method_cls.name} settings"):  # a plugin's config class validating itself
+        method_cls.config_class(**sections["method"])
     QuantConfig(wbits=wbits, abits=abits, **sections["quant"])
     return sections["train"], sections["method"], sections["quant"]
 
@@ -142,7 +157,9 @@ def prepare(request: RunRequest, progress: Progress | None = None) -> "PreparedR
         p.requires_grad_(True)
     evaluator = Evaluator(test_set, loaded.normalization, device=device, max_images=train["eval_max_images"])
     stage(f"test set: {test_set.description}; evaluating on {evaluator.num_images} images")
-    method = method_cls(method_cls.config_class(**method_config), info.num_classes, info.input_size, info.dataset)
+    with plugin_errors(f"method {method_cls.name} could not be built"):
+        method = method_cls(method_cls.config_class(**method_config), info.num_classes, info.input_size,
+                            info.dataset)
     return PreparedRun(spec=spec, method=method, teacher=loaded.model, student=student, evaluate=evaluator.evaluate,
                        folder=store.folder(spec), device=device, log_every=request.log_every,
                        engine=engine, loggers=loggers)

@@ -273,3 +273,20 @@ def test_a_method_name_that_could_not_be_a_folder_name_is_refused_at_registratio
     with pytest.raises(DfqbenchError, match="invalid method name"):
         register_method(cls)
     assert name not in METHODS.names()
+
+
+def test_the_test_set_cache_is_written_with_the_umask_not_0600(tmp_path):
+    import os
+    import stat
+
+    import torch
+
+    from dfqbench.zoo.data import _save_atomic
+
+    mask = os.umask(0o022)
+    try:
+        path = tmp_path / "testsets" / "x.pt"
+        _save_atomic({"images": torch.zeros(2, 3), "labels": torch.zeros(2)}, path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    finally:
+        os.umask(mask)

@@ -13,7 +13,9 @@ import pytest
 
 from dfqbench import plugins
 from dfqbench.core import plugin
+from dfqbench.errors import DfqbenchError
 from dfqbench.plugins import GROUP, MethodEntry
+from dfqbench.testing import SilentProgress
 
 from waiting import HANG_S
 
@@ -169,3 +171,32 @@ def test_plugin_packages_written_against_earlier_releases_keep_working():
     assert namespace["load_methods"]() is plugin.METHODS and "gdfq" in plugin.METHODS
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
         plugin.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("body, kind", [("import sys\nsys.exit(0)\n", "SystemExit"),
+                                        ("raise KeyboardInterrupt\n", "KeyboardInterrupt")])
+def test_a_plugin_that_exits_or_interrupts_at_import_is_a_broken_plugin(fake_entries, tmp_path, body, kind):
+    """Issue 23: `sys.exit(0)` or a KeyboardInterrupt raised by a plugin's import (no Ctrl-C was pressed) is
+    that plugin's problem, reported in one line; every other method keeps working."""
+    module = f"hostile_{kind.lower()}_{abs(hash(str(tmp_path)))}"
+    (tmp_path / f"{module}.py").write_text(body)
+    problems = fake_entries([("hostile", f"{module}:Thing", "hostile 1"), ("gdfq_variant", "MOD:Variant", "v 1")])
+    assert len(problems) == 1 and f"not loaded: {kind}" in problems[0] and "\n" not in problems[0], problems
+    assert "hostile" not in plugin.METHODS and "gdfq_variant" in plugin.METHODS
+
+
+def test_method_code_that_fails_while_the_run_is_prepared_is_one_line(tiny_request, registry_snapshot):
+    """A method's config class or constructor raising (a plugin's bug) is a one-line error naming the method,
+    not a traceback."""
+    from dfqbench.methods.gdfq import GDFQ
+    from dfqbench.runner import run
+
+    @plugin.register_method
+    class Exploding(GDFQ):
+        name = "exploding"
+
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("boom in the constructor")
+
+    with pytest.raises(DfqbenchError, match=r"^method exploding could not be built: RuntimeError: boom in the "):
+        run(tiny_request(method="exploding"), SilentProgress())

@@ -159,9 +159,14 @@ def _decode_images(paths: list[str], transform: _Transform, threads: int = 4) ->
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
+    """Write the cache file atomically, readable as the umask allows (a shared ``DFQBENCH_CACHE`` serves
+    colleagues too; mkstemp's 0600 would not)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(obj, f)
