@@ -86,6 +86,11 @@ def run_options(args: argparse.Namespace) -> "RunOptions":
     return options
 
 
+# `dfqbench run` flags that only a grid launch reads (argparse dest → flag); given to a single run they are refused
+GRID_ONLY_FLAGS = {"dry_run": "--dry-run", "only": "--only", "seeds": "--seeds", "retry_failed": "--retry-failed",
+                   "jobs": "--jobs", "runs_per_gpu": "--runs-per-gpu", "profile": "--profile", "profiles": "--profiles"}
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     options = run_options(args)
     if args.grid is not None:  # before the imports below: a dry run from the plan cache never imports torch
@@ -100,6 +105,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         raise DfqbenchError("--json prints a grid's dry-run plan (run --grid NAME --dry-run --json); a single run "
                             "writes its record to <results>/runs/<run>/record.json")
+    grid_only = [flag for dest, flag in GRID_ONLY_FLAGS.items() if getattr(args, dest, None) not in (None, False)]
+    if args.executor != "local":
+        grid_only.append("--executor")
+    if grid_only:  # a single run would silently ignore them (--dry-run would train for real)
+        raise DfqbenchError(f"{', '.join(grid_only)} {'is' if len(grid_only) == 1 else 'are'} for grids "
+                            "(run --grid NAME|FILE …), not for a single run")
     missing = [flag for flag in ("method", "model", "bits") if getattr(args, flag) is None]
     if missing:
         raise DfqbenchError(f"--{missing[0]} is required (or run a grid with --grid NAME|FILE)")

@@ -290,3 +290,18 @@ def test_the_test_set_cache_is_written_with_the_umask_not_0600(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
     finally:
         os.umask(mask)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--dry-run"], "--dry-run is for grids"), (["--only", "bits=w4a4"], "--only is for grids"),
+    (["--seeds", "0-2"], "--seeds is for grids"), (["--jobs", "2", "--retry-failed"], "--retry-failed, --jobs are"),
+    (["--executor", "slurm"], "--executor is for grids"), (["--runs-per-gpu", "2"], "--runs-per-gpu is for grids"),
+    (["--profile", "p", "--profiles", "f.yaml"], "--profile, --profiles are for grids"),
+])
+def test_grid_flags_given_to_a_single_run_are_refused_not_ignored(tmp_path, capsys, flags, named):
+    """Issue 23: a single run read none of these, so `--dry-run` trained for real; now one line, exit 2."""
+    results = tmp_path / "results"
+    code = main([*TINY_ARGS, "--seed", "0", "--results", str(results), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and named in err, err
+    assert not results.exists()
