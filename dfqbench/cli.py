@@ -221,10 +221,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return run_status(args)
 
 
+def check_no_empty_values(args: argparse.Namespace) -> None:
+    """A flag given an empty value (``--results ""``, ``--protocol ""``, ``--seeds ""``: an unset shell variable,
+    most often) is one line naming it, never the flag's default taken silently."""
+    for dest, value in vars(args).items():
+        if isinstance(value, str) and not value.strip() and dest != "command":
+            raise DfqbenchError(f"invalid --{dest.replace('_', '-')} {value!r}: empty; give a value or leave the "
+                                "flag out")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Ctrl-C at any point, imports included, is one line and exit status 130 (no traceback)."""
     try:
         args = build_parser().parse_args(argv)
+        check_no_empty_values(args)
         return {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report,
                 "status": _cmd_status}[args.command](args)
     except DfqbenchError as exc:

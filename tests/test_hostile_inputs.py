@@ -305,3 +305,28 @@ def test_grid_flags_given_to_a_single_run_are_refused_not_ignored(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and named in err, err
     assert not results.exists()
+
+
+@pytest.mark.parametrize("flag", ["--results", "--protocol", "--bits", "--data-root"])
+def test_an_empty_flag_value_is_refused_not_taken_as_the_default(tmp_path, capsys, monkeypatch, flag):
+    """Issue 23: `--results ""` put runs in the current folder, `--protocol ""` meant the paper protocol."""
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in TINY_ARGS if a != "--protocol" and a != "quick"] if flag == "--protocol" else list(TINY_ARGS)
+    if flag == "--bits":
+        args = args[:args.index("--bits")] + args[args.index("--bits") + 2:]
+    code = main([*args, "--seed", "0", flag, ""])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"invalid {flag} '': empty" in err, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_grid_seeds_given_empty_are_refused(capsys):
+    assert main(["run", "--grid", "smoke", "--dry-run", "--seeds", ""]) == 2
+    assert "invalid --seeds '': empty" in capsys.readouterr().err
+
+
+def test_bits_with_spaces_name_the_same_run(tiny_request):
+    """`--bits "w4a4 "` once made a second run id for the same cell."""
+    from dfqbench.runner import predict_spec
+
+    assert predict_spec(tiny_request(bits="w4a4 ")).run_id == predict_spec(tiny_request(bits="w4a4")).run_id
