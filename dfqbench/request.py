@@ -60,6 +60,10 @@ class RunRequest(RunOptions):
     protocol: str = "paper"
     results: str | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, str):  # one spelling per cell: "W4A4 " and "w4a4" are the same run
+            self.bits = self.bits.strip().lower()
+
     @classmethod
     def of(cls, options: RunOptions, **cell: Any) -> "RunRequest":
         """The request for ``cell`` (method, model, bits, seed, and any option to replace) with ``options``."""

@@ -98,7 +98,7 @@ def resolve_settings(method_cls: type[Method], dataset: str, model: str, bits: s
 def request_settings(method_cls: type[Method], request: RunRequest) -> tuple[dict, dict, dict]:
     """The request's resolved (train, method, quant) sections (:func:`resolve_settings` for its cell)."""
     info = model_info(request.model)
-    return resolve_settings(method_cls, info.dataset, info.name, request.bits.strip().lower(), request.protocol,
+    return resolve_settings(method_cls, info.dataset, info.name, request.bits, request.protocol,
                             request.overrides)
 
 
@@ -115,7 +115,7 @@ def build_spec(method_cls: type[Method], request: RunRequest, settings: tuple[di
                       {"train": default[0], "method_config": default[1], "quant": default[2]})
     return RunSpec(
         method=method_cls.name, method_version=method_cls.version, model=info.name, dataset=info.dataset,
-        bits=request.bits.strip().lower(), seed=request.seed, teacher=teacher.teacher_id,
+        bits=request.bits, seed=request.seed, teacher=teacher.teacher_id,
         normalization=dataclasses.asdict(teacher.normalization), quant=quant, train=train,
         method_config=method_config, protocol=request.protocol, changed=changed,
     )
