@@ -86,31 +86,44 @@ def run_options(args: argparse.Namespace) -> "RunOptions":
     return options
 
 
-# `dfqbench run` flags that only a grid launch reads (argparse dest → flag); given to a single run they are refused
+# `dfqbench run` flags that only a grid launch reads (argparse dest → flag), and those only a single run reads
 GRID_ONLY_FLAGS = {"dry_run": "--dry-run", "only": "--only", "seeds": "--seeds", "retry_failed": "--retry-failed",
                    "jobs": "--jobs", "runs_per_gpu": "--runs-per-gpu", "profile": "--profile", "profiles": "--profiles"}
+SINGLE_RUN_FLAGS = {"method": "--method", "model": "--model", "bits": "--bits", "seed": "--seed"}
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    options = run_options(args)
-    if args.grid is not None:  # before the imports below: a dry run from the plan cache never imports torch
+def check_run_mode(args: argparse.Namespace) -> None:
+    """``dfqbench run`` trains one cell or launches a grid (``--grid``): a flag that only the other reads is one
+    line, never silently ignored (a single run's ``--dry-run`` would train for real)."""
+    if args.grid is not None:
         if args.restart:
             raise DfqbenchError("--restart is for single runs, not with --grid; to start a grid run from scratch, "
                                 "delete its folder (named in the error) and run the grid again")
-        from dfqbench.launch.cli import run_grid
-
-        return run_grid(args, options)
-    from dfqbench.core.progress import make_progress  # torch-free
-
+        single = [flag for dest, flag in SINGLE_RUN_FLAGS.items() if getattr(args, dest) is not None]
+        if single:
+            raise DfqbenchError(f"{single[0]} is for single runs, not with --grid; filter a grid with --only "
+                                "(e.g. --only method=gdfq) and set its seeds with --seeds")
+        return
     if args.json:
         raise DfqbenchError("--json prints a grid's dry-run plan (run --grid NAME --dry-run --json); a single run "
                             "writes its record to <results>/runs/<run>/record.json")
     grid_only = [flag for dest, flag in GRID_ONLY_FLAGS.items() if getattr(args, dest, None) not in (None, False)]
     if args.executor != "local":
         grid_only.append("--executor")
-    if grid_only:  # a single run would silently ignore them (--dry-run would train for real)
+    if grid_only:
         raise DfqbenchError(f"{', '.join(grid_only)} {'is' if len(grid_only) == 1 else 'are'} for grids "
                             "(run --grid NAME|FILE …), not for a single run")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    options = run_options(args)
+    check_run_mode(args)
+    if args.grid is not None:  # before the imports below: a dry run from the plan cache never imports torch
+        from dfqbench.launch.cli import run_grid
+
+        return run_grid(args, options)
+    from dfqbench.core.progress import make_progress  # torch-free
+
     missing = [flag for flag in ("method", "model", "bits") if getattr(args, flag) is None]
     if missing:
         raise DfqbenchError(f"--{missing[0]} is required (or run a grid with --grid NAME|FILE)")

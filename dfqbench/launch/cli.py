@@ -73,12 +73,8 @@ def _say(text: str) -> None:
 
 
 def grid_request(args: argparse.Namespace, options: RunOptions) -> GridRequest:
-    """The flags of ``run --grid`` as a :class:`GridRequest` (``options``: the run flags, see dfqbench/cli.py)."""
-    single = [flag for flag, value in (("--method", args.method), ("--model", args.model), ("--bits", args.bits),
-                                       ("--seed", args.seed)) if value is not None]
-    if single:
-        raise DfqbenchError(f"{single[0]} is for single runs, not with --grid; filter a grid with --only "
-                            "(e.g. --only method=gdfq) and set its seeds with --seeds")
+    """The flags of ``run --grid`` as a :class:`GridRequest` (``options``: the run flags, see dfqbench/cli.py;
+    which flags may go with ``--grid``: :func:`dfqbench.cli.check_run_mode`)."""
     return GridRequest(grid=args.grid, options=options, only=args.only, seeds=args.seeds,
                        retry_failed=args.retry_failed, executor=args.executor, jobs=args.jobs,
                        runs_per_gpu=args.runs_per_gpu, profile=args.profile, profiles=args.profiles)
