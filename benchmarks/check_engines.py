@@ -34,8 +34,7 @@ METHOD_OVERRIDES = {"zaq": ["method.safe_normalize=true"], "zeroq": ["method.ste
 
 
 def check_fake_quant(device: torch.device) -> list[dict]:
-    from dfqbench.quant.compiler import configure_inductor_numerics
-    from dfqbench.quant.fused import fused_per_channel_fake_quant
+    from dfqbench.quant.compiler import compiled as compiled_quantizer, configure_inductor_numerics
     from dfqbench.quant.modules import per_channel_fake_quant
     from dfqbench.quant.primitives import FakeQuantSTE, quant_params
 
@@ -57,7 +56,7 @@ def check_fake_quant(device: torch.device) -> list[dict]:
         grad = torch.randn(x.shape, generator=gen).to(device)
         out.backward(grad)
         weight = (torch.randn(64, 32, 3, 3, generator=gen) * 0.1).to(device)
-        w_ref, w_fused = per_channel_fake_quant(weight, bits), fused_per_channel_fake_quant(weight, bits)
+        w_ref, w_fused = per_channel_fake_quant(weight, bits), compiled_quantizer(per_channel_fake_quant)(weight, bits)
         rows.append({"check": "fake_quant", "device": str(device), "bits": bits,
                      "activation_mismatches": int((out != reference).sum()),
                      "weight_mismatches": int((w_fused != w_ref).sum()),

@@ -13,26 +13,17 @@ bit-equality with the eager primitive at ties (tests/test_engine.py; on CUDA ben
 PyTorch's ``fake_quantize_per_*_affine`` ops are not used: they multiply by 1/scale, round before adding
 the zero point and mask the gradient outside the range, so they differ from the official arithmetic.
 
-One compiled function serves every quantizer of a model (shapes are dynamic after the first recompile);
-its guards are on the bit-width, the tracker and whether ranges update, all fixed between steps.
+A module with ``fused`` set calls ``compiled(quant_act_forward)`` or ``compiled(per_channel_fake_quant)``
+(:func:`dfqbench.quant.compiler.compiled`). One compiled function serves every quantizer of a model (shapes
+are dynamic after the first recompile); its guards are on the bit-width, the tracker and whether ranges
+update, all fixed between steps.
 """
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from dfqbench.quant.compiler import compiled
-from dfqbench.quant.modules import QuantAct, QuantConv2d, QuantLinear, per_channel_fake_quant, quant_act_forward
-
-
-def fused_quant_act_forward(act: QuantAct, x: Tensor) -> Tensor:
-    """:func:`quant_act_forward` compiled: same values, same tracker updates, fewer kernels."""
-    return compiled(quant_act_forward)(act, x)
-
-
-def fused_per_channel_fake_quant(weight: Tensor, bits: int) -> Tensor:
-    """:func:`per_channel_fake_quant` compiled."""
-    return compiled(per_channel_fake_quant)(weight, bits)
+from dfqbench.quant.modules import QuantAct, QuantConv2d, QuantLinear
 
 
 def set_fused_fake_quant(model: nn.Module, enabled: bool) -> int:
