@@ -222,7 +222,7 @@ def _non_finite(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def check_finite(state: dict[str, torch.Tensor], source: str, name: str) -> None:
+def check_finite_weights(state: dict[str, torch.Tensor], source: str, name: str) -> None:
     bad = _non_finite(state)
     if bad:
         raise DfqbenchError(f"teacher {name!r} from {source} has non-finite weights: {bad}; "
@@ -235,7 +235,7 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
     reason = _misfit(state, model.state_dict())
     if reason:
         raise DfqbenchError(f"weights file '{path}' does not fit model {name!r}: {reason}")
-    check_finite(state, f"'{path}'", name)
+    check_finite_weights(state, f"'{path}'", name)
     model.load_state_dict(state, strict=True)
 
 
@@ -252,7 +252,7 @@ def _file_fit(path: str, size: int, mtime_ns: int, name: str) -> tuple[str | Non
     or non-finite), each None when not the case; reads the file once per (path, size, mtime, model)."""
     try:
         state = _read_state(Path(path), name)
-        check_finite(state, f"'{path}'", name)
+        check_finite_weights(state, f"'{path}'", name)
     except DfqbenchError as exc:
         return None, None, str(exc)
     reason = _misfit(state, _meta_state(name))

@@ -27,8 +27,8 @@ from torch import nn
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.zoo import tiny
-from dfqbench.zoo.models import (ENV_WEIGHTS, ENV_WEIGHTS_NORM, TINY_NAME, ModelInfo, check_finite, model_info,
-                                 pretrained_model, pytorchcv_file, resolve_weights_file)
+from dfqbench.zoo.models import (ENV_WEIGHTS, ENV_WEIGHTS_NORM, TINY_NAME, ModelInfo, check_finite_weights,
+                                 model_info, pretrained_model, pytorchcv_file, resolve_weights_file)
 from dfqbench.zoo.normalization import Normalization, parse_normalization
 
 
@@ -107,7 +107,7 @@ def load_pretrained(
         raise DfqbenchError(f"pytorchcv downloaded {info.name!r} but its file {teacher.file} is missing; "
                             f"give local weights with --weights FILE (or {ENV_WEIGHTS})")
     if path is None and info.name != TINY_NAME:  # a local file was checked when it was read
-        check_finite(model.state_dict(), f"pytorchcv ({teacher.teacher_id['file']})", info.name)
+        check_finite_weights(model.state_dict(), f"pytorchcv ({teacher.teacher_id['file']})", info.name)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
