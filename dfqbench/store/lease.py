@@ -108,8 +108,8 @@ def lease_alive(lease: dict[str, Any], now: float | None = None) -> bool:
         pid = lease_pid(lease)
         started = lease.get("pid_started")
         return pid is not None and pid_alive(pid, started if isinstance(started, str) else None)
-    heartbeat = lease_heartbeat(lease, now)
     now = time.time() if now is None else now
+    heartbeat = lease_heartbeat(lease, now)
     return heartbeat is not None and now - heartbeat < stale_after()
 
 
