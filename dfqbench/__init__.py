@@ -7,6 +7,10 @@ first use.
 
 from typing import Any
 
+from dfqbench import moved as _moved
+
+_moved.install()
+
 __version__ = "0.1.0"
 
 _API = ("run", "run_grid", "load_results", "load_metrics", "load_student", "evaluate", "run_dir")

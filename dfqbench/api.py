@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
 
-from dfqbench.core.progress import Progress  # torch-free
+from dfqbench.core.progress import Progress, SilentProgress  # torch-free
 from dfqbench.errors import DfqbenchError
 from dfqbench.request import RunOptions, RunRequest, check_options
 
@@ -371,9 +371,3 @@ def evaluate(model: "nn.Module", run: RunRef, results: str | os.PathLike | None 
     model.eval()
     return evaluator.evaluate(model.to(device))
 
-
-class SilentProgress(Progress):
-    """A progress sink that shows nothing (``progress=False``)."""
-
-    def message(self, text: str) -> None:
-        pass

@@ -7,10 +7,10 @@ A package declares, in its ``pyproject.toml``::
     [project.entry-points."dfqbench.methods"]
     gdfq_ie = "dfqbench_gdfq_ie.method:GDFQIE"
 
-and :func:`load_methods` registers that :class:`~dfqbench.core.plugin.Method` subclass under the entry's name
+and :func:`load_methods` registers that :class:`~dfqbench.blocks.interface.Method` subclass under the entry's name
 wherever methods are looked up (the CLI, ``list methods``, grid planning, local workers, Slurm tasks).
 
-This module sits above the methods it loads: the interface they implement is :mod:`dfqbench.core.plugin`,
+This module sits above the methods it loads: the interface they implement is :mod:`dfqbench.blocks.interface`,
 which knows nothing of this one. Importing it imports neither torch nor a plugin: listing the entries
 (:func:`method_entries`) and fingerprinting them for the plan cache (:func:`entries_fingerprint`,
 :mod:`dfqbench.launch.plancache`) load nothing; only :func:`load_methods` and :func:`register_entry_points` do.
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from dfqbench.errors import DfqbenchError
-from dfqbench.validate import check_method_name
+from dfqbench.specs.validate import check_method_name
 
 if TYPE_CHECKING:
-    from dfqbench.core.plugin import Method
+    from dfqbench.blocks.interface import Method
     from dfqbench.registry import Registry
 
 GROUP = "dfqbench.methods"
@@ -113,7 +113,7 @@ def load_methods() -> Registry[type[Method]]:
     ``methods/`` folder) and, once per process, those of other installed packages' ``dfqbench.methods``
     entry points (:func:`register_entry_points`)."""
     import dfqbench.methods  # noqa: F401  (registers on import)
-    from dfqbench.core.plugin import METHODS
+    from dfqbench.blocks.interface import METHODS
 
     for name in METHODS.names():
         METHOD_SOURCES.setdefault(name, "dfqbench")
@@ -136,7 +136,7 @@ def register_entry_points() -> list[str]:
     by a bundled method or by another distribution's entry is refused (a plugin never replaces a method).
     A plugin that fails to import is reported and skipped; the other methods keep working.
     """
-    from dfqbench.core.plugin import METHODS, Method
+    from dfqbench.blocks.interface import METHODS, Method
 
     problems = []
     for entry in method_entries():
@@ -155,7 +155,7 @@ def register_entry_points() -> list[str]:
             problems.append(f"{where} not loaded: {type(exc).__name__}: {_first_line(exc)}")
             continue
         if not (isinstance(cls, type) and issubclass(cls, Method)):
-            problems.append(f"{where} not loaded: {cls!r} is not a subclass of dfqbench.core.plugin.Method")
+            problems.append(f"{where} not loaded: {cls!r} is not a subclass of dfqbench.blocks.interface.Method")
             continue
         own = cls.__dict__.get("name")
         if own is not None and own != entry.name:

@@ -91,7 +91,7 @@ def check_options(options: RunOptions) -> tuple[str, ...]:
 
 def check_request(request: RunRequest) -> tuple[str, ...]:
     """:func:`check_options` and the seed (an integer torch accepts); returns the logger names."""
-    from dfqbench.validate import check_seed
+    from dfqbench.specs.validate import check_seed
 
     check_seed("seed", request.seed)
     return check_options(request)

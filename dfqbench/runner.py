@@ -19,19 +19,19 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from dfqbench.core.engine import resolve_engine
-from dfqbench.core.plugin import Method
+from dfqbench.blocks.interface import Method
 from dfqbench.plugins import load_methods
-from dfqbench.configuration import changes
+from dfqbench.specs.configuration import changes
 from dfqbench.core.progress import Progress
 from dfqbench.errors import DfqbenchError
-from dfqbench.protocols import PROTOCOLS
+from dfqbench.specs.protocols import PROTOCOLS
 from dfqbench.quant import QuantConfig, parse_bits, quantize_model
 from dfqbench.request import RunRequest, check_request  # RunRequest also by this name: tasks pickled before it moved
 from dfqbench.specs import RunSpec, TrainConfig, apply_overrides
 from dfqbench.store import ResultsStore, RunRecord
 from dfqbench.store.files import first_line
 from dfqbench.store.lease import Lease, describe_lease
-from dfqbench.validate import check_finite, check_seed
+from dfqbench.specs.validate import check_finite, check_seed
 from dfqbench.zoo import Evaluator, load_pretrained, load_test_set, model_info
 from dfqbench.zoo.teacher import Teacher, teacher_identity
 

@@ -24,23 +24,13 @@ import torch
 
 from dfqbench.core.diagnostics import WindowMeans
 from dfqbench.plugins import load_methods
-from dfqbench.core.progress import Progress
+from dfqbench.core.phases import start_training_epoch
+from dfqbench.core.progress import SilentProgress
 from dfqbench.core.trainer import Trainer
 from dfqbench.quant import set_range_update
 from dfqbench.runner import RunRequest, prepare
 
 CONTRACT_OVERRIDES = ["train.batch_size=8", "train.iters_per_epoch=2", "train.eval_max_images=64"]
-
-
-class SilentProgress(Progress):
-    """A progress sink that keeps the trainer's messages instead of printing them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def message(self, text: str) -> None:
-        self.messages.append(text)
 
 
 def contract_trainer(method: str, tmp_path: Path, seed: int = 0) -> Trainer:
@@ -59,9 +49,7 @@ def two_iterations(trainer: Trainer) -> dict[str, float]:
     """Two iterations of the method's public step (:meth:`TrainStep.iteration`) in its first fine-tuning epoch
     (or its only epoch), with the diagnostics probe between the steps; the logged terms and point values."""
     epoch = min(trainer.cfg.warmup_epochs, trainer.cfg.epochs - 1)
-    trainer.generator.train()
-    trainer.student.train(trainer.method.student_bn_train)
-    set_range_update(trainer.student, epoch < trainer.cfg.range_update_epochs)
+    start_training_epoch(trainer.method, trainer.generator, trainer.student, epoch, trainer.cfg)
     window = WindowMeans()
     for _ in range(2):
         for prefix, terms in trainer.step.iteration(epoch >= trainer.cfg.warmup_epochs, trainer.probe):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dfqbench.core.plugin import register_method
+from dfqbench.blocks.interface import register_method
 from dfqbench.methods.adasg import IMAGENET_FALLBACK, AdaSG, GameSchedule, check_game_config, uniform_bits
 
 _BASE = {"alpha_ds": 0.2, "alpha_as": 0.1, "lambda_l": 0.1, "lambda_u": 0.8, "beta": 1.0, "gamma": 1.0}

@@ -8,7 +8,7 @@ Generator, sampling and loop are GDFQ's (AdaSG is a GDFQ fork): batch 16, 400 ep
 (``CIFAR/cifar{10,100}_resnet20.hocon``, ``ImageNet/imagenet_{res18,res50,MV2}.hocon``).
 
 Every generator-loss weight is a config field, so AdaSG Table 2's ablation is one weight set to 0. The loss
-terms live in :mod:`dfqbench.core.game_losses`.
+terms live in :mod:`dfqbench.blocks.game_losses`.
 
 The released code does not run as is; here:
 1. options.py never reads ``network`` → the model comes from the run request;
@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
-from dfqbench.core.game_losses import (agreement_ce, bound_loss, disagreement_ce, disagreement_entropy_at,
+from dfqbench.blocks.game_losses import (agreement_ce, bound_loss, disagreement_ce, disagreement_entropy_at,
                                        entropy_maximization_loss)
-from dfqbench.core.plugin import LossTerms, Method, StepContext, register_method
-from dfqbench.core.superposed import check_superposed_settings
+from dfqbench.blocks.interface import LossTerms, Method, StepContext, register_method
+from dfqbench.blocks.superposed import check_superposed_settings
 from dfqbench.errors import DfqbenchError
-from dfqbench.validate import check_positive
+from dfqbench.specs.validate import check_positive
 from dfqbench.methods.gdfq import GDFQ
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class AdaSGConfig:
     lambda_l: float = 0.3  # lower bound of the normalised disagreement entropy (hard-coded in marginal_loss)
     lambda_u: float = 0.8  # upper bound
     temperature: float = 20.0  # τ of L_Q: 20 CIFAR, 5 ImageNet (set by the presets)
-    superposed_prob: float = 0.0  # GDFQ's optional superposed sampling (dfqbench.core.superposed); 0 = off (AdaSG)
+    superposed_prob: float = 0.0  # GDFQ's optional superposed sampling (dfqbench.blocks.superposed); 0 = off (AdaSG)
     superposed_k: int = 2
     cbn_divide_by_k: bool = True
 

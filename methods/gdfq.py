@@ -6,7 +6,7 @@ Schedule: 400 epochs × 200 iterations, batch 200 (CIFAR) / 16 (ImageNet), warm-
 SGD-Nesterov lr 1e-4 / 1e-6, generator Adam 1e-3 (0.5, 0.999), ×0.1 at epochs 100/200/300 (trainer.py L48-78).
 
 Optional, off by default: Qimera's superposed samples on GDFQ's generator (``superposed_prob`` > 0; the
-Qimera paper's "GDFQ + superposed samples"; dfqbench.core.superposed). Both CE terms then use the soft
+Qimera paper's "GDFQ + superposed samples"; dfqbench.blocks.superposed). Both CE terms then use the soft
 target ỹ. With ``superposed_prob = 0`` GDFQ samples, generates and computes its losses exactly as before.
 """
 
@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfqbench.core.generators import build_gdfq_generator
-from dfqbench.core.losses import kd_kl_element_mean
-from dfqbench.core.plugin import LossTerms, Method, Sample, StepContext, register_method
-from dfqbench.core.superposed import (
+from dfqbench.blocks.generators import build_gdfq_generator
+from dfqbench.blocks.losses import kd_kl_element_mean
+from dfqbench.blocks.interface import LossTerms, Method, Sample, StepContext, register_method
+from dfqbench.blocks.superposed import (
     check_superposed_settings, class_cross_entropy, generate_gdfq_superposed, superposed_enabled, superposed_sample,
 )
 from dfqbench.errors import DfqbenchError
-from dfqbench.validate import check_positive
+from dfqbench.specs.validate import check_positive
 from dfqbench.registry import unknown_choice
 
 KD_REDUCTIONS = ("element_mean", "batchmean")

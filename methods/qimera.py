@@ -3,9 +3,9 @@ faithful to iamkanghyunchoi/qimera.
 
 GDFQ plus superposed samples and its own generator input path:
 - per iteration, with probability p the whole batch is superposed: K labels per sample, K noise vectors,
-  λ = softmax(N(0, I_K)), soft target ỹ = Σ_k λ_k·onehot(y_k) (trainer.py L207-235; dfqbench.core.superposed);
+  λ = softmax(N(0, I_K)), soft target ỹ = Σ_k λ_k·onehot(y_k) (trainer.py L207-235; dfqbench.blocks.superposed);
 - generator input DM(norm(E[y_k] + σ_n·z_k)) mixed by λ, E initialised from the teacher's last layer or
-  N(0, 1), DM off as the released scripts run it (main.py L28-156; dfqbench.core.generators_qimera);
+  N(0, 1), DM off as the released scripts run it (main.py L28-156; dfqbench.blocks.generators_qimera);
 - L_G = SoftCE(T(x), ỹ) + 0.1·L_BNS                          (trainer.py L237-251)
 - L_Q = α·T²·KL_el(p_T ‖ p_Q) + SoftCE(Q(x), ỹ), T = 20, α = 1  (trainer.py L109-130; KL element mean)
 Schedule, optimisers, quantizer and evaluation are GDFQ's (trainer.py L51-81, main.py L358-412).
@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfqbench.core.generators_qimera import QimeraGenerator, teacher_class_embedding
-from dfqbench.core.plugin import Method, Sample, register_method
-from dfqbench.core.superposed import (
+from dfqbench.blocks.generators_qimera import QimeraGenerator, teacher_class_embedding
+from dfqbench.blocks.interface import Method, Sample, register_method
+from dfqbench.blocks.superposed import (
     MIX_WEIGHTS, SLOT_LABELS, check_superposed_settings, is_superposed, superposed_sample,
 )
 from dfqbench.errors import DfqbenchError
-from dfqbench.validate import check_positive
+from dfqbench.specs.validate import check_positive
 from dfqbench.methods.gdfq import GDFQ, KD_REDUCTIONS
 from dfqbench.registry import unknown_choice
 
@@ -153,6 +153,6 @@ class Qimera(Method):
         return generator(sample.z, sample.labels)
 
     # GDFQ's L_G and L_Q: class_cross_entropy is the soft CE here, since Qimera's samples always carry
-    # targets (ỹ when superposed, one-hot otherwise; dfqbench.core.superposed.superposed_sample).
+    # targets (ỹ when superposed, one-hot otherwise; dfqbench.blocks.superposed.superposed_sample).
     generator_loss = GDFQ.generator_loss
     student_loss = GDFQ.student_loss

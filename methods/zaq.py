@@ -5,7 +5,7 @@ L_G = −L1(Q(x), P(x)) − α·SCRM(g_Q, g_P) − β·mean|g_P[−1]|          
 SCRM = Σ_stages L1(spatial(f_Q), spatial(f_P)) + L1(channel(f_Q), channel(f_P)), features L2-normalised
 along channels; both relation branches fixed at γ 0.1 (utils/loss.py L65-109, class SCRM).
 g are the residual-stage outputs (ZAQ ``forward(x, out_feat=True)``; here ``features.stage1..N`` read by
-hooks, :mod:`dfqbench.core.features`). L1 is F.l1_loss's element mean.
+hooks, :mod:`dfqbench.blocks.features`). L1 is F.l1_loss's element mean.
 Loop (main.py L21-57, L160-185): per iteration 5 Q steps, each on a fresh z ~ N(0, I) batch with G(z)
 detached, then 1 G step on a fresh batch (``steps``); gradients reach G through P and
 through Q (identity STE). Q in train mode throughout (its BN uses batch statistics and its running
@@ -55,8 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfqbench.core.features import stage_names
-from dfqbench.core.plugin import LossTerms, Method, Sample, StepContext, register_method
+from dfqbench.blocks.features import stage_names
+from dfqbench.blocks.interface import LossTerms, Method, Sample, StepContext, register_method
 from dfqbench.errors import DfqbenchError
 
 SUPPORTED_DATASETS = ("cifar10", "cifar100", "tiny")

@@ -36,11 +36,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dfqbench.core.distill import INITS, DistilledSet, DistillSettings, distill
-from dfqbench.core.losses import kd_kl_batchmean
-from dfqbench.core.plugin import LossTerms, Method, Sample, StepContext, register_method
+from dfqbench.blocks.distill import INITS, DistilledSet, DistillSettings, distill
+from dfqbench.blocks.losses import kd_kl_batchmean
+from dfqbench.blocks.interface import LossTerms, Method, Sample, StepContext, register_method
 from dfqbench.errors import DfqbenchError
-from dfqbench.validate import check_positive
+from dfqbench.specs.validate import check_positive
 from dfqbench.registry import unknown_choice
 
 AUGMENTS = ("intraq", "none")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dfqbench.runner import RunRequest
-from dfqbench.testing import SilentProgress
+from dfqbench.core.progress import SilentProgress
 
 TINY_OVERRIDES = [
     "train.epochs=3",
@@ -40,7 +40,7 @@ def same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-RecordingProgress = SilentProgress  # a silent progress sink that keeps the trainer's messages (dfqbench.testing)
+RecordingProgress = SilentProgress  # a silent progress sink that keeps the trainer's messages
 
 
 class CrashAfterEpoch(RecordingProgress):

@@ -17,7 +17,7 @@ from golden_b_common import (  # noqa: E402
     GENERATOR_NAMES, default_dtype, digest, load_fixture, net_state_from_fixture, seeded_state, to_official_generator,
 )
 from golden_compare import assert_golden_close, assert_golden_equal  # noqa: E402
-from dfqbench.core.plugin import Method, Sample  # noqa: E402
+from dfqbench.blocks.interface import Method, Sample  # noqa: E402
 from dfqbench.core.step import TrainStep  # noqa: E402
 from dfqbench.quant import QuantConfig, quantize_model, set_range_update  # noqa: E402
 from dfqbench.specs import TrainConfig  # noqa: E402

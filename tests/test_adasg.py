@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from dfqbench.core import game_losses as gl
-from dfqbench.core.plugin import Sample, StepContext
+from dfqbench.blocks import game_losses as gl
+from dfqbench.blocks.interface import Sample, StepContext
 from dfqbench.core.trainer import Trainer
 from dfqbench.errors import DfqbenchError
 from dfqbench.plugins import load_methods

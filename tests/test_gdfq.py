@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfqbench.core.generators import CifarGenerator, ImageNetGenerator
-from dfqbench.core.plugin import Sample, StepContext
+from dfqbench.blocks.generators import CifarGenerator, ImageNetGenerator
+from dfqbench.blocks.interface import Sample, StepContext
 from dfqbench.errors import DfqbenchError
 from dfqbench.plugins import load_methods
 

@@ -23,8 +23,8 @@ import torch
 from golden_b_helpers import (build_step, check_close, check_digests, check_generator_step, check_initial_digests,
                               check_ties, default_dtype, load_fixture, resnet20, run_iteration, seeded_state,
                               to_official_generator)
-from dfqbench.core import game_losses as gl
-from dfqbench.core.plugin import Sample, StepContext
+from dfqbench.blocks import game_losses as gl
+from dfqbench.blocks.interface import Sample, StepContext
 from dfqbench.plugins import load_methods
 
 NET_SEED, GEN_SEED = 20, 21  # as in tests/golden/make/make_adasg.py

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfqbench.core.plugin import Sample, StepContext
+from dfqbench.blocks.interface import Sample, StepContext
 from dfqbench.core.trainer import PreparedRun, Trainer
 from dfqbench.plugins import load_methods
 from dfqbench.quant import QuantConfig, activation_quantizers, quantize_model, set_range_update
@@ -48,7 +48,7 @@ LOSS64_RTOL = 1e-13  # the same L_Q in float64
 SUM_RTOL = 1e-13  # digest sums (float64 reductions themselves): within this share of the abs-sum
 LOGGED_RTOL = 1e-7  # the trainer's logged metrics: float64 losses rounded to float32 (half an ulp: 6e-8)
 
-# Official module names → dfqbench's (dfqbench.core.generators), longest prefix first.
+# Official module names → dfqbench's (dfqbench.blocks.generators), longest prefix first.
 CIFAR_NAMES = {"label_emb.": "label_emb.", "l1.0.": "l1.", "conv_blocks0.0.": "bn0.", "conv_blocks1.0.": "conv1.",
                "conv_blocks1.1.": "bn1.", "conv_blocks2.0.": "conv2.", "conv_blocks2.1.": "bn2.",
                "conv_blocks2.3.": "conv3.", "conv_blocks2.5.": "out_bn."}

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfqbench.core.generators_qimera import teacher_class_embedding
-from dfqbench.core.losses import kd_kl_element_mean, soft_cross_entropy
-from dfqbench.core.plugin import Sample, StepContext
+from dfqbench.blocks.generators_qimera import teacher_class_embedding
+from dfqbench.blocks.losses import kd_kl_element_mean, soft_cross_entropy
+from dfqbench.blocks.interface import Sample, StepContext
 from dfqbench.core.step import TrainStep
 from dfqbench.plugins import load_methods
 from dfqbench.quant import QuantConfig, quantize_model, set_range_update

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from golden_b_helpers import (build_step, check_close, check_digests, check_generator_step, check_initial_digests,
                               check_ties, default_dtype, load_fixture, resnet20, run_iteration, seeded_state,
                               to_official_generator)
-from dfqbench.core.plugin import Sample
+from dfqbench.blocks.interface import Sample
 from dfqbench.methods import zaq as zaq_module
 from dfqbench.plugins import load_methods
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from golden_b_helpers import check_close, check_initial_digests, default_dtype, load_fixture, resnet20
-from dfqbench.core.distill import UNIFORM_VARIANCE, ZeroQLoss, distill_batch
-from dfqbench.core.plugin import Sample, StepContext
+from dfqbench.blocks.distill import UNIFORM_VARIANCE, ZeroQLoss, distill_batch
+from dfqbench.blocks.interface import Sample, StepContext
 from dfqbench.plugins import load_methods
 
 NET_SEED = 40  # as in tests/golden/make/make_zeroq.py

@@ -265,9 +265,9 @@ def test_filter_values_are_read_safely(flag, value, outcome):
 
 @pytest.mark.parametrize("name", ["../../../esc", "Esc", "a/b", "x" * 49, "", "9lives", None])
 def test_a_method_name_that_could_not_be_a_folder_name_is_refused_at_registration(name):
-    """Issue 23, defect 4: one name rule (dfqbench.validate.METHOD_NAME) for bundled methods, ``@register_method``
+    """Issue 23, defect 4: one name rule (dfqbench.specs.validate.METHOD_NAME) for bundled methods, ``@register_method``
     and entry points (tests/test_plugins.py), checked before the method is registered."""
-    from dfqbench.core.plugin import METHODS, Method, register_method
+    from dfqbench.blocks.interface import METHODS, Method, register_method
 
     cls = type("Hostile", (Method,), {"name": name})
     with pytest.raises(DfqbenchError, match="invalid method name"):

@@ -40,12 +40,13 @@ PACKAGE = Path(importlib.util.find_spec("dfqbench").submodule_search_locations[0
 # The layers, lowest first: a module may import its own layer and those below it, never one above. A module
 # belongs to the layer of the longest name here that is it or a package above it; every module must have one.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("errors and checks", ("dfqbench.errors", "dfqbench.registry", "dfqbench.validate")),
+    ("errors", ("dfqbench.errors", "dfqbench.registry", "dfqbench.moved")),
+    ("run specification", ("dfqbench.specs", "dfqbench.grids")),
     ("quantizer", ("dfqbench.quant",)),
     ("model zoo", ("dfqbench.zoo",)),
-    ("run specification", ("dfqbench.specs", "dfqbench.configuration", "dfqbench.protocols", "dfqbench.grids")),
-    ("results store", ("dfqbench.store", "dfqbench.grid_index")),
-    ("method interface and trainer", ("dfqbench.core",)),
+    ("results store", ("dfqbench.store",)),
+    ("method interface and building blocks", ("dfqbench.blocks",)),
+    ("trainer machinery", ("dfqbench.core",)),
     ("bundled methods", ("dfqbench.methods",)),
     ("plugin discovery and loading", ("dfqbench.plugins",)),
     ("one run", ("dfqbench.request", "dfqbench.runner", "dfqbench.testing")),
@@ -58,7 +59,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 
 # (module, the module its __getattr__ imports): compatibility names for one release (see the docstring).
 COMPATIBILITY_DOORS = {
-    ("dfqbench.core.plugin", "dfqbench.plugins"),  # load_methods & co. for plugin packages of earlier releases
+    ("dfqbench.blocks.interface", "dfqbench.plugins"),  # load_methods & co. for plugin packages of earlier releases
     ("dfqbench.launch.task", "dfqbench.launch.slurm"),  # SlurmGridTask, SlurmTaskGroup for jobs pickled before
 }
 
@@ -217,17 +218,17 @@ def test_the_checks_see_circles_lazy_imports_and_doors(tmp_path):
     """The graph reader on a small package: a circle through a function-level import, an upward import, a
     package that imports its submodules by name, and a compatibility door."""
     root = tmp_path / "dfqbench"
-    (root / "core").mkdir(parents=True)
+    (root / "blocks").mkdir(parents=True)
     (root / "methods").mkdir()
     files = {
         "__init__.py": "",
         "errors.py": "",
-        "core/__init__.py": "",
-        "core/plugin.py": "def load():\n    import dfqbench.methods\n"
+        "blocks/__init__.py": "",
+        "blocks/interface.py": "def load():\n    import dfqbench.methods\n"
                           "def __getattr__(name):\n    from dfqbench import plugins\n    return plugins\n",
         "methods/__init__.py": "import importlib\nfor m in ['a']:\n    importlib.import_module(f'{__name__}.{m}')\n",
-        "methods/a.py": "from dfqbench.core.plugin import Method\nfrom dfqbench import errors\n",
-        "plugins.py": "from .core import plugin\n",
+        "methods/a.py": "from dfqbench.blocks.interface import Method\nfrom dfqbench import errors\n",
+        "plugins.py": "from .blocks import interface\n",
     }
     for name, text in files.items():
         (root / name).write_text(text)
@@ -237,13 +238,13 @@ def test_the_checks_see_circles_lazy_imports_and_doors(tmp_path):
         modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     graph, doors = import_graph(modules)
     assert graph["dfqbench.methods"] == {"dfqbench.methods.a"}
-    assert graph["dfqbench.methods.a"] == {"dfqbench.core.plugin", "dfqbench.errors"}
-    assert graph["dfqbench.plugins"] == {"dfqbench.core.plugin"}
-    assert doors == {("dfqbench.core.plugin", "dfqbench.plugins")}
-    assert circles(graph) == [["dfqbench.core.plugin", "dfqbench.methods", "dfqbench.methods.a"]]
+    assert graph["dfqbench.methods.a"] == {"dfqbench.blocks.interface", "dfqbench.errors"}
+    assert graph["dfqbench.plugins"] == {"dfqbench.blocks.interface"}
+    assert doors == {("dfqbench.blocks.interface", "dfqbench.plugins")}
+    assert circles(graph) == [["dfqbench.blocks.interface", "dfqbench.methods", "dfqbench.methods.a"]]
     graph, doors = import_graph(modules, doors=set())  # an unlisted __getattr__ import is a dependency
-    assert doors == set() and "dfqbench.plugins" in graph["dfqbench.core.plugin"]
-    assert circles(graph) == [["dfqbench.core.plugin", "dfqbench.methods", "dfqbench.methods.a", "dfqbench.plugins"]]
+    assert doors == set() and "dfqbench.plugins" in graph["dfqbench.blocks.interface"]
+    assert circles(graph) == [["dfqbench.blocks.interface", "dfqbench.methods", "dfqbench.methods.a", "dfqbench.plugins"]]
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -280,7 +281,7 @@ def test_report_renders_without_torch_or_plugins_or_launcher(tiny_request, tmp_p
         f"args = parser.parse_args(['report', '--results', {results!r}, '--table', 'table1', '--out', {str(out)!r}])\n"
         "assert run_report(args) == 0\n"
         "heavy = sorted(m for m in sys.modules if m in ('torch', 'pytorchcv', 'torchvision')\n"
-        "               or m.startswith(('dfqbench.launch', 'dfqbench.methods', 'dfqbench.core')))\n"
+        "               or m.startswith(('dfqbench.launch', 'dfqbench.methods', 'dfqbench.core', 'dfqbench.blocks')))\n"
         "print(json.dumps(heavy))\n"
     )
     done = subprocess.run([sys.executable, "-c", "import json\n" + probe], capture_output=True, text=True,

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfqbench.core.hooks import BNStatisticsLoss
-from dfqbench.core.losses import disagreement_entropy, entropy, game_value, kd_kl_element_mean, soft_cross_entropy
+from dfqbench.blocks.hooks import BNStatisticsLoss
+from dfqbench.blocks.losses import disagreement_entropy, entropy, game_value, kd_kl_element_mean, soft_cross_entropy
 
 
 def test_kd_element_mean_is_batch_kl_divided_by_classes():

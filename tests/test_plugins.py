@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from dfqbench import plugins
-from dfqbench.core import plugin
+from dfqbench.blocks import interface as plugin
 from dfqbench.errors import DfqbenchError
 from dfqbench.plugins import GROUP, MethodEntry
-from dfqbench.testing import SilentProgress
+from dfqbench.core.progress import SilentProgress
 
 from waiting import HANG_S
 
@@ -78,7 +78,7 @@ def test_entry_point_registers_a_subclass_under_the_entry_name(fake_entries):
     (("broken", "no_such_module_xyz:Thing", "broken-pkg 0.1"),
      "method plugin 'broken' = 'no_such_module_xyz:Thing' (distribution broken-pkg 0.1) not loaded: "
      "ModuleNotFoundError: No module named 'no_such_module_xyz'"),
-    (("notmethod", "MOD:NotAMethod", "p 1"), "is not a subclass of dfqbench.core.plugin.Method"),
+    (("notmethod", "MOD:NotAMethod", "p 1"), "is not a subclass of dfqbench.blocks.interface.Method"),
     (("other_name", "MOD:Named", "p 1"), "the class sets name = 'named'; the entry point's name and the class's"),
     (("gdfq", "MOD:Variant", "evil 1"), "'gdfq' is a bundled method; a plugin cannot replace it"),
     (("../../../esc", "MOD:Variant", "evil 1"), "invalid method name '../../../esc': a method's name is part of"),
@@ -154,23 +154,51 @@ def test_plan_cache_fingerprint_follows_the_installed_plugins(tmp_path, monkeypa
 
 
 def test_plugin_packages_written_against_earlier_releases_keep_working():
-    """The interface (``Method``, ``Sample``, ``StepContext``, ``register_method``, ``LossTerms``) stays in
-    dfqbench.core.plugin, without a warning; the loading names that moved to dfqbench.plugins are still there
-    for one release, as the same objects, with a DeprecationWarning."""
+    """The interface (``Method``, ``Sample``, ``StepContext``, ``register_method``, ``LossTerms``) is
+    dfqbench.blocks.interface, imported without a warning. Its old path dfqbench.core.plugin, and the building
+    blocks' old paths under dfqbench.core, are the same modules for one release, with a DeprecationWarning;
+    the loading names that moved to dfqbench.plugins are still there under the old path, as the same objects."""
+    import importlib
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        exec("from dfqbench.core.plugin import LossTerms, Method, Sample, StepContext, register_method", {})
+        exec("from dfqbench.blocks.interface import LossTerms, Method, Sample, StepContext, register_method", {})
+    for old, new in (("dfqbench.core.plugin", "dfqbench.blocks.interface"),
+                     ("dfqbench.core.losses", "dfqbench.blocks.losses"),
+                     ("dfqbench.validate", "dfqbench.specs.validate"),
+                     ("dfqbench.grid_index", "dfqbench.store.grid_index")):
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
+            assert importlib.import_module(old) is importlib.import_module(new)
+    old_plugin = sys.modules["dfqbench.core.plugin"]
     for name in ("load_methods", "register_entry_points", "METHOD_SOURCES", "PLUGIN_PROBLEMS"):
         with pytest.warns(DeprecationWarning, match=f"dfqbench.core.plugin.{name} moved to dfqbench.plugins.{name}"):
-            assert getattr(plugin, name) is getattr(plugins, name)
+            assert getattr(old_plugin, name) is getattr(plugins, name)
     namespace: dict = {}
     with pytest.warns(DeprecationWarning, match="load_methods moved"):
         exec("from dfqbench.core.plugin import Method, Sample, StepContext, register_method, load_methods", namespace)
     assert namespace["load_methods"]() is plugin.METHODS and "gdfq" in plugin.METHODS
+    assert namespace["Sample"] is plugin.Sample
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
         plugin.no_such_name  # noqa: B018
+
+
+def test_objects_pickled_under_the_old_module_paths_load():
+    """A Slurm job pickled before the layout change names ``dfqbench.core.plugin.Sample``: it loads as the
+    class at its new path."""
+    import pickle
+    import warnings
+
+    import torch
+
+    sample = plugin.Sample(torch.zeros(1), torch.zeros(1, dtype=torch.long))
+    data = pickle.dumps(sample, protocol=0).replace(b"dfqbench.blocks.interface", b"dfqbench.core.plugin")
+    assert b"dfqbench.core.plugin" in data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loaded = pickle.loads(data)
+    assert type(loaded) is plugin.Sample
 
 
 @pytest.mark.parametrize("body, kind", [("import sys\nsys.exit(0)\n", "SystemExit"),

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfqbench.core.generators import CifarGenerator, ConditionalBatchNorm2d, ImageNetGenerator
-from dfqbench.core.generators_qimera import QimeraGenerator, embed_normalize, teacher_class_embedding
-from dfqbench.core.plugin import Sample, StepContext
-from dfqbench.core.superposed import (
+from dfqbench.blocks.generators import CifarGenerator, ConditionalBatchNorm2d, ImageNetGenerator
+from dfqbench.blocks.generators_qimera import QimeraGenerator, embed_normalize, teacher_class_embedding
+from dfqbench.blocks.interface import Sample, StepContext
+from dfqbench.blocks.superposed import (
     MIX_WEIGHTS, SLOT_LABELS, generate_gdfq_superposed, mixing_weights, soft_targets, superposed_sample,
 )
 from dfqbench.core.trainer import Trainer

@@ -47,7 +47,7 @@ def make_spec(method: str, model: str = "resnet20_cifar10", bits: str = "w4a4", 
     """The spec `dfqbench run` builds for this cell (the method's defaults, presets and protocol, then the
     overrides), with the given teacher identity: without overrides, the cell's default configuration.
     ``legacy``: without the recorded ``changed`` (specs written before it existed)."""
-    from dfqbench.configuration import changes
+    from dfqbench.specs.configuration import changes
 
     from dfqbench.plugins import load_methods
     from dfqbench.runner import resolve_settings
@@ -554,7 +554,7 @@ def test_grid_restriction_selects_the_grids_run_ids(tiny_request, tmp_path, caps
 def test_grid_selection_counts_cells_that_are_not_runs_apart(tmp_path):
     """Cells without a run (excluded, unsupported, skipped for want of weights, invalid) are not counted as
     runs whose id is unknown; a run cell without an id (teacher not downloaded) is."""
-    from dfqbench.grid_index import write_grid_index
+    from dfqbench.store.grid_index import write_grid_index
     from dfqbench.report.cli import grid_selection
 
     cells = [{"label": f"c{i}", "status": status, "run_id": None, "run_name": None, "spec": None}

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfqbench.core.features import FeatureTap, stage_names
-from dfqbench.core.plugin import Sample, StepContext
+from dfqbench.blocks.features import FeatureTap, stage_names
+from dfqbench.blocks.interface import Sample, StepContext
 from dfqbench.core.trainer import Trainer
 from dfqbench.errors import DfqbenchError
 from dfqbench.methods import zaq as zaq_module

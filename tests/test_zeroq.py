@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfqbench.core.distill import DistilledSet, DistillSettings, ZeroQLoss, distill, init_images
-from dfqbench.core.plugin import Sample, StepContext
+from dfqbench.blocks.distill import DistilledSet, DistillSettings, ZeroQLoss, distill, init_images
+from dfqbench.blocks.interface import Sample, StepContext
 from dfqbench.core.trainer import Trainer
 from dfqbench.errors import DfqbenchError
 from dfqbench.methods.zeroq import draw_crops, resized_crop

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from dfqbench.core.diagnostics import probing
-from dfqbench.core.losses import disagreement_entropy, game_value
-from dfqbench.core.plugin import Method, Sample
-from dfqbench.core.step import StepObserver
+from dfqbench.blocks.losses import disagreement_entropy, game_value
+from dfqbench.blocks.interface import Method, Sample
+from dfqbench.core.step import Batch, StepObserver
 from dfqbench.quant import QuantAct
 
 
@@ -48,7 +48,7 @@ class GameProbe(StepObserver):
         self._sample, self._order = sample, []
         self._measured = {"before": self.measure()}
 
-    def after_generator(self) -> None:
+    def after_generator(self, batch: Batch) -> None:
         self._measured["g"] = self.measure()
         self._order.append("g")
 

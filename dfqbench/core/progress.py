@@ -113,6 +113,18 @@ class Progress:
         pass
 
 
+class SilentProgress(Progress):
+    """A progress sink that prints nothing and keeps the messages (``progress=False`` in the API; tests read
+    ``messages``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
 class RichProgress(Progress):
     """A live rich progress bar with the last losses, the last top-1 and the ETA; stage lines and epoch
     summaries stay printed above it."""

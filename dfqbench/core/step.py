@@ -3,7 +3,7 @@
 A :class:`TrainStep` owns the networks, their optimizers and the engine that runs them. ``iteration()``
 draws the iteration's samples up front (all random numbers of an iteration come from the samplers, so
 the stream is the same whatever runs the steps), then runs the method's ``steps`` (see
-:class:`~dfqbench.core.plugin.Method`):
+:class:`~dfqbench.blocks.interface.Method`):
 
 - "G" (GDFQ trainer.py L200-250): x = G(z, y) → teacher forward (BNS hooks, features) → the student forward
   when the G loss needs it → L_G → backward into G's parameters only → G's optimizer step. Its batch (x,
@@ -31,9 +31,9 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from dfqbench.core.engine import Engine, EagerEngine
-from dfqbench.core.features import FeatureTap
-from dfqbench.core.hooks import BNStatisticsLoss
-from dfqbench.core.plugin import G_STEP, Q_FRESH_STEP, Q_STEP, LossTerms, Method, Sample, StepContext
+from dfqbench.blocks.features import FeatureTap
+from dfqbench.blocks.hooks import BNStatisticsLoss
+from dfqbench.blocks.interface import G_STEP, Q_FRESH_STEP, Q_STEP, LossTerms, Method, Sample, StepContext
 from dfqbench.quant import activation_quantizers
 
 Features = list[torch.Tensor] | None  # a uses_features method's per-layer outputs, else None
@@ -60,8 +60,8 @@ class StepObserver:
     def begin(self, sample: Sample) -> None:
         """Before the first step, with the iteration's first sample."""
 
-    def after_generator(self) -> None:
-        """After a G step."""
+    def after_generator(self, batch: Batch) -> None:
+        """After a G step, with the batch it generated (images, the teacher's logits and features, detached)."""
 
     def after_students(self) -> None:
         """After a run of consecutive Q steps."""
@@ -119,7 +119,7 @@ class TrainStep:
                 terms, batch = self.generator_step(next(samples))
                 logged.append(("g/", terms))
                 if observer is not None:
-                    observer.after_generator()
+                    observer.after_generator(batch)
                 continue
             if kind == Q_STEP:
                 assert batch is not None  # check_steps: a "Q" follows a "G"

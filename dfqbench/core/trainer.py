@@ -11,7 +11,7 @@ steps; AdaSG paper, Definition 3): R = E[1 − H(p_ds)/log C] before the steps, 
 with Δ_g, Δ_q and the Balance Gap, and the disagreement entropy after the G step (H_g) and after the Q
 steps (H_q), AdaSG's Figure 6. Loss terms are summed on the device and read once per logging window, where
 the divergence check happens. Methods with ``uses_features`` also get the outputs of their
-``feature_layers`` for teacher and student (:class:`~dfqbench.core.features.FeatureTap`).
+``feature_layers`` for teacher and student (:class:`~dfqbench.blocks.features.FeatureTap`).
 
 Activation ranges update during epochs [0, range_update_epochs) and are frozen after each epoch's
 training, so evaluation never moves them. calibrated_top1 is Q with its pretrained weights and
@@ -44,7 +44,9 @@ from torch import nn
 from dfqbench.core.diagnostics import WindowMeans, non_finite, probing
 from dfqbench.core.engine import make_engine
 from dfqbench.core.loggers import Loggers
-from dfqbench.core.plugin import Method
+from dfqbench.core.optimizers import build_optimizers
+from dfqbench.core.phases import start_evaluation, start_training_epoch
+from dfqbench.blocks.interface import Method
 from dfqbench.core.probe import GameProbe
 from dfqbench.core.progress import Progress
 from dfqbench.core.snapshots import best_student_epoch, best_student_path, repair_best_student, save_best_student
@@ -138,14 +140,9 @@ class Trainer:
         if self.setup_seconds > 1.0:  # e.g. ZeroQ's data distillation: say where the time went
             progress.message(f"{self.method.name} setup done in {self.setup_seconds:.0f} s")
         self.generator = self.method.build_generator().to(self.device)
-        self.opt_g = (self.method.generator_optimizer(self.generator, self.cfg.lr_g, tuple(self.cfg.g_betas))
-                      if self.method.trains_generator else _NoOptimizer())
-        self.opt_q = torch.optim.SGD(
-            self.student.parameters(), lr=self.cfg.lr_q, momentum=self.cfg.q_momentum,
-            nesterov=self.cfg.q_nesterov, weight_decay=self.cfg.q_weight_decay,
-        )
-        self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, list(self.cfg.milestones_g), self.cfg.lr_gamma)
-        self.sched_q = torch.optim.lr_scheduler.MultiStepLR(self.opt_q, list(self.cfg.milestones_q), self.cfg.lr_gamma)
+        optimizers = build_optimizers(self.method, self.generator, self.student, self.cfg)
+        self.opt_g, self.opt_q = optimizers.opt_g, optimizers.opt_q
+        self.sched_g, self.sched_q = optimizers.sched_g, optimizers.sched_q
         self.engine = make_engine(run.engine, self.device)
         self.step = TrainStep(self.method, self.generator, self.teacher, self.student, self.opt_g, self.opt_q,
                               self.cfg.batch_size, self.device, self.engine)
@@ -271,9 +268,7 @@ class Trainer:
         return self._record()
 
     def _train_epoch(self, epoch: int) -> None:
-        self.generator.train()
-        self.student.train(self.method.student_bn_train)
-        set_range_update(self.student, epoch < self.cfg.range_update_epochs)
+        start_training_epoch(self.method, self.generator, self.student, epoch, self.cfg)
         for it in range(self.cfg.iters_per_epoch):
             log = (it + 1) % self.run.log_every == 0 or it + 1 == self.cfg.iters_per_epoch
             self.train_iteration(epoch, log)
@@ -316,8 +311,7 @@ class Trainer:
 
     # -- evaluation and the record -------------------------------------------------------------------
     def _evaluate_epoch(self, epoch: int) -> float | None:
-        set_range_update(self.student, False)
-        self.student.eval()
+        start_evaluation(self.student)
         calibration_epoch = epoch == self.cfg.warmup_epochs - 1
         if epoch < self.cfg.eval_start_epoch and not calibration_epoch and epoch != self.cfg.epochs - 1:
             return None
@@ -362,13 +356,6 @@ class Trainer:
 
 
 EPOCH_LOGGED = ("top1", "lr_q", "lr_g", "seconds")  # per-epoch values sent to the loggers as epoch/<name>
-
-
-class _NoOptimizer(torch.optim.SGD):
-    """Stands in for G's optimizer when a method trains no generator (keeps schedulers and checkpoints uniform)."""
-
-    def __init__(self) -> None:
-        super().__init__([torch.zeros(1, requires_grad=True)], lr=0.0)
 
 
 def device_name(device: torch.device) -> str:

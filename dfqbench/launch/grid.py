@@ -49,7 +49,7 @@ from dfqbench.errors import DfqbenchError
 from dfqbench.grids import GRID_DIR, shipped_grids
 from dfqbench.registry import unknown_choice
 from dfqbench.specs import TrainConfig, parse_override, read_flag_value, read_yaml
-from dfqbench.validate import MAX_SEED, check_path_name
+from dfqbench.specs.validate import MAX_SEED, check_path_name
 
 TOP_KEYS = ("name", "description", "base", "axes", "together", "exclude", "presets")
 CELL_KEYS = ("method", "model", "bits", "seed", "protocol", "variant", "profile")

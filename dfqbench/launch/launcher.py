@@ -168,17 +168,17 @@ def run_grid(request: GridRequest, say: Say = quiet) -> LaunchOutcome:
 
 
 def index_grid(plan: "Plan") -> None:
-    """Record the grid's cells for `report --grid` (:mod:`dfqbench.grid_index`) once the launch goes ahead: the
+    """Record the grid's cells for `report --grid` (:mod:`dfqbench.store.grid_index`) once the launch goes ahead: the
     whole grid as its file defines it (planned without --only/--seeds when those restricted this launch) and
     this launch's cells."""
-    from dfqbench.grid_index import write_grid_index
+    from dfqbench.store.grid_index import write_grid_index
 
     cells = ([] if plan.whole is None else plan.whole.cells) + plan.cells
     write_grid_index(plan.options.results, plan.grid.name, [_index_entry(c) for c in cells])
 
 
 def _index_entry(cell: "PlannedCell") -> dict:
-    """A planned cell as the grid index keeps it (:mod:`dfqbench.grid_index`)."""
+    """A planned cell as the grid index keeps it (:mod:`dfqbench.store.grid_index`)."""
     return {"label": cell.cell.label, "status": cell.status, "reason": cell.reason, "run_id": cell.run_id,
             "run_name": cell.run_name, "duplicate_of": cell.duplicate_of,
             "spec": cell.spec.to_dict() if cell.spec is not None else None}

@@ -46,6 +46,13 @@ class RangeTracker:
         """The (lo, hi) to quantize ``x`` with; ``batch_minmax`` is x's aminmax when already computed."""
         return act.x_min, act.x_max
 
+    @torch.no_grad()
+    def set_range(self, act: nn.Module, lo: Tensor, hi: Tensor) -> None:
+        """Make (lo, hi) the range ``act`` quantizes with, its state consistent with it: later updates continue
+        from it as if it had been tracked (in place; the buffers keep their dtype and device)."""
+        act.x_min.fill_(lo)
+        act.x_max.fill_(hi)
+
     def extra_repr(self) -> str:
         return f"tracker={self.name}, momentum={self.momentum}"
 
@@ -113,6 +120,16 @@ class EmaTracker(RangeTracker):
         act.ema_max.mul_(beta).add_(m_max, alpha=1.0 - beta)
         torch.div(act.ema_min, denom, out=act.x_min)
         torch.div(act.ema_max, denom, out=act.x_max)
+
+    @torch.no_grad()
+    def set_range(self, act: nn.Module, lo: Tensor, hi: Tensor) -> None:
+        """The raw EMA becomes range × (1 − β^t), so the corrected range is (lo, hi); with no update yet, t
+        becomes 1 (the range counts as one observation)."""
+        act.num_updates.clamp_(min=1)
+        denom = 1.0 - torch.pow(self.momentum, act.num_updates.to(act.ema_min.dtype))
+        super().set_range(act, lo, hi)
+        torch.mul(act.x_min, denom, out=act.ema_min)
+        torch.mul(act.x_max, denom, out=act.ema_max)
 
 
 class MinMaxTracker(RangeTracker):

@@ -8,7 +8,7 @@ installed here. A run is default when its spec's ``method_version``, ``train``, 
 Everything else is another configuration, named by the override keys it changed (``quant.tracker=ema``,
 ``method.ds_weight=0``: the spelling of ``dfqbench run``'s overrides and of ``report --where``).
 
-Runs record how they differ (the spec's ``changed``, :mod:`dfqbench.configuration`), so reading a default
+Runs record how they differ (the spec's ``changed``, :mod:`dfqbench.specs.configuration`), so reading a default
 needs no method plugin. For specs written before that field existed, the default is resolved from the
 installed plugins (importing torch), once per cell; a cell whose default cannot be resolved there (a method
 not installed, a protocol or cell it does not support) has no default.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from dfqbench.configuration import differences, flat_configuration, override_key, plain
+from dfqbench.specs.configuration import differences, flat_configuration, override_key, plain
 from dfqbench.errors import DfqbenchError
 
 __all__ = ["configuration_diff", "default_configuration", "diff_text", "override_key"]

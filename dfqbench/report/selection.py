@@ -10,10 +10,10 @@ from dfqbench.errors import DfqbenchError
 
 def grid_selection(grid: str, root: Path) -> tuple[set[str], list[Any], list[str]]:
     """(run ids of the grid's runs, Unfinished entries for runs without a folder yet, summary lines), from the
-    grid's index written when it was launched (:mod:`dfqbench.grid_index`): no re-planning, no torch."""
+    grid's index written when it was launched (:mod:`dfqbench.store.grid_index`): no re-planning, no torch."""
     from collections import Counter
 
-    from dfqbench.grid_index import grid_name, read_grid_index
+    from dfqbench.store.grid_index import grid_name, read_grid_index
     from dfqbench.report.load import Unfinished
     from dfqbench.store import CELL_ONLY_STATES, ResultsStore
 

@@ -197,7 +197,7 @@ class ResultsStore:
         return self.root / "launch"
 
     def grid_index_path(self, grid: str) -> Path:
-        """A grid's cells as its launches planned them: ``<root>/grids/<grid>/cells.json`` (:mod:`dfqbench.grid_index`)."""
+        """A grid's cells as its launches planned them: ``<root>/grids/<grid>/cells.json`` (:mod:`dfqbench.store.grid_index`)."""
         return self.root / "grids" / grid / "cells.json"
 
     def slurm_dir(self, grid: str) -> Path:

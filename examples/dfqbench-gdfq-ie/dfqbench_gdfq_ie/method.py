@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dfqbench.core.plugin import LossTerms, StepContext
+from dfqbench.blocks.interface import LossTerms, StepContext
 from dfqbench.methods.gdfq import GDFQ, GDFQConfig
-from dfqbench.validate import check_real
+from dfqbench.specs.validate import check_real
 
 
 @dataclass(frozen=True)

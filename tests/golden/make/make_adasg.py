@@ -112,7 +112,7 @@ def whole_iteration(T, M, settings: SimpleNamespace, full_x: bool = True) -> dic
 
 
 def _whole_iteration(T, M, settings: SimpleNamespace, full_x: bool) -> dict[str, torch.Tensor]:
-    from dfqbench.core.generators import CifarGenerator  # only for the state-dict layout of the seeded weights
+    from dfqbench.blocks.generators import CifarGenerator  # only for the state-dict layout of the seeded weights
 
     teacher = M.ptcv_get_model("resnet20_cifar10", pretrained=False)
     init_net = seeded_state(teacher, NET_SEED)

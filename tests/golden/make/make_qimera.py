@@ -26,7 +26,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qimera_inputs as qi  # noqa: E402  (imports the installed pytorchcv before the official path is added)
 
-from dfqbench.core.generators_qimera import QimeraGenerator, teacher_class_embedding  # noqa: E402
+from dfqbench.blocks.generators_qimera import QimeraGenerator, teacher_class_embedding  # noqa: E402
 from dfqbench.quant import QuantConfig, quantize_model  # noqa: E402
 
 REPO, COMMIT = "iamkanghyunchoi/qimera", "2f48cbaf1d0dbaf893ca6369681e801af16e4fef"

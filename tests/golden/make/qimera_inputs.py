@@ -19,7 +19,7 @@ from golden_common import portable_randn, portable_uniform
 from pytorchcv.model_provider import get_model
 from torch import nn
 
-from dfqbench.core.generators_qimera import QimeraGenerator
+from dfqbench.blocks.generators_qimera import QimeraGenerator
 
 NUM_CLASSES = 10
 LATENT_DIM = 64  # cifar10_resnet20.hocon latent_dim

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dfqbench.core.features import FeatureTap
+from dfqbench.blocks.features import FeatureTap
 from dfqbench.errors import DfqbenchError
 from dfqbench.registry import unknown_choice
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfqbench.core.generators import CifarGenerator, ImageNetGenerator
-from dfqbench.core.superposed import mix_slots
+from dfqbench.blocks.generators import CifarGenerator, ImageNetGenerator
+from dfqbench.blocks.superposed import mix_slots
 
 EMBED_NORM_EPS = 1e-5  # nn.BatchNorm1d's default eps, as in the official embed_normalizer
 

@@ -1,4 +1,4 @@
-"""The method plugin interface: what a DFQ method contributes to the shared trainer, and the method registry.
+"""The method interface: what a DFQ method contributes to the shared trainer, and the method registry.
 
 A method is a :class:`Method` subclass; the bundled ones (``dfqbench.methods``) add themselves to
 :data:`METHODS` with ``@register_method``, other installed packages' through their entry points. Finding and
@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from dfqbench.core.features import stage_names
+from dfqbench.blocks.features import stage_names
 from dfqbench.registry import Registry
-from dfqbench.validate import check_method_name
+from dfqbench.specs.validate import check_method_name
 
 LossTerms = dict[str, torch.Tensor]
 
@@ -151,7 +151,7 @@ class Method:
     def feature_layers(self, model: nn.Module) -> list[str]:
         """Names (as in ``named_modules``) of the modules whose outputs a ``uses_features`` method receives,
         in order; the same names are tapped on the teacher and on the quantized student. Default: the
-        residual stages ``features.stage1..N`` of pytorchcv models (:func:`dfqbench.core.features.stage_names`)."""
+        residual stages ``features.stage1..N`` of pytorchcv models (:func:`dfqbench.blocks.features.stage_names`)."""
         return stage_names(model)
 
     def generator_optimizer(self, generator: nn.Module, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
@@ -176,7 +176,7 @@ METHODS: Registry[type[Method]] = Registry("method")
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: add a method plugin to the registry under ``cls.name`` (which must follow
-    :data:`dfqbench.validate.METHOD_NAME`: it becomes part of run folder names)."""
+    :data:`dfqbench.specs.validate.METHOD_NAME`: it becomes part of run folder names)."""
     check_method_name(cls.name)
     METHODS.add(cls.name, cls)
     return cls

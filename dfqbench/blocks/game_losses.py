@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dfqbench.core.losses import entropy, soft_cross_entropy
+from dfqbench.blocks.losses import entropy, soft_cross_entropy
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfqbench.core.losses import soft_cross_entropy
-from dfqbench.core.plugin import Sample
+from dfqbench.blocks.losses import soft_cross_entropy
+from dfqbench.blocks.interface import Sample
 from dfqbench.errors import DfqbenchError
 
 SUPERPOSED = "superposed"  # Sample.extra key: True for a mixed batch
