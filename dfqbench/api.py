@@ -13,7 +13,9 @@
 :func:`run` and :func:`run_grid` build the request the command line builds from its flags
 (:class:`dfqbench.request.RunRequest`, :class:`dfqbench.launch.launcher.GridRequest`) and go through the same
 library code (:func:`dfqbench.runner.run`, :mod:`dfqbench.launch.launcher`) with the same checks; bad input
-raises :class:`dfqbench.errors.DfqbenchError` with the CLI's one-line message instead of exiting. Nothing
+raises :class:`dfqbench.errors.DfqbenchError` with the CLI's one-line message instead of exiting. Every public
+function goes through one error boundary, :func:`public`: arguments checked against their annotations (a wrong
+type, an unknown or missing argument is one line), and an ``OSError`` on a given path one line too. Nothing
 here imports the command line (``dfqbench.cli``, ``dfqbench.launch.cli``, ``dfqbench.report.cli``). Readers go
 through the results store's readers (:mod:`dfqbench.report.load`, :mod:`dfqbench.store`).
 This module imports nothing heavy at import time (``import dfqbench`` stays light); torch, pandas and the
@@ -22,10 +24,15 @@ trainer load inside the functions.
 
 from __future__ import annotations
 
-import json
+import collections.abc
+import functools
+import inspect
+import numbers
 import os
+import types
+import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, TypeVar, Union
 
 from dfqbench.core.progress import Progress, SilentProgress  # torch-free
 from dfqbench.errors import DfqbenchError
@@ -36,12 +43,150 @@ if TYPE_CHECKING:
     from torch import nn
 
 Overrides = Union[Sequence[str], Mapping[str, Any], None]
+PathText = Union[str, os.PathLike, None]  # a file or folder given as text or a path object
 RunRef = Any  # a run folder path, a row of load_results (or any mapping with "path" or "run_name"), a record dict,
 # or a run id / run name (with results=)
 
 LEADING_COLUMNS = ("method", "model", "dataset", "bits", "seed", "protocol", "state", "fp_top1", "calibrated_top1",
                    "best_top1", "best_epoch", "final_top1", "diverged", "epochs", "wall_time_s", "device", "engine",
                    "run_id", "run_name", "path", "reason")
+
+
+# -- the error boundary of the public API --------------------------------------------------------------
+_F = TypeVar("_F", bound=Callable[..., Any])
+_HINTS: dict[str, dict[str, Any]] = {}
+
+
+class _Mismatch(Exception):
+    """A value that does not match an annotation (turned into a DfqbenchError by :func:`public`)."""
+
+
+def _resolve(annotation: Any) -> Any:
+    """A parameter's annotation as a type (``from __future__ import annotations`` keeps them as text; the
+    torch type of :func:`evaluate`'s model is imported only when it is checked)."""
+    namespace = dict(globals())
+    while isinstance(annotation, str):
+        if "nn." in annotation:
+            from torch import nn
+
+            namespace["nn"] = nn
+        annotation = eval(annotation, namespace)  # noqa: S307  (our own annotations, never user text)
+    return annotation
+
+
+def _describe(tp: Any) -> str:
+    """``int | None`` → "an integer or None" (what the one-line message says was expected)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(arg) for arg in args))
+    names = {type(None): "None", str: "a string", bool: "True or False", int: "an integer", float: "a number",
+             os.PathLike: "a path"}
+    if tp in names or tp is None:
+        return names.get(tp, "None")
+    if origin in (collections.abc.Sequence, collections.abc.Iterable):
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is collections.abc.Mapping:
+        return "a mapping with string keys"
+    if origin is collections.abc.Callable:
+        return "a function"
+    if isinstance(tp, type):
+        module = "torch.nn" if tp.__module__.startswith("torch.nn.") else tp.__module__
+        return f"a {module}.{tp.__qualname__}"
+    return str(tp)
+
+
+def _convert(value: Any, tp: Any) -> Any:
+    """``value`` checked against ``tp`` and converted where the API promises more than the type (a numpy
+    integer is an int, a generator of seeds a list); :class:`_Mismatch` if it does not match."""
+    if tp is Any:
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        for arg in args:  # in order: the first that matches (a str before an iterable of str)
+            try:
+                return _convert(value, arg)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if tp is None or tp is type(None):
+        if value is None:
+            return value
+        raise _Mismatch
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+        raise _Mismatch
+    if origin in (collections.abc.Sequence, collections.abc.Iterable):
+        if isinstance(value, str) and args[0] is str:
+            return value  # one item (an override, a logger): the functions take it as such
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, collections.abc.Iterable):
+            raise _Mismatch
+        return [_convert(item, args[0]) for item in value]
+    if origin is collections.abc.Mapping:
+        if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+            return value
+        raise _Mismatch
+    if origin is collections.abc.Callable:
+        if callable(value):
+            return value
+        raise _Mismatch
+    if tp is os.PathLike and isinstance(value, os.PathLike) and isinstance(os.fspath(value), str):
+        return os.fspath(value)  # the functions below take a path as text
+    if isinstance(tp, type) and tp is not os.PathLike and isinstance(value, tp):
+        return value
+    raise _Mismatch
+
+
+def public(function: _F) -> _F:
+    """The one error boundary of the Python API: each argument is checked against its annotation (and
+    converted, :func:`_convert`) before the function runs, an unknown or missing argument is named, and what a
+    user's input or files can foreseeably cause (an ``OSError`` on a path they gave) is a :class:`DfqbenchError`
+    with one line, as the command line prints it. Anything else is a bug and is raised as it is."""
+    signature = inspect.signature(function)
+    name = function.__name__
+
+    @functools.wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        from dfqbench.registry import unknown_choice
+
+        unknown = [key for key in kwargs if key not in signature.parameters]
+        if unknown:
+            raise DfqbenchError(unknown_choice(f"{name}() argument", unknown[0], list(signature.parameters)))
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise DfqbenchError(f"{exc}; see help(dfqbench.{name})") from None
+        hints = _HINTS.get(name)
+        if hints is None:
+            hints = _HINTS[name] = {key: _resolve(p.annotation) for key, p in signature.parameters.items()}
+        for key, value in bound.arguments.items():
+            try:
+                bound.arguments[key] = _convert(value, hints[key])
+            except _Mismatch:
+                raise DfqbenchError(f"invalid {name}() argument {key}={_shown(value)}: expected "
+                                    f"{_describe(hints[key])}") from None
+        try:
+            return function(*bound.args, **bound.kwargs)
+        except OSError as exc:  # a path given that cannot be read or written (a StoreError is already one line)
+            if isinstance(exc, DfqbenchError):
+                raise
+            where = f" '{exc.filename}'" if exc.filename else ""
+            raise DfqbenchError(f"{name}(): cannot use{where} ({exc.strerror or exc})") from exc
+
+    return checked  # type: ignore[return-value]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # -- running ---------------------------------------------------------------------------------------------
@@ -77,14 +222,17 @@ def _options(results: str | os.PathLike | None, overrides: Overrides, log: str |
                       log=_log_list(log), **values)
 
 
+@public
 def run(method: str, model: str, bits: str, seed: int = 0, protocol: str = "paper", overrides: Overrides = None,
-        results: str | os.PathLike | None = None, *, weights: str | None = None, weights_dir: str | None = None,
-        weights_norm: str | None = None, data_root: str | None = None, device: str = "auto", engine: str = "auto",
-        log: str | Iterable[str] | None = None, log_every: int = 50, progress: "bool | Progress" = True) -> dict[str, Any]:
+        results: str | os.PathLike | None = None, *, weights: PathText = None, weights_dir: PathText = None,
+        weights_norm: str | None = None, data_root: PathText = None, device: str = "auto", engine: str = "auto",
+        log: str | Iterable[str] | None = None, log_every: int = 50, progress: "bool | Progress" = True,
+        rerun_stale: bool = False) -> dict[str, Any]:
     """Run one cell (``dfqbench run``) and return its record (the content of ``record.json``).
 
     A finished run is not trained again (its record is returned); an interrupted one resumes from its last
-    epoch. ``overrides``: ``["train.epochs=3"]`` or ``{"train.epochs": 3}``; ``log``: ``"tensorboard"``,
+    epoch; with ``rerun_stale``, a finished run whose method code changed since it ran (stale) is trained
+    again from scratch. ``overrides``: ``["train.epochs=3"]`` or ``{"train.epochs": 3}``; ``log``: ``"tensorboard"``,
     ``"wandb"`` or a list of them; ``progress``: True (progress lines or a live bar), False (silent) or a
     :class:`dfqbench.core.progress.Progress`. Bad input raises :class:`DfqbenchError` before anything is written.
     """
@@ -94,7 +242,7 @@ def run(method: str, model: str, bits: str, seed: int = 0, protocol: str = "pape
     request = RunRequest.of(options, method=method, model=model, bits=bits, seed=seed, protocol=protocol)
     from dfqbench.runner import run as run_request
 
-    return run_request(request, _progress(progress)).to_dict()
+    return run_request(request, _progress(progress), rerun_stale=rerun_stale).to_dict()
 
 
 def _only_list(only: Mapping[str, Any] | Sequence[str] | None) -> list[str] | None:
@@ -118,13 +266,14 @@ def _say(progress: "bool | Callable[[str], None]") -> "Callable[[str], None] | N
     return (lambda text: print(text, flush=True)) if progress else None
 
 
+@public
 def run_grid(grid: str | os.PathLike, results: str | os.PathLike | None = None, *,
              only: Mapping[str, Any] | Sequence[str] | None = None, seeds: str | Iterable[int] | None = None,
              protocol: str | None = None, overrides: Overrides = None, dry_run: bool = False,
-             retry_failed: bool = False, executor: str = "local", jobs: int | None = None,
-             runs_per_gpu: int | None = None, profile: str | None = None, profiles: str | None = None,
-             weights: str | None = None, weights_dir: str | None = None, weights_norm: str | None = None,
-             data_root: str | None = None, device: str = "auto", engine: str = "auto",
+             retry_failed: bool = False, rerun_stale: bool = False, executor: str = "local", jobs: int | None = None,
+             runs_per_gpu: int | None = None, profile: str | None = None, profiles: PathText = None,
+             weights: PathText = None, weights_dir: PathText = None, weights_norm: str | None = None,
+             data_root: PathText = None, device: str = "auto", engine: str = "auto",
              log: str | Iterable[str] | None = None, log_every: int = 50,
              progress: "bool | Callable[[str], None]" = False, errors: str = "raise") -> "pd.DataFrame":
     """Run a grid (``dfqbench run --grid``): a shipped grid's name or a YAML file, filtered with ``only``
@@ -134,6 +283,9 @@ def run_grid(grid: str | os.PathLike, results: str | os.PathLike | None = None, 
     folder yet is a pending row). With ``dry_run=True`` nothing runs: one row per cell of the plan
     (``--dry-run --json``'s ``cells``), the rest of that document in ``frame.attrs``. A Slurm launch returns
     after submitting (the runs are then pending). The grid is planned once.
+
+    ``rerun_stale``: also train again, from scratch, the done runs whose method code changed since they ran
+    (``--rerun-stale``; ``dfqbench status`` and a dry run list them as stale).
 
     ``progress``: False (default) prints nothing; True prints what ``dfqbench run --grid`` prints (the runs to
     run, each worker's start and end, the submissions); a function is called with each of those lines instead.
@@ -152,14 +304,15 @@ def run_grid(grid: str | os.PathLike, results: str | os.PathLike | None = None, 
     if seeds is not None and not isinstance(seeds, str):
         seeds = ",".join(str(int(s)) for s in seeds)
     request = launcher.GridRequest(
-        grid=str(grid), only=_only_list(only), seeds=seeds, retry_failed=retry_failed, executor=executor, jobs=jobs,
+        grid=str(grid), only=_only_list(only), seeds=seeds, retry_failed=retry_failed, rerun_stale=rerun_stale,
+        executor=executor, jobs=jobs,
         runs_per_gpu=runs_per_gpu, profile=profile, profiles=profiles,
         options=_options(results, overrides, log, protocol=protocol, weights=weights, weights_dir=weights_dir,
                          weights_norm=weights_norm, data_root=data_root, device=device, engine=engine,
                          log_every=log_every))
     inputs = launcher.grid_inputs(request, write=not dry_run)  # checks the request first
     if dry_run:
-        return _plan_frame(launcher.dry_plan(inputs), retry_failed)
+        return _plan_frame(launcher.dry_plan(inputs), retry_failed, rerun_stale)
     say = _say(progress) or launcher.quiet
     # the workers write to their run folders' worker.log: only what ``say`` is given reaches the caller
     outcome = launcher.launch(launcher.plan_launch(inputs, say), request, say, worker_logs=True)
@@ -168,7 +321,7 @@ def run_grid(grid: str | os.PathLike, results: str | os.PathLike | None = None, 
     frame = _grid_results(outcome.plan)
     frame.attrs["failed"] = outcome.failed
     if outcome.failed and errors == "raise":
-        launched = len(outcome.plan.to_launch(retry_failed))
+        launched = len(outcome.plan.to_launch(retry_failed, rerun_stale))
         error = DfqbenchError(f"grid {outcome.plan.grid.name}: {len(outcome.failed)} of {launched} runs failed: "
                               + "; ".join(f"{name}: {reason}" for name, reason in outcome.failed)
                               + " (see their error.json; errors='return' returns them as rows instead)")
@@ -179,12 +332,12 @@ def run_grid(grid: str | os.PathLike, results: str | os.PathLike | None = None, 
     return frame
 
 
-def _plan_frame(plan, retry_failed: bool) -> "pd.DataFrame":
+def _plan_frame(plan, retry_failed: bool, rerun_stale: bool = False) -> "pd.DataFrame":
     import pandas as pd
 
     from dfqbench.launch.summary import plan_document
 
-    document = plan_document(plan, retry_failed)
+    document = plan_document(plan, retry_failed, rerun_stale)
     frame = pd.DataFrame(document.pop("cells"))
     frame.attrs.update(document)
     return frame
@@ -208,6 +361,7 @@ def _grid_results(plan) -> "pd.DataFrame":
 
 
 # -- reading ---------------------------------------------------------------------------------------------
+@public
 def load_results(results_dir: str | os.PathLike | None = None, grid: str | os.PathLike | None = None, *,
                  protocol: str | None = None) -> "pd.DataFrame":
     """Every run under ``results_dir`` (default ``$DFQBENCH_RESULTS`` or ``./results``) as one row: method,
@@ -274,6 +428,7 @@ def _frame(scan, extra: list[dict[str, Any]] = ()) -> "pd.DataFrame":
     return frame.reindex(columns=[*LEADING_COLUMNS, *spec_columns])
 
 
+@public
 def run_dir(run: RunRef, results: str | os.PathLike | None = None) -> Path:
     """The folder of ``run``: a run folder path; a row of :func:`load_results` or a record dict (its ``path``,
     else its ``run_name`` under ``results``); or a run id or run name under ``results`` (default
@@ -284,10 +439,14 @@ def run_dir(run: RunRef, results: str | os.PathLike | None = None) -> Path:
         path = run.get("path")
         if isinstance(path, (str, os.PathLike)) and path:
             return _checked(Path(path))
-        run = run.get("run_name") or run.get("run_id")
+        run = next((value for value in (run.get("run_name"), run.get("run_id")) if isinstance(value, str) and value),
+                   None)
         if not run:
             raise DfqbenchError("a run given as a mapping needs its 'path', 'run_name' or 'run_id' "
                                 "(a row of dfqbench.load_results or a record)")
+    if not isinstance(run, (str, os.PathLike)) or not isinstance(os.fspath(run), str):
+        raise DfqbenchError(f"invalid run {_shown(run)}: expected a run folder, a row of dfqbench.load_results, a "
+                            "record dict, or a run id or run name (with results=DIR)")
     text = os.fspath(run)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -313,12 +472,18 @@ def _checked(path: Path) -> Path:
 def _spec(path: Path) -> dict[str, Any]:
     from dfqbench.store import RunFolder
 
+    from dfqbench.store.files import parse_json
+
     try:
-        return json.loads(RunFolder(path).spec_path.read_text())
+        spec = parse_json(RunFolder(path).spec_path.read_bytes())  # bounded: deep nesting is a ValueError
     except (OSError, ValueError) as exc:
         raise DfqbenchError(f"unreadable spec.json in '{path}' ({type(exc).__name__})") from None
+    if not isinstance(spec, dict):
+        raise DfqbenchError(f"unreadable spec.json in '{path}' (not a JSON object)")
+    return spec
 
 
+@public
 def load_metrics(run: RunRef, results: str | os.PathLike | None = None) -> "pd.DataFrame":
     """The run's ``metrics.jsonl`` as a frame: one row per logged iteration (``type == "iter"``: every loss
     term and diagnostic) and per epoch (``type == "epoch"``: top1, lr_q, lr_g, seconds), with ``step``, the
@@ -342,6 +507,7 @@ def load_metrics(run: RunRef, results: str | os.PathLike | None = None) -> "pd.D
     return frame[first + [c for c in frame.columns if c not in first]]
 
 
+@public
 def load_student(run: RunRef, which: str = "best", results: str | os.PathLike | None = None,
                  device: str = "cpu") -> "nn.Module":
     """The run's fake-quantized student with its trained weights, BN statistics and activation ranges, in eval
@@ -357,8 +523,9 @@ def load_student(run: RunRef, which: str = "best", results: str | os.PathLike | 
     return load_student_module(_spec(path), state).to(device)
 
 
+@public
 def evaluate(model: "nn.Module", run: RunRef, results: str | os.PathLike | None = None, *,
-             data_root: str | None = None, device: str = "cpu") -> float:
+             data_root: str | os.PathLike | None = None, device: str = "cpu") -> float:
     """Top-1 (percent) of ``model`` on the run's test set, normalised and subsetted as the run evaluated
     (``train.eval_max_images``); ``data_root`` as ``dfqbench run --data-root`` (env ``DFQBENCH_DATA``)."""
     from dfqbench.zoo import Evaluator, Normalization, load_test_set, model_info

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true",
                      help="start this run from scratch: delete its folder's checkpoint, metrics and record first "
                           "(e.g. after an unreadable file); single runs only")
+    run.add_argument("--rerun-stale", action="store_true",
+                     help="train again, from scratch, the done runs whose method code changed since they ran (stale: "
+                          "shown by status, dry runs and report); single runs and grids")
     run.add_argument("--log", action="append", default=[], metavar="tensorboard|wandb",
                      help="also log every loss term, diagnostic and per-epoch top-1 to TensorBoard (event files in "
                           "the run folder's tensorboard/) or Weights & Biases (WANDB_MODE=offline works offline); "
@@ -73,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true", help="print one JSON document (a list of objects) on stdout")
     add_report_parser(sub)
     add_status_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
@@ -103,6 +107,10 @@ def check_run_mode(args: argparse.Namespace) -> None:
         if single:
             raise DfqbenchError(f"{single[0]} is for single runs, not with --grid; filter a grid with --only "
                                 "(e.g. --only method=gdfq) and set its seeds with --seeds")
+        filters = [text for text in args.overrides if "." not in text.partition("=")[0]]
+        if filters:  # `--only a=1 b=2`: each --only takes one filter, so b=2 arrived here as an override
+            raise DfqbenchError(f"override {filters[0]!r} has no section (train., method. or quant.); to keep only "
+                                f"some cells, give each filter its own --only: --only {filters[0]}")
         return
     if args.json:
         raise DfqbenchError("--json prints a grid's dry-run plan (run --grid NAME --dry-run --json); a single run "
@@ -135,7 +143,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     request = RunRequest.of(options, method=args.method, model=args.model, bits=args.bits, seed=args.seed or 0,
                             protocol=args.protocol or "paper")
-    record = run(request, progress, restart=args.restart)
+    if args.protocol is None:  # the faithful default, which can be long: say which schedule and how to pick quick
+        from dfqbench.launch.estimate import protocol_notice
+
+        progress.message(protocol_notice(request))
+    record = run(request, progress, restart=args.restart, rerun_stale=args.rerun_stale)
     progress.stop()
     print(summarize(record, request.overrides, record_path(request, record)), flush=True)
     return 0
@@ -178,11 +190,12 @@ def summarize(record: "RunRecord", overrides: Sequence[str] = (), path: object =
 def list_document(what: str) -> list[dict]:
     """``dfqbench list methods|models --json``: one object per registered method or zoo model."""
     if what == "methods":
-        from dfqbench.plugins import load_methods
+        from dfqbench.plugins import METHOD_SOURCES, load_methods
 
         registry = load_methods()
         return [{"name": name, "version": registry.get(name).version, "paper": registry.get(name).paper,
-                 "steps": list(registry.get(name).steps)} for name in registry]
+                 "steps": list(registry.get(name).steps), "from": METHOD_SOURCES.get(name, "?"),
+                 "data_free": getattr(registry.get(name), "data_free", True)} for name in registry]
     from dfqbench.zoo.models import KNOWN_MODELS
 
     return [{"name": name, "dataset": info.dataset, "num_classes": info.num_classes, "input_size": info.input_size,
@@ -204,11 +217,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
         from dfqbench.plugins import METHOD_SOURCES, load_methods
 
         registry = load_methods()
-        for column in ("method", "version", "paper", "from"):
+        for column in ("method", "version", "data", "paper", "from"):
             table.add_column(column)
-        for name in registry:
+        for name in registry:  # "data": a method with data_free = False (real_kd) fine-tunes on real images
             cls = registry.get(name)
-            table.add_row(name, cls.version, cls.paper, METHOD_SOURCES.get(name, "?"))
+            data = "data-free" if getattr(cls, "data_free", True) else "REAL DATA (not data-free)"
+            table.add_row(name, cls.version, data, cls.paper, METHOD_SOURCES.get(name, "?"))
     else:
         from dfqbench.zoo.models import KNOWN_MODELS
 
@@ -234,6 +248,44 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return run_status(args)
 
 
+def add_export_parser(sub) -> None:
+    export = sub.add_parser("export", help="export a finished run's quantized student as ONNX (QDQ) or integer "
+                            "tensors, checked on the run's test images (docs/export.md)")
+    export.add_argument("run", metavar="RUN", help="a run folder, or a run id or run name under --results")
+    export.add_argument("--format", default="onnx", metavar="onnx|int",
+                        help="onnx (QuantizeLinear/DequantizeLinear, opset 21; default) or int (integer weights, "
+                             "scales and zero points in safetensors + manifest.json; dfqbench.export.load_int)")
+    export.add_argument("--which", default="best", metavar="best|final", help="the best epoch's student (default) "
+                        "or the last epoch's")
+    export.add_argument("--results", help="results folder of a run id or name (env DFQBENCH_RESULTS; default "
+                        "./results)")
+    export.add_argument("--out", help="output file (onnx) or folder (int); default <run folder>/export/"
+                        "student-<which>.onnx or student-<which>-int/")
+    export.add_argument("--force", action="store_true", help="overwrite an existing output")
+    export.add_argument("--no-check", action="store_true",
+                        help="skip evaluating the export on the run's test images")
+    export.add_argument("--data-root", help="test data root (env DFQBENCH_DATA), for the check")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dfqbench.api import run_dir
+    from dfqbench.export import export_run
+
+    outcome = export_run(run_dir(args.run, args.results), args.format, args.which, out=args.out, force=args.force,
+                         check=not args.no_check, data_root=args.data_root)
+    what = "ONNX QDQ model (opset 21)" if outcome.format == "onnx" else "integer pack"
+    print(f"wrote {outcome.path}: {what} of the {outcome.which} student (epoch {outcome.epoch})")
+    check = outcome.check
+    if check is None:
+        return 0
+    runtime = "onnxruntime, CPU" if outcome.format == "onnx" else "dfqbench.export.load_int"
+    verdict = "ok" if check.passed else "FAILED: outside the tolerance"
+    print(f"check on {check.images} test images ({runtime}): top-1 {check.exported_top1:.2f} % vs recorded "
+          f"{check.recorded_top1:.2f} %, tolerance ±{check.tolerance:.2f} points: {verdict}; same class as the "
+          f"PyTorch student on {check.agree}/{check.images} images, max |Δ logit| {check.max_logit_diff:.3g}")
+    return 0 if check.passed else 1
+
+
 def check_no_empty_values(args: argparse.Namespace) -> None:
     """A flag given an empty value (``--results ""``, ``--protocol ""``, ``--seeds ""``: an unset shell variable,
     most often) is one line naming it, never the flag's default taken silently."""
@@ -249,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         check_no_empty_values(args)
         return {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report,
-                "status": _cmd_status}[args.command](args)
+                "status": _cmd_status, "export": _cmd_export}[args.command](args)
     except DfqbenchError as exc:
         print(f"dfqbench: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)  # 2: bad input; a run that failed at run time (CUDA OOM) sets 1

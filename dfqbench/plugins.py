@@ -14,6 +14,8 @@ This module sits above the methods it loads: the interface they implement is :mo
 which knows nothing of this one. Importing it imports neither torch nor a plugin: listing the entries
 (:func:`method_entries`) and fingerprinting them for the plan cache (:func:`entries_fingerprint`,
 :mod:`dfqbench.launch.plancache`) load nothing; only :func:`load_methods` and :func:`register_entry_points` do.
+:func:`method_code` stamps a loaded method's code for its run's record (:mod:`dfqbench.store.codestamp`, which
+later compares the stamp with the installed code without importing anything).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.specs.validate import check_method_name
+from dfqbench.store.codestamp import code_stamp
 
 if TYPE_CHECKING:
     from dfqbench.blocks.interface import Method
@@ -103,6 +106,8 @@ def entries_fingerprint() -> list[Any]:
 
 # Where each registered method comes from: "dfqbench" (bundled) or "<distribution> <version>" (entry point).
 METHOD_SOURCES: dict[str, str] = {}
+# The distribution (package name) of each method registered from an entry point.
+METHOD_DISTRIBUTIONS: dict[str, str] = {}
 # One line per installed plugin that could not be registered (also printed once to stderr as a warning).
 PLUGIN_PROBLEMS: list[str] = []
 _entry_points_loaded = False
@@ -123,6 +128,8 @@ def load_methods() -> Registry[type[Method]]:
         for problem in register_entry_points():
             PLUGIN_PROBLEMS.append(problem)
             print(f"dfqbench: warning: {problem}", file=sys.stderr)
+        for name in METHODS.names():  # the loaded code's stamps, before anything can edit it
+            method_code(METHODS.get(name))
     return METHODS
 
 
@@ -172,7 +179,42 @@ def register_entry_points() -> list[str]:
             cls.name = entry.name
         METHODS.add(entry.name, cls)
         METHOD_SOURCES.setdefault(entry.name, entry.distribution)
+        dist = getattr(entry.entry_point, "dist", None)
+        if dist is not None:
+            METHOD_DISTRIBUTIONS.setdefault(entry.name, dist.metadata["Name"])
     return problems
+
+
+def method_modules(method_cls: type[Method]) -> list[str]:
+    """The modules holding a method's code: its class's and those of its base classes that are methods (a plugin
+    subclassing GDFQ: its own module, then ``dfqbench.methods.gdfq``); the interface itself is not one."""
+    from dfqbench.blocks.interface import Method
+
+    return list(dict.fromkeys(c.__module__ for c in method_cls.__mro__
+                              if isinstance(c, type) and issubclass(c, Method) and c is not Method))
+
+
+# The stamp of each method class's code as it was when the class was loaded (what this process runs).
+_LOADED_CODE: dict[type, dict[str, Any]] = {}
+
+
+def method_code(method_cls: type[Method]) -> dict[str, Any]:
+    """The stamp of the code that computes ``method_cls``'s runs (:func:`dfqbench.store.codestamp.code_stamp`):
+    the source of :func:`method_modules` and, for a plugin, its distribution's name and version, as they were
+    when the class was loaded (:func:`load_methods` stamps every method it registers), so that a file edited
+    after the import does not stamp runs that the imported code computes (:func:`code_changed_since_loaded`)."""
+    if method_cls not in _LOADED_CODE:
+        _LOADED_CODE[method_cls] = code_stamp(method_modules(method_cls),
+                                              METHOD_DISTRIBUTIONS.get(getattr(method_cls, "name", "")))
+    return _LOADED_CODE[method_cls]
+
+
+def code_changed_since_loaded(method_cls: type[Method]) -> bool:
+    """Whether ``method_cls``'s files changed on disk after this process loaded them (a long-lived process, e.g.
+    a notebook, still runs the loaded code: restart it to run the edited one)."""
+    loaded = method_code(method_cls)
+    now = code_stamp(list(loaded["modules"]), loaded["distribution"])
+    return now["digest"] != loaded["digest"]
 
 
 @contextlib.contextmanager

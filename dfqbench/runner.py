@@ -6,7 +6,9 @@ results folder is a folder this process can write — before anything is written
 folder behind. A run whose record exists is skipped (``restart`` starts it from scratch instead). A run is
 trained under its lease (:mod:`dfqbench.store.lease`; a grid task takes it before calling :func:`run`), so a
 single run and a grid never train the same run at once; under the lease, temp files that a killed process
-left are removed before training starts.
+left are removed before training starts. The record carries the stamp of the method code that trained it
+(:func:`dfqbench.plugins.method_code`, taken when training starts); a done run whose code changed since is
+*stale* (:func:`dfqbench.store.codestamp.code_state`) and is trained again from scratch with ``rerun_stale``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from dfqbench.core.engine import resolve_engine
 from dfqbench.blocks.interface import Method
-from dfqbench.plugins import load_methods
+from dfqbench.plugins import code_changed_since_loaded, load_methods, method_code
 from dfqbench.specs.configuration import changes
 from dfqbench.core.progress import Progress
 from dfqbench.errors import DfqbenchError
@@ -29,6 +31,7 @@ from dfqbench.quant import QuantConfig, parse_bits, quantize_model
 from dfqbench.request import RunRequest, check_request  # RunRequest also by this name: tasks pickled before it moved
 from dfqbench.specs import RunSpec, TrainConfig, apply_overrides
 from dfqbench.store import ResultsStore, RunRecord
+from dfqbench.store.codestamp import code_state
 from dfqbench.store.files import first_line
 from dfqbench.store.lease import Lease, describe_lease
 from dfqbench.specs.validate import check_finite, check_seed
@@ -165,32 +168,65 @@ def prepare(request: RunRequest, progress: Progress | None = None) -> "PreparedR
                        engine=engine, loggers=loggers)
 
 
-def out_of_memory_message(device: torch.device, exc: BaseException) -> str:
-    """One line for a run that did not fit in GPU memory: the device, what was asked and free, and the fix."""
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: CUDA's (``torch.OutOfMemoryError``) or the CPU allocator's (a ``RuntimeError``
+    "DefaultCPUAllocator: can't allocate memory")."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} bytes" if unit == "bytes" else f"{count:.2f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def out_of_memory_message(device: torch.device, exc: BaseException, batch_size: int | None = None,
+                          input_size: int | None = None) -> str:
+    """One line for a run that did not fit in memory (GPU or host): the device, what was asked and free, the
+    batch size and what one batch of input images alone takes, and the fix."""
     import re
 
     parts = []
-    asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(exc))
+    asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(exc))  # CUDA's caching allocator
+    cpu_asked = re.search(r"you tried to allocate (\d+) bytes", str(exc))  # the CPU allocator
     if asked:
         parts.append(f"asked for {asked.group(1)}")
-    try:
-        free, total = torch.cuda.mem_get_info(device)
-        parts.append(f"{free / 2**30:.2f} of {total / 2**30:.2f} GiB free now")
-    except Exception:  # noqa: BLE001  (no CUDA device to ask: the message goes without it)
-        pass
-    return (f"CUDA out of memory on {device}" + (f" ({'; '.join(parts)})" if parts else "")
-            + "; lower --runs-per-gpu (or the profile's runs_per_gpu) or the batch size (train.batch_size=N)")
+    elif cpu_asked:
+        parts.append(f"asked for {_size(int(cpu_asked.group(1)))}")
+    if device.type == "cuda":
+        try:
+            free, total = torch.cuda.mem_get_info(device)
+            parts.append(f"{free / 2**30:.2f} of {total / 2**30:.2f} GiB free now")
+        except Exception:  # noqa: BLE001  (no CUDA device to ask: the message goes without it)
+            pass
+    batch = ""
+    if batch_size is not None:
+        batch = f"; this run's train.batch_size is {batch_size:,}"
+        if input_size is not None:
+            batch += (f": its {batch_size:,} 3×{input_size}×{input_size} float32 input images alone are "
+                      f"{_size(batch_size * 3 * input_size**2 * 4)}, and training keeps each layer's activations "
+                      "of them too")
+    if isinstance(exc, torch.OutOfMemoryError):
+        return (f"CUDA out of memory on {device}" + (f" ({'; '.join(parts)})" if parts else "")
+                + "; lower --runs-per-gpu (or the profile's runs_per_gpu) or the batch size (train.batch_size=N)"
+                + batch)
+    return (f"out of memory on {device}" + (f" ({'; '.join(parts)})" if parts else "")
+            + "; lower the batch size (train.batch_size=N) or run where more memory is free" + batch)
 
 
-def run(request: RunRequest, progress: Progress, restart: bool = False, leased: bool = False) -> RunRecord:
-    """Validate, skip if done (unless ``restart``), otherwise train under the run's lease (resuming from a
-    checkpoint; with ``restart`` from scratch) and write the record. ``leased``: the caller holds the lease."""
+def run(request: RunRequest, progress: Progress, restart: bool = False, leased: bool = False,
+        rerun_stale: bool = False) -> RunRecord:
+    """Validate, skip if done (unless ``restart``, or ``rerun_stale`` and its record is stale), otherwise train
+    under the run's lease (resuming from a checkpoint; with ``restart`` or a stale record from scratch) and write
+    the record. ``leased``: the caller holds the lease."""
     prepared = prepare(request, progress)
     folder = prepared.folder
     if not restart:
         record = folder.read_record()  # an unreadable record.json: one line naming it and --restart
-        if record is not None:
-            progress.message(f"already done: {folder.path}")
+        if record is not None and not _rerun(record, rerun_stale, progress, folder.path, announce=False):
             return record
     lease = None if leased else Lease(folder.path, f"cli-{os.getpid()}", "cli")
     if lease is not None:
@@ -200,38 +236,57 @@ def run(request: RunRequest, progress: Progress, restart: bool = False, leased: 
                                 "wait for it (dfqbench status) instead of training it twice")
         lease.start()
     try:
-        return _train(prepared, progress, restart)
+        return _train(prepared, progress, restart, rerun_stale)
     finally:
         if lease is not None:
             lease.release()
 
 
-def _train(prepared: "PreparedRun", progress: Progress, restart: bool) -> RunRecord:
+def _rerun(record: RunRecord, rerun_stale: bool, progress: Progress, path: Any, announce: bool = True) -> bool:
+    """Whether a done run is trained again: only when ``rerun_stale`` and its code changed since it ran (said
+    when ``announce``; otherwise "already done", with a hint when it is stale)."""
+    state = code_state(record.code)
+    if state.stale and rerun_stale:
+        if announce:
+            progress.message(f"stale ({state.reason}): training it again from scratch: {path}")
+        return True
+    hint = f" (stale: {state.reason}; --rerun-stale trains it again)" if state.stale else ""
+    progress.message(f"already done: {path}{hint}")
+    return False
+
+
+def _train(prepared: "PreparedRun", progress: Progress, restart: bool, rerun_stale: bool = False) -> RunRecord:
     """Under the run's lease: start over or clean up, train, and write the record (or error.json)."""
     from dfqbench.core.trainer import Trainer
 
     folder = prepared.folder
     if not restart:
-        record = folder.read_record()  # finished by another process before we took the lease
+        record = folder.read_record()  # finished (or retrained) by another process before we took the lease
         if record is not None:
-            progress.message(f"already done: {folder.path}")
-            return record
+            if not _rerun(record, rerun_stale, progress, folder.path):
+                return record
+            restart = True  # stale: from scratch (its checkpoint is the old code's too)
     try:
         if restart:
             folder.clear()
         folder.remove_stale_tmp()
         folder.create(prepared.spec)
         progress.message(f"run {prepared.spec.run_name} -> {folder.path.resolve()}")
-        record = Trainer(prepared, progress).fit()
+        code = method_code(type(prepared.method))  # the code this process loaded, which trains it
+        if code_changed_since_loaded(type(prepared.method)):
+            progress.message(f"warning: {prepared.spec.method}'s code changed on disk after this process loaded it; "
+                             "this run uses the loaded code and is stale at once (restart Python to use the edit)")
+        record = dataclasses.replace(Trainer(prepared, progress).fit(), code=code)
         folder.write_record(record)
     except KeyboardInterrupt:
         raise
-    except torch.cuda.OutOfMemoryError as exc:  # one line (error.json keeps the traceback); exit status 1
-        error = DfqbenchError(out_of_memory_message(prepared.device, exc))
-        error.exit_code = 1  # type: ignore[attr-defined]  (a run-time failure, not bad input)
-        folder.write_error(error)
-        raise error from exc
     except BaseException as exc:
+        if is_out_of_memory(exc):  # one line (error.json keeps the traceback); exit status 1
+            error = DfqbenchError(out_of_memory_message(prepared.device, exc, prepared.spec.train.get("batch_size"),
+                                                        model_info(prepared.spec.model).input_size))
+            error.exit_code = 1  # type: ignore[attr-defined]  (a run-time failure, not bad input)
+            folder.write_error(error)
+            raise error from exc
         folder.write_error(exc)  # best effort: a read-only or full folder cannot take it either
         raise
     return record

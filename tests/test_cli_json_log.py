@@ -66,7 +66,8 @@ def test_status_json(tmp_path, capsys):
     (single,) = doc["grids"]
     assert single["grid"] is None and single["runs"] == 1 and single["counts"]["done"] == 1
     assert single["run_states"] == [{"run_name": folder.name, "run_id": folder.name.rsplit("_", 1)[-1],
-                                     "state": "done", "reason": None, "partial": False, "job_id": None}]
+                                     "state": "done", "reason": None, "partial": False, "job_id": None,
+                                     "code": "current", "code_reason": None}]
     never = _json_out(["status", "--grid", "smoke", "--json", "--results", str(results)], capsys)
     assert never["launched"] is False and never["grids"] == [] and never["plan"]["runs"] == 4
 

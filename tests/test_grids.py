@@ -89,6 +89,41 @@ def test_qimera_table2_and_adasg_ablation_counts():
     assert full and all(c.overrides == () for c in full)
 
 
+def test_synq_table1_cells_are_the_published_cells_of_our_methods():
+    """SynQ Table 1: the cells where IntraQ, HAST and SynQ print a number (published.yaml synq_t1), 5 seeds."""
+    from dfqbench.report.published import load_published
+
+    cells = expand(load_grid("synq_table1"))
+    assert len(cells) == 3 * 5 * 2 * 5
+    kept = [c for c in cells if not c.excluded]
+    assert Counter(c.method for c in kept) == {"intraq": 7 * 5, "hast": 7 * 5, "synq": 10 * 5} and len(kept) == 120
+    assert {c.seed for c in kept} == set(range(5)) and {c.protocol for c in kept} == {"paper"}
+    table = load_published().tables["synq_t1"]
+    printed = {(method, row.model, row.bits) for row in table.rows for column, method in table.method_of.items()
+               if row.values[column] is not None}
+    assert {(c.method, c.model, c.bits) for c in kept} == printed
+    assert all("dash in SynQ Table 1" in c.excluded for c in cells if c.excluded)
+
+
+def test_synq_table1_plans_its_methods_as_they_are_installed(tmp_path):
+    """Each of intraq, hast, synq: unregistered, its cells are invalid with the registry's one-line reason (the
+    grid will not start); registered, every cell it prints plans as a run (or as one its method declares
+    unsupported), so the grid can start."""
+    from dfqbench.plugins import load_methods
+
+    registry = load_methods()
+    plan = plan_grid(load_grid("synq_table1"), options(tmp_path), None, [0])
+    by_method = {m: [c for c in plan.cells if c.cell.method == m and c.status != "excluded"]
+                 for m in ("intraq", "hast", "synq")}
+    assert {m: len(cells) for m, cells in by_method.items()} == {"intraq": 7, "hast": 7, "synq": 10}
+    for method, planned in by_method.items():
+        for c in planned:
+            if method in registry:
+                assert c.status in ("pending", "unsupported"), (method, c.status, c.reason)
+            else:
+                assert c.status == "invalid" and c.reason.startswith(f"unknown method {method!r}"), (method, c.reason)
+
+
 # -- expansion -----------------------------------------------------------------------------------------
 def test_axes_together_excludes_presets_and_precedence(tmp_path):
     path = write(tmp_path, """

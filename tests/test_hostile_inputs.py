@@ -330,3 +330,95 @@ def test_bits_with_spaces_name_the_same_run(tiny_request):
     from dfqbench.runner import predict_spec
 
     assert predict_spec(tiny_request(bits="w4a4 ")).run_id == predict_spec(tiny_request(bits="w4a4")).run_id
+
+
+def test_only_takes_one_filter_so_it_never_swallows_the_overrides(tmp_path, capsys):
+    """`--only bits=w4a4 train.epochs=1` once read train.epochs=1 as a second filter ("no cell has it"): now
+    each --only takes one filter and what follows is an override; an undotted KEY=VALUE there (meant as a
+    second filter) is one line saying to give it its own --only."""
+    results = tmp_path / "results"
+    base = ["run", "--grid", "smoke", "--dry-run", "--json", "--results", str(results)]
+    assert main([*base, "--only", "bits=w4a4", "--only", "seed=0", "train.epochs=1"]) == 0
+    (cell,) = json.loads(capsys.readouterr().out)["cells"]
+    assert (cell["bits"], cell["seed"], cell["status"]) == ("w4a4", 0, "pending"), cell
+    code = main([*base, "--only", "bits=w4a4", "seed=0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "give each filter its own --only: --only seed=0" in err, err
+    assert not results.exists()
+
+
+def test_an_override_after_only_reaches_the_runs(tmp_path, capsys):
+    results = tmp_path / "results"
+    code = main(["run", "--grid", "smoke", "--dry-run", "--results", str(results), "--only", "bits=w4a4",
+                 "train.epochs=0"])
+    out = capsys.readouterr().out
+    assert code == 0 and "2 × invalid train.epochs=0: must be an integer in [1, 100,000]" in out, out[-800:]
+
+
+@pytest.mark.parametrize("plots", ["/dev/null/x", "/dev/null", "file"])
+def test_a_plots_folder_that_cannot_be_one_is_one_line_and_nothing_is_written(tmp_path, capsys, plots):
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    if plots == "file":
+        plots = str(tmp_path / "a_file")
+        (tmp_path / "a_file").write_text("")
+    out = tmp_path / "tables.md"
+    code = main(["report", "--results", str(results), "--plots", plots, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and f"invalid --plots '{plots}'" in err, err
+    assert not out.exists()
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_a_failed_run_with_one_line(tmp_path, capsys, monkeypatch):
+    """`train.batch_size=65536` (within its bound) on a host without the memory: the CPU allocator's raw
+    RuntimeError became one line naming the size asked for, the batch size, what its input images alone take and
+    the fix; the run is failed with that reason (error.json), single or in a grid. The allocation here is a real
+    one that no host can make (2**62 bytes), where the trainer would make its first large one."""
+    import torch
+
+    from dfqbench.core import trainer
+    from dfqbench.launch.plan import LaunchOptions, plan_grid
+    from dfqbench.launch.task import GridTask
+    from dfqbench.store import run_state
+
+    monkeypatch.setattr(trainer.Trainer, "fit", lambda self: torch.empty(2**62, dtype=torch.uint8))
+    results = tmp_path / "results"
+    code = main([*TINY_ARGS, "--seed", "0", "--results", str(results), "train.batch_size=65536"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err == ("dfqbench: error: out of memory on cpu (asked for 4194304.00 TiB); lower the batch size "
+                   "(train.batch_size=N) or run where more memory is free; this run's train.batch_size is 65,536: its "
+                   "65,536 3×8×8 float32 input images alone are 48.00 MiB, and training keeps each layer's "
+                   "activations of them too"), err
+    (folder,) = (results / "runs").iterdir()
+    error = json.loads((folder / "error.json").read_text())
+    assert error["message"] == err.removeprefix("dfqbench: error: ") and "DefaultCPUAllocator" in error["traceback"]
+    assert run_state(folder).state == "failed"
+
+    plan = plan_grid(load_grid("smoke"), LaunchOptions(results=tmp_path / "grid", device="cpu",
+                                                      overrides=["train.batch_size=65536"]), {"bits": ["w3a3"]}, [0])
+    (cell,) = plan.to_launch()
+    outcome = GridTask(cell.request, cell.spec, "smoke").execute("local-test", "local")
+    assert outcome.status == "failed" and outcome.reason.startswith("DfqbenchError: out of memory on cpu (asked for")
+    assert "train.batch_size is 65,536" in outcome.reason
+
+
+@pytest.mark.parametrize("content", [DEEP_JSON, "[1, 2]", "\"text\""])
+def test_bookkeeping_files_that_are_deep_or_not_objects_read_as_absent(tmp_path, content):
+    """The last readers that parsed store files themselves (a grid task's attempts.json and error.json, the
+    plan cache, the API's spec.json) go through the one bounded parser: a hostile file is absent or one line."""
+    import torch
+
+    from dfqbench.launch import plancache
+    from dfqbench.launch.task import GridTask, _drop_error
+    from dfqbench.store import RunFolder
+
+    folder = RunFolder(tmp_path)
+    for name in ("attempts.json", "error.json", "spec.json", "plan.json"):
+        (tmp_path / name).write_text(content)
+    assert GridTask.read_attempts(tmp_path) == []
+    _drop_error(folder, "StoreError")
+    assert (tmp_path / "error.json").exists()  # not an error of that type: kept
+    assert plancache._load(tmp_path / "plan.json") is None
+    with pytest.raises(DfqbenchError, match=r"unreadable spec\.json in '.*' \((ValueError|not a JSON object)\)"):
+        dfqbench.evaluate(torch.nn.Identity(), tmp_path)

@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("bundled methods", ("dfqbench.methods",)),
     ("plugin discovery and loading", ("dfqbench.plugins",)),
     ("one run", ("dfqbench.request", "dfqbench.runner", "dfqbench.testing")),
+    ("export", ("dfqbench.export",)),
     ("grids and executors", ("dfqbench.launch",)),
     ("report", ("dfqbench.report",)),
     ("Python API", ("dfqbench.api",)),
@@ -245,6 +246,51 @@ def test_the_checks_see_circles_lazy_imports_and_doors(tmp_path):
     graph, doors = import_graph(modules, doors=set())  # an unlisted __getattr__ import is a dependency
     assert doors == set() and "dfqbench.plugins" in graph["dfqbench.blocks.interface"]
     assert circles(graph) == [["dfqbench.blocks.interface", "dfqbench.methods", "dfqbench.methods.a", "dfqbench.plugins"]]
+
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def layer_imports_table() -> str:
+    """docs/architecture.md's "what each layer imports" table, measured from the import graph (top layer first)."""
+    graph, _ = import_graph()
+    below: dict[int, set[int]] = {level: set() for level in range(len(LAYERS))}
+    for module, targets in graph.items():
+        for target in targets:
+            if layer_of(target) is not None and layer_of(target) != layer_of(module):
+                below[layer_of(module)].add(layer_of(target))
+    rows = ["| layer | imports from |", "|---|---|"]
+    for level in reversed(range(len(LAYERS))):
+        names = [LAYERS[other][0] for other in sorted(below[level], reverse=True)]
+        rows.append(f"| {level} {LAYERS[level][0]} | {', '.join(names) or '—'} |")
+    return "\n".join(rows)
+
+
+def documented_modules() -> dict[str, int]:
+    """module → layer number as docs/architecture.md's "Modules and what they own" table gives them."""
+    text = ARCHITECTURE.read_text()
+    table = text[text.index("| layer | module | file | owns |"):]
+    table = table[:table.index("\n\n")]
+    found = {}
+    for row in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        found[cells[1].strip("`")] = int(cells[0])
+    return found
+
+
+def test_the_architecture_page_lists_every_module_in_its_layer():
+    """docs/architecture.md's module table stays true: every module once, in the layer LAYERS gives it."""
+    documented = documented_modules()
+    modules = source_modules()
+    assert sorted(set(modules) - set(documented)) == [], "modules missing from docs/architecture.md"
+    assert sorted(set(documented) - set(modules)) == [], "docs/architecture.md lists modules that do not exist"
+    wrong = {m: (documented[m], layer_of(m)) for m in modules if documented[m] != layer_of(m)}
+    assert wrong == {}, "module: (documented layer, actual layer)"
+
+
+def test_the_architecture_page_says_what_each_layer_imports_as_measured():
+    assert layer_imports_table() in ARCHITECTURE.read_text(), \
+        "docs/architecture.md's layer-imports table differs from the import graph:\n" + layer_imports_table()
 
 
 def imported_modules(path: Path) -> set[str]:

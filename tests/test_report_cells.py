@@ -89,22 +89,34 @@ def test_default_configuration_is_shown_not_the_most_recent_or_numerous(tmp_path
         ("adasg", "default", "1"), ("adasg", "quant.tracker=ema", "2")]
     assert "| AdaSG (quant.tracker=ema) |" in to_markdown([shown])
 
-    # --where in override spelling selects the other configuration, which is then shown as a labelled row
+    # --where in override spelling selects the other configuration; without a default run it is shown in the
+    # default's place, labelled (issue 22 item 2)
     assert main(["report", "--results", str(root), "--table", "table1", "--where", "quant.tracker=ema"]) == 0
     out = capsys.readouterr().out
-    assert "| AdaSG (quant.tracker=ema) |" in out and "88.95 ± 0.71 (n=2)" in out and "10.10" not in out
+    mark = out.split("| **88.95 ± 0.71 (n=2)")[1][0]  # the cell's footnote mark
+    assert f"| **88.95 ± 0.71 (n=2){mark}** / 92.10 / −3.15 |" in out and "10.10" not in out
+    assert f"\n{mark} no finished run of the default configuration here; shown: the runs with quant.tracker=ema." in out
 
 
-def test_only_other_configurations_show_a_dash_and_the_way_to_see_them(tmp_path):
+def test_only_other_configurations_are_shown_in_the_defaults_place(tmp_path):
+    """Issue 22 item 2: without a finished default run, the configurations that were run are shown, labelled."""
     root = tmp_path / "results"
     write_run(root, "gdfq", 80.0, overrides=["method.kd_reduction=batchmean"])
+    write_run(root, "gdfq", 70.0, overrides=["method.temperature=10.0"])
     unfinished(root, "gdfq", "pending", seed=1, overrides=["method.kd_reduction=batchmean"])
-    unfinished(root, "gdfq", "pending", seed=2)  # a default run not finished yet: counted in the default cell
+    unfinished(root, "gdfq", "pending", seed=2)  # a default run not finished yet: counted in the cell
     table = table1(root)[0]
-    ours = cell_of(table, "GDFQ")[0]
-    assert ours.text.startswith("–") and ours.status == " (1 pending)"
-    note = next(n for n in table.notes if "not shown" in n)
-    assert "2 runs (1 pending) with method.kd_reduction=batchmean" in note and "--all-configurations" in note
+    ours = cell_of(table, "GDFQ", configuration="default")[0]
+    assert ours.text.startswith("80.00 (n=1)") and ours.status == "; +2 pending"
+    note = next(n for n in table.notes if n.startswith(ours.text[-1]))
+    assert note.endswith("no finished run of the default configuration here; shown: the runs with "
+                         "method.kd_reduction=batchmean.")
+    assert not [n for n in table.notes if "not shown:" in n]
+    # the other configuration that was run: its own labelled row
+    assert cell_of(table, "GDFQ", configuration="GDFQ (method.temperature=10.0)")[0].text == "70.00 (n=1)"
+    rows = list(csv.DictReader(io.StringIO(to_csv([table]))))
+    assert [(r["configuration"], r["n"], r["pending"]) for r in rows if r["column"] == "gdfq"] == [
+        ("method.kd_reduction=batchmean", "1", "2"), ("method.temperature=10.0", "1", "0")]
 
 
 def test_ablation_rows_are_default_but_for_the_terms_off(tmp_path):
@@ -136,15 +148,17 @@ def test_reproduced_mark_on_fixture_records(tmp_path):
     assert cell_of(paper, "Qimera")[2].text == "−0.26 ✓"  # |Δ drop| = 0.26 ≤ 2 · 1.06
     assert cell_of(paper, "AdaSG")[2].text == "−0.51 ✗"  # one seed: std 0, threshold 0.5
     assert cell_of(paper, "ZeroQ")[2].text == "–"  # no published number: no mark
-    assert "Reproduced (✓): 2 cells; not reproduced (✗): 1 cell" in paper.notes[-2]
-    assert "max(0.5 pp, 2 · the std of our drop over seeds)" in paper.caption
+    assert any("Reproduced (✓): 2 cells; not reproduced (✗): 1 cell" in n for n in paper.notes)
+    assert any("max(0.5 pp, 2 · the std of our drop over seeds)" in n for n in paper.notes)
     quick = tables[1]
-    assert cell_of(quick, "GDFQ", "W3A3")[2].text == "+14.93 ✗"  # (87.88 − 91.73) − (75.11 − 93.89)
+    # (87.88 − 91.73) − (75.11 − 93.89) = +14.93, a quick run: no mark (issue 22 item 4), nor a count of marks
+    assert cell_of(quick, "GDFQ", "W3A3")[2].text == "+14.93"
+    assert not [n for n in quick.notes if n.startswith(tuple("0123456789")) and "Reproduced (✓)" in n]
     rows = list(csv.DictReader(io.StringIO(to_csv(tables))))
     marks = {(r["protocol"], r["column"], r["bits"]): r["reproduced"] for r in rows if r["n"] != "0"}
     assert marks == {("paper", "gdfq", "w4a4"): "yes", ("paper", "qimera", "w4a4"): "yes",
                      ("paper", "adasg", "w4a4"): "no", ("paper", "zeroq", "w4a4"): "",
-                     ("quick", "gdfq", "w3a3"): "no"}
+                     ("quick", "gdfq", "w3a3"): ""}
     gdfq = next(r for r in rows if r["column"] == "gdfq" and r["protocol"] == "paper" and r["bits"] == "w4a4")
     assert (gdfq["drop"], gdfq["paper_drop"], gdfq["delta"]) == ("3.28", "3.78", "0.5")  # rounded, no float noise
     tex = to_latex(tables)

@@ -298,8 +298,8 @@ def test_unreadable_files_in_a_grid_fail_their_runs_once(tmp_path, capsys, monke
     for seed in (0, 1):
         error = json.loads(folders[seed].error_path.read_text())
         assert error["type"] == "StoreError" and "--restart`, or by deleting" in error["message"]
-    text, counts = status_report(results)  # seed 2 was never launched by the grid: a "single run" here
-    assert counts["g"] == {"failed": 2} and counts["(single runs)"] == {"failed": 1} and "lost:" not in text
+    text, counts = status_report(results)  # seed 2 is a cell of the grid (its index) though no launch ran it
+    assert counts["g"] == {"failed": 3} and "(single runs)" not in counts and "lost:" not in text
 
     assert main(args) == 0 and "nothing to run" in capsys.readouterr().out  # no loop: failed runs stay failed
     attempts = {seed: len(GridTask.read_attempts(folders[seed].path)) for seed in folders}
@@ -309,3 +309,93 @@ def test_unreadable_files_in_a_grid_fail_their_runs_once(tmp_path, capsys, monke
         {seed: n + 1 for seed, n in attempts.items()}
     assert all(run_state(f).state == "failed" for f in folders.values())
     assert json.loads(folders[2].error_path.read_text())["type"] == "RecordError"
+
+
+# -- the lease: exactly one holder, however many take it at once ----------------------------------------
+DEAD_LEASE = {"job_id": "dead", "host": "elsewhere", "pid": 1, "token": "0", "heartbeat": 0.0}
+
+
+def _plant_dead(folder: Path, with_dead_claim: bool = False) -> None:
+    """A lease no live task holds; with ``with_dead_claim``, also the claim of a taker that died mid-takeover."""
+    import hashlib
+
+    from dfqbench.store.lease import CLAIM_PREFIX
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(DEAD_LEASE).encode()
+    (folder / "lease.json").write_bytes(data)
+    if with_dead_claim:
+        claim = {**DEAD_LEASE, "job_id": "dead-taker", "token": "1"}
+        (folder / (CLAIM_PREFIX + hashlib.sha256(data).hexdigest()[:32])).write_text(json.dumps(claim))
+
+
+def _race(folders: list, name: str, barrier, results) -> None:
+    from dfqbench.store.lease import Lease
+
+    for index, folder in enumerate(folders):
+        barrier.wait(timeout=120)  # every taker starts the round together
+        results.put((index, name, Lease(folder, name, "test").acquire() is None))
+    barrier.wait(timeout=120)  # alive (so our leases are alive) until every taker has judged every round
+
+
+def test_lease_acquire_has_exactly_one_winner_among_racing_processes(tmp_path):
+    """Issue 23: taking over a dead lease was replace, sleep 50 ms, read back — two takers could both believe
+    they held it. Processes race on fresh folders, on dead leases and on dead leases with a dead taker's claim:
+    whatever the interleaving, exactly one of them holds each run, and it is the one named in lease.json."""
+    import multiprocessing
+
+    from dfqbench.store.lease import read_lease
+
+    rounds, takers = 36, 4
+    folders = [tmp_path / f"run{i}" for i in range(rounds)]
+    for i, folder in enumerate(folders):
+        if i % 3:
+            _plant_dead(folder, with_dead_claim=i % 3 == 2)
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(takers), context.Queue()
+    processes = [context.Process(target=_race, args=(folders, f"taker{t}", barrier, results)) for t in range(takers)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=300) for _ in range(rounds * takers)]
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    for i, folder in enumerate(folders):
+        winners = [name for index, name, won in outcomes if index == i and won]
+        assert len(winners) == 1, (i, winners)
+        assert read_lease(folder)["job_id"] == winners[0]
+        assert [p.name for p in folder.iterdir()] == ["lease.json"], "a claim or temp file was left behind"
+
+
+def test_a_taker_that_judged_a_lease_dead_loses_to_one_that_took_it_first(tmp_path, monkeypatch):
+    """The window the old takeover had, made to happen: while B judges the dead lease, A takes it over. B must
+    not replace A's live lease (it did: two holders), it reads A's lease and loses."""
+    from dfqbench.store import lease as leases
+
+    _plant_dead(tmp_path)
+    first, second = leases.Lease(tmp_path, "A", "test"), leases.Lease(tmp_path, "B", "test")
+    judge, took = leases.lease_alive, []
+
+    def slow_judge(lease, now=None):
+        if lease.get("job_id") == "dead" and not took:
+            took.append("B judging")
+            took.append(first.acquire())  # A takes the lease over while B is still deciding
+        return judge(lease, now)
+
+    monkeypatch.setattr(leases, "lease_alive", slow_judge)
+    holder = second.acquire()
+    assert took == ["B judging", None] and holder is not None and holder["job_id"] == "A"
+    assert leases.read_lease(tmp_path)["job_id"] == "A"
+    assert [p.name for p in tmp_path.iterdir()] == ["lease.json"]
+
+
+def test_a_lease_over_a_folder_or_garbage_is_taken_over_or_one_line(tmp_path):
+    from dfqbench.store.lease import Lease, read_lease
+
+    (tmp_path / "lease.json").write_text("[" * 100_000)  # garbage no task wrote: not alive
+    assert Lease(tmp_path, "A", "test").acquire() is None and read_lease(tmp_path)["job_id"] == "A"
+    (tmp_path / "lease.json").unlink()
+    (tmp_path / "lease.json").mkdir()
+    with pytest.raises(StoreError, match=r"cannot write '.*lease\.json'"):
+        Lease(tmp_path, "B", "test").acquire()
+    assert [p.name for p in tmp_path.iterdir()] == ["lease.json"]

@@ -275,3 +275,140 @@ def test_smoke_cells_and_methods_on_the_tiny_model_score_differently(tmp_path):
     triples = {name: (r["calibrated_top1"], r["best_top1"], r["final_top1"]) for name, r in scores.items()}
     assert len(set(triples.values())) == len(triples), triples
     assert triples["gdfq w4a4"][0] > triples["gdfq w3a3"][0]  # fewer bits, lower calibrated accuracy
+
+
+# -- issue 22: the worked example shows a difference; the smaller items of 7 ------------------------------------
+EXAMPLE_GRID = Path(__file__).resolve().parents[1] / "examples" / "dfqbench-gdfq-ie" / "tiny.yaml"
+
+
+def test_the_worked_example_grid_gives_the_two_methods_different_numbers_after_fine_tuning(tmp_path):
+    """examples/dfqbench-gdfq-ie/tiny.yaml: GDFQ and the example plugin end with different best top-1, and the
+    best epoch of each is a fine-tuning epoch (not the warm-up epoch every method shares), above chance."""
+    from conftest import require_example_plugin
+
+    require_example_plugin()
+    import dfqbench
+    from dfqbench.report.make import ReportRequest, make_report
+
+    dfqbench.run_grid(EXAMPLE_GRID, tmp_path, device="cpu", jobs=1)
+    runs = dfqbench.load_results(tmp_path, grid=EXAMPLE_GRID).set_index("method")
+    assert sorted(runs.index) == ["gdfq", "gdfq_ie"] and set(runs["state"]) == {"done"}
+    best = runs["best_top1"]
+    assert best["gdfq"] != best["gdfq_ie"], best
+    warmup = int(runs["spec.train.warmup_epochs"].iloc[0])
+    assert (runs["best_epoch"] >= warmup).all() and (best > runs["calibrated_top1"]).all() and (best > 20).all()
+    report = make_report(ReportRequest(results=tmp_path, grid=str(EXAMPLE_GRID))).text
+    assert f"{best['gdfq']:.2f}" in report and f"{best['gdfq_ie']:.2f}" in report
+
+
+def _launched(tmp_path: Path) -> tuple[Path, Path]:
+    """A grid file launched into results (its manifest written as a launch writes it; nothing trained)."""
+    from dfqbench.launch.grid import load_grid
+    from dfqbench.launch.manifest import write_manifest
+
+    grid_file = tmp_path / "grids" / "mine.yaml"
+    grid_file.parent.mkdir()
+    grid_file.write_text("name: mine_grid\nbase: {method: gdfq, model: tiny_cifar10, bits: w4a4, protocol: quick}\n")
+    results = tmp_path / "R"
+    write_manifest(results, load_grid(grid_file), "local", [{"run_id": "abc", "run_name": "gdfq_x_abc", "job_id": None}])
+    return grid_file, results
+
+
+def test_status_grid_takes_an_absolute_or_relative_grid_file(tmp_path, capsys, monkeypatch):
+    grid_file, results = _launched(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for given in (str(grid_file), "grids/mine.yaml", "mine_grid"):
+        assert main(["status", "--grid", given, "--results", str(results)]) == 0, given
+        out = capsys.readouterr().out
+        assert out.splitlines()[1].split()[:2] == ["mine_grid", "1"] and "never launched" not in out, given
+    other = tmp_path / "other.yaml"
+    other.write_text("name: other\nbase: {method: gdfq, model: tiny_cifar10, bits: w4a4, protocol: quick}\n")
+    assert main(["status", "--grid", str(other), "--results", str(results)]) == 0
+    assert "grid 'other' was never launched" in capsys.readouterr().out
+    assert main(["status", "--grid", str(tmp_path / "missing.yaml"), "--results", str(results)]) == 2
+    assert "missing.yaml" in _one_error_line(capsys)
+
+
+def test_list_methods_json_says_where_each_method_comes_from(capsys):
+    import json
+
+    assert main(["list", "methods", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["gdfq"]["from"] == "dfqbench"
+    if "gdfq_ie" in rows:
+        assert rows["gdfq_ie"]["from"].startswith("dfqbench-gdfq-ie ")
+
+
+def test_dry_run_json_counts_every_cell_once_skipped_included_and_says_what_the_estimate_rests_on(
+        tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.setenv("DFQBENCH_PLAN_CACHE", "off")
+    monkeypatch.setenv("DFQBENCH_WEIGHTS", str(_save("resnet20_cifar10", tmp_path / "r20.pth")))
+    grid = str(_two_model_grid(tmp_path))
+    assert main(["run", "--grid", grid, "--dry-run", "--json", "--results", str(tmp_path / "R")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["counts"]["skipped"] == 1 and sum(doc["counts"].values()) == doc["cells_total"] == 2
+    assert "not measurements" in doc["estimate"]["basis"] and doc["estimate"]["formula_runs"] == 1
+    assert main(["run", "--grid", grid, "--dry-run", "--results", str(tmp_path / "R")]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("to run:"))
+    assert "cost model whose per-iteration and per-image costs are assumptions for one H100, not measurements" in line
+
+
+def test_a_bad_plugin_hyperparameter_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    """The config dataclass validates itself (the README's skeleton): a bad value is the class's one line, before
+    the teacher is loaded or a folder made; the same for a config check that raises a plain ValueError."""
+    from conftest import require_example_plugin
+
+    require_example_plugin()
+    results = tmp_path / "R"
+    args = [*TINY_ARGS, "--method", "gdfq_ie", "--results", str(results), *TINY_OVERRIDES]
+    assert main([*args, "method.ie_weight=-1"]) == 2
+    assert "invalid method.ie_weight=-1.0: must be a finite number in [0, inf)" in _one_error_line(capsys)
+    assert main([*args, "method.ie_weight=heavy"]) == 2
+    assert "method.ie_weight" in _one_error_line(capsys)
+    assert not results.exists()
+
+
+def test_a_single_run_without_protocol_says_it_trains_the_paper_schedule_in_one_line(tmp_path, capsys):
+    args = [a for a in TINY_ARGS if a not in ("--protocol", "quick")]
+    assert main([*args, "--results", str(tmp_path / "R"), *TINY_OVERRIDES]) == 0
+    out = capsys.readouterr().out
+    notices = [line for line in out.splitlines() if "protocol paper (the default)" in line]
+    assert len(notices) == 1 and "3 epochs x 4 iterations of batch 8" in notices[0]
+    assert "--protocol quick" in notices[0] and "(paper protocol" in out
+    assert main([*TINY_ARGS, "--results", str(tmp_path / "Q"), *TINY_OVERRIDES]) == 0
+    assert "protocol paper (the default)" not in capsys.readouterr().out
+
+
+def test_the_readme_method_skeleton_is_complete_and_validates_its_config(tmp_path, capsys, monkeypatch):
+    """The README's "Add your own method" code, as a module of a package: it passes the method contract, and a
+    bad value of its own hyperparameter is one line, exit 2, nothing written."""
+    import re
+
+    from dfqbench import plugins
+    from dfqbench.blocks import interface
+    from dfqbench.testing import check_method_contract
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Add your own method"):readme.index("## Documentation")]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    package = tmp_path / "readme_skeleton_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "method.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from readme_skeleton_pkg.method import GDFQLS
+
+    plugins.load_methods()
+    items = dict(interface.METHODS._items)
+    GDFQLS.name = "gdfq_ls"  # what the entry point does
+    interface.METHODS.add("gdfq_ls", GDFQLS)
+    try:
+        check_method_contract("gdfq_ls", tmp_path / "contract")
+        results = tmp_path / "R"
+        assert main([*TINY_ARGS, "--method", "gdfq_ls", "--results", str(results), *TINY_OVERRIDES,
+                     "method.smoothing=1.5"]) == 2
+        assert "invalid method.smoothing=1.5" in _one_error_line(capsys) and not results.exists()
+    finally:
+        interface.METHODS._items.clear(), interface.METHODS._items.update(items)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from dfqbench.blocks.features import FeatureTap
+from dfqbench.blocks.synthesis import optimise_pixels
 from dfqbench.errors import DfqbenchError
 from dfqbench.registry import unknown_choice
 
@@ -117,21 +118,10 @@ def distill_batch(loss_fn: ZeroQLoss, x0: Tensor, settings: DistillSettings) -> 
 
     Gradients are taken with respect to the pixels only (``torch.autograd.grad``), so the teacher's
     parameters collect no gradient (the official code accumulates unused teacher gradients).
+    The loop is the direct family's (:func:`dfqbench.blocks.synthesis.optimise_pixels`) with ZeroQ's settings.
     """
-    x = x0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=settings.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=settings.plateau_factor, patience=settings.plateau_patience, min_lr=settings.min_lr
-    )
-    trace = []
-    for _ in range(settings.steps):
-        loss, _ = loss_fn(x)
-        (x.grad,) = torch.autograd.grad(loss, x)
-        opt.step()
-        value = loss.item()
-        sched.step(value)
-        trace.append(value)
-    return x.detach(), trace
+    return optimise_pixels(x0, lambda x, step: loss_fn(x)[0], settings.steps, settings.lr,
+                           settings.plateau_patience, settings.plateau_factor, settings.min_lr)
 
 
 def distill(teacher: nn.Module, num_batches: int, batch_size: int, size: int, settings: DistillSettings,

@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -26,6 +27,10 @@ from torch.utils import _pytree as pytree
 from dfqbench.blocks.features import stage_names
 from dfqbench.registry import Registry
 from dfqbench.specs.validate import check_method_name
+
+if TYPE_CHECKING:
+    from dfqbench.specs import RunSpec
+    from dfqbench.store.bank import BankKey
 
 LossTerms = dict[str, torch.Tensor]
 
@@ -55,6 +60,22 @@ pytree.register_pytree_node(  # so engines can copy a sample's tensors into a ca
     Sample, lambda s: ([s.z, s.labels, s.targets, s.extra], None), lambda children, _: Sample(*children))
 
 
+Forward = Callable[[torch.Tensor], "tuple[torch.Tensor, list[torch.Tensor] | None]"]
+
+
+@dataclass
+class StepNetworks:
+    """The networks of a student step, for a method whose student loss runs them itself
+    (``student_runs_networks``): ``teacher(x)`` and ``student(x)`` return (logits, the outputs of the method's
+    ``feature_layers`` or None), recorded inside the call only (no hook keeps anything). The teacher runs with
+    gradients to x whenever x requires them (HAST/SynQ's input gradient); its parameters never get any.
+    ``steps_student`` is False in a Q step that only forwards (warm-up: under ``no_grad``, nothing stepped)."""
+
+    teacher: Forward
+    student: Forward
+    steps_student: bool
+
+
 @dataclass
 class StepContext:
     """What a loss sees: the generated batch and the networks' outputs on it.
@@ -73,6 +94,10 @@ class StepContext:
     # in a Q step the teacher's are detached, in the G step both carry gradients to x.
     teacher_features: list[torch.Tensor] | None = None
     student_features: list[torch.Tensor] | None = None
+    # Only for a ``student_runs_networks`` method's student loss (then ``student_logits`` is None, and so is
+    # ``teacher_logits`` for a fresh batch: the loss runs the networks it needs; in a step that trains the
+    # student ``x`` is a leaf that requires grad, for input-gradient terms via ``torch.autograd.grad``).
+    networks: StepNetworks | None = None
 
 
 class Method:
@@ -96,6 +121,9 @@ class Method:
     student_in_generator_loss: ClassVar[bool] = False  # the G loss needs Q's forward (gradient through Q)
     student_bn_train: ClassVar[bool] = False  # Q's BN in train mode (ZAQ); else frozen statistics (GDFQ)
     uses_features: ClassVar[bool] = False  # collect teacher/student outputs of :meth:`feature_layers` for the losses
+    # The student loss runs the networks itself (``ctx.networks``): extra forwards such as HAST/SynQ's perturbed
+    # batch or SynQ's Grad-CAM (``torch.autograd.grad``, no hooks); the step then runs no student forward.
+    student_runs_networks: ClassVar[bool] = False
     default_tracker: ClassVar[str] = "ema_gdfq"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -133,10 +161,20 @@ class Method:
         return None
 
     @classmethod
+    def needs_bank(cls, spec: "RunSpec") -> "BankKey | None":
+        """The image bank a run of ``spec`` synthesises or reads (:mod:`dfqbench.store.bank`), or None (the
+        default: no bank). Planning counts one bank per distinct key, however many cells share it."""
+        return None
+
+    @classmethod
     def default_config(cls) -> dict[str, Any]:
         return dataclasses.asdict(cls.config_class())
 
     # -- generation ----------------------------------------------------------------------------------
+    def prepare_run(self, spec: "RunSpec", results: Path) -> None:
+        """Called by the trainer before :meth:`setup` with the run's spec and its results folder (``<results>``:
+        a method with an image bank finds it in ``<results>/banks``). Default: nothing."""
+
     def setup(self, teacher: nn.Module, device: torch.device) -> None:
         """Called once per run, after seeding and before :meth:`build_generator`, with the frozen teacher
         (e.g. Qimera's embedding initialised from the teacher's last layer; ZeroQ's data distillation)."""
@@ -159,6 +197,17 @@ class Method:
 
     def sample(self, batch_size: int, device: torch.device) -> Sample:
         raise NotImplementedError
+
+    def phase_steps(self, warmup: bool) -> tuple[str, ...]:
+        """The steps of one iteration in a warm-up epoch (``warmup``: the student is not stepped) or a fine-tuning
+        epoch; ``steps`` in both by default. The direct family (IntraQ, HAST, SynQ) differs: in its warm-up epochs a
+        GDFQ generator trained there feeds the range calibration ("G", "Q"), then its image bank ("Q+",)."""
+        return self.steps
+
+    def phase_sample(self, warmup: bool, batch_size: int, device: torch.device) -> Sample:
+        """The sample of a generating step in a warm-up or a fine-tuning epoch (its size may differ from the run's
+        ``batch_size``: IntraQ's calibration generator runs at 16); :meth:`sample` by default."""
+        return self.sample(batch_size, device)
 
     def generate(self, generator: nn.Module, sample: Sample) -> torch.Tensor:
         return generator(sample.z, sample.labels)

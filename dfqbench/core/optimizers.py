@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dfqbench.blocks.interface import Method
+from dfqbench.blocks.interface import G_STEP, Method
 from dfqbench.specs import TrainConfig
 
 
@@ -36,8 +36,8 @@ class NoOptimizer(torch.optim.SGD):
 
 def build_optimizers(method: Method, generator: nn.Module, student: nn.Module, cfg: TrainConfig) -> Optimizers:
     """The optimizers and schedules the trainer uses for ``method`` on these networks under ``cfg``."""
-    opt_g = (method.generator_optimizer(generator, cfg.lr_g, tuple(cfg.g_betas)) if method.trains_generator
-             else NoOptimizer())
+    trains_g = method.trains_generator or G_STEP in method.phase_steps(True)  # e.g. IntraQ's calibration generator
+    opt_g = method.generator_optimizer(generator, cfg.lr_g, tuple(cfg.g_betas)) if trains_g else NoOptimizer()
     opt_q = torch.optim.SGD(student.parameters(), lr=cfg.lr_q, momentum=cfg.q_momentum, nesterov=cfg.q_nesterov,
                             weight_decay=cfg.q_weight_decay)
     return Optimizers(opt_g, opt_q,

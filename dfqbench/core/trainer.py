@@ -132,6 +132,7 @@ class Trainer:
         self.teacher = run.teacher.to(self.device).eval()
         self.student = run.student.to(self.device)
         seed_everything(run.spec.seed)
+        self.method.prepare_run(run.spec, run.folder.path.parents[1])  # <results>/runs/<run name> (store.layout)
         if type(self.method).setup is not Method.setup:
             progress.message(f"{self.method.name} setup: {self.method.setup_description()}")
         setup_started = time.perf_counter()
@@ -290,7 +291,7 @@ class Trainer:
         probe = self.probe if log else None
         for prefix, terms in self.step.iteration(epoch >= self.cfg.warmup_epochs, probe):
             self.window.add(prefix, terms)
-        self.state["images_generated"] += self.step.images_per_iteration
+        self.state["images_generated"] += self.step.images_last_iteration
         if probe is not None:
             self.window.point(probe.values())
 

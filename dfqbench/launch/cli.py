@@ -33,9 +33,9 @@ def add_grid_arguments(run: argparse.ArgumentParser) -> None:
                             "DFQBENCH_PLAN_CACHE=off turns it off)")
     group.add_argument("--json", action="store_true",
                        help="with --dry-run: print the plan as one JSON document on stdout (cells, states, estimate)")
-    group.add_argument("--only", nargs="+", action="extend", metavar="KEY=VALUE[,VALUE]",
-                       help="keep the cells matching every filter, e.g. --only method=adasg,adadfq bits=w3a3 "
-                            "(put KEY=VALUE overrides before --only)")
+    group.add_argument("--only", action="append", metavar="KEY=VALUE[,VALUE]",
+                       help="keep the cells matching every filter; one filter per --only (repeatable), e.g. "
+                            "--only method=adasg,adadfq --only bits=w3a3")
     group.add_argument("--seeds", metavar="LIST", help="replace the grid's seeds, e.g. 0,1,2 or 0-4")
     group.add_argument("--retry-failed", action="store_true", help="run failed runs again (else they are skipped)")
     group.add_argument("--jobs", type=int, metavar="N",
@@ -53,7 +53,8 @@ def add_grid_arguments(run: argparse.ArgumentParser) -> None:
 
 def add_status_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="per grid: runs pending, running, done, failed, lost (reads the results)")
-    status.add_argument("--grid", metavar="NAME", help="only this grid (its launches; a never-launched grid is planned)")
+    status.add_argument("--grid", metavar="NAME|FILE", help="only this grid, by name or grid YAML file (its launches; a "
+                        "never-launched grid is planned)")
     status.add_argument("--results", help="results folder (env DFQBENCH_RESULTS; default ./results)")
     status.add_argument("--verbose", "-v", action="store_true", help="list every run with its state")
     status.add_argument("--json", action="store_true", help="print one JSON document on stdout: per grid the "
@@ -76,8 +77,8 @@ def grid_request(args: argparse.Namespace, options: RunOptions) -> GridRequest:
     """The flags of ``run --grid`` as a :class:`GridRequest` (``options``: the run flags, see dfqbench/cli.py;
     which flags may go with ``--grid``: :func:`dfqbench.cli.check_run_mode`)."""
     return GridRequest(grid=args.grid, options=options, only=args.only, seeds=args.seeds,
-                       retry_failed=args.retry_failed, executor=args.executor, jobs=args.jobs,
-                       runs_per_gpu=args.runs_per_gpu, profile=args.profile, profiles=args.profiles)
+                       retry_failed=args.retry_failed, rerun_stale=args.rerun_stale, executor=args.executor,
+                       jobs=args.jobs, runs_per_gpu=args.runs_per_gpu, profile=args.profile, profiles=args.profiles)
 
 
 def run_grid(args: argparse.Namespace, options: RunOptions) -> int:
@@ -88,7 +89,8 @@ def run_grid(args: argparse.Namespace, options: RunOptions) -> int:
     inputs = launcher.grid_inputs(request, write=not args.dry_run)
     if args.dry_run:
         plan = launcher.dry_plan(inputs)
-        print(_json(plan_document(plan, args.retry_failed)) if args.json else describe(plan, args.retry_failed))
+        print(_json(plan_document(plan, args.retry_failed, args.rerun_stale)) if args.json
+              else describe(plan, args.retry_failed, args.rerun_stale))
         return 0
     if args.json:
         raise DfqbenchError("--json prints a dry run's plan: give --dry-run too (a launch prints progress, not JSON)")
@@ -103,13 +105,13 @@ def run_grid(args: argparse.Namespace, options: RunOptions) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from dfqbench.launch.manifest import read_manifests
-    from dfqbench.launch.status import status_document, status_report
+    from dfqbench.launch.status import grid_name, status_document, status_report
     from dfqbench.store import ResultsStore
 
     results = results_root(args.results)
     ResultsStore(results).check(write=False)
-    if args.grid and not read_manifests(results, args.grid):
+    grid, launched = grid_name(results, args.grid) if args.grid else (None, None)  # a name or a YAML file
+    if grid is not None and not launched:
         from dfqbench.launch.grid import load_grid
         from dfqbench.launch.plan import LaunchOptions
         from dfqbench.launch.plancache import plan_dry
@@ -117,14 +119,14 @@ def run_status(args: argparse.Namespace) -> int:
 
         plan = plan_dry(load_grid(args.grid), LaunchOptions(results=results))
         if args.json:  # never launched: no runs of it to report, and its plan
-            print(_json({**status_document(results, args.grid), "launched": False, "plan": plan_document(plan)}))
+            print(_json({**status_document(results, grid), "launched": False, "plan": plan_document(plan)}))
             return 0
-        print(f"grid {args.grid!r} was never launched into {results}; its plan:")
+        print(f"grid {grid!r} was never launched into {results}; its plan:")
         print(describe(plan))
         return 0
     if args.json:
-        print(_json({**status_document(results, args.grid), "launched": True if args.grid else None}))
+        print(_json({**status_document(results, grid), "launched": True if grid else None}))
         return 0
-    text, _ = status_report(results, args.grid, args.verbose)
+    text, _ = status_report(results, grid, args.verbose)
     print(text)
     return 0

@@ -3,8 +3,9 @@
 A run costs  iterations × (per-iteration overhead + images per iteration × training cost per image)
            + evaluations × evaluated images × evaluation cost per image,
 from its resolved schedule (epochs, iterations per epoch, batch, Q steps per iteration, evaluation start,
-evaluation subset) and the constants below. The constants are rough wall-clock estimates for one H100, to
-be measured (no official repository states a GPU time for these methods):
+evaluation subset) and the constants below. The constants are rough wall-clock assumptions for one H100,
+derived from the run times the papers and their repositories mention, NOT measured by dfqbench on any GPU (no
+official repository states a GPU time for these methods); the dry run says so (:meth:`Estimate.basis`):
 
 * overhead 10 ms per iteration: AdaSG/AdaDFQ CIFAR at batch 16 (80k iterations in 10-20 min) is launch-bound;
 * ResNet-20 training 0.05 ms per generated image: GDFQ CIFAR at batch 200 ≈ 20 ms per iteration;
@@ -20,7 +21,10 @@ When the plan holds finished runs of the same method, model and schedule measure
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dfqbench.request import RunRequest
 
 ITER_OVERHEAD_S = 0.010
 CIFAR_TRAIN_S_PER_IMAGE = 0.05e-3
@@ -73,11 +77,39 @@ class Estimate:
     formula_runs: int = 0
     unknown_runs: int = 0
 
-    def text(self) -> str:
-        parts = [f"{self.formula_runs} from the cost model"]
+    def basis(self) -> str:
+        """What the figure rests on, in one line: how many runs come from the cost model (assumed, not measured)
+        and how many from the measured GPU wall times of finished runs like them."""
+        parts = []
+        if self.formula_runs:
+            parts.append(f"{self.formula_runs} runs from a cost model whose per-iteration and per-image costs are "
+                         "assumptions for one H100, not measurements (dfqbench/launch/estimate.py)")
         if self.measured_runs:
-            parts.append(f"{self.measured_runs} from measured GPU wall times of finished runs")
+            parts.append(f"{self.measured_runs} runs from the mean GPU wall time of finished runs of the same "
+                         "method, model and schedule in these results")
         if self.unknown_runs:
-            parts.append(f"{self.unknown_runs} unknown")
-        amount = f"{self.hours:,.1f} GPU-hours" if self.hours >= 1 else f"{self.hours * 60:.1f} GPU-minutes"
-        return f"{amount} (H100-class; {', '.join(parts)}; see dfqbench/launch/estimate.py)"
+            parts.append(f"{self.unknown_runs} runs unknown (schedule not resolved)")
+        return "; ".join(parts) or "nothing to run"
+
+    def text(self) -> str:
+        return f"{amount(self.hours)} ({self.basis()}; docs/hardware.md for GPU memory and sizing)"
+
+
+def amount(hours: float) -> str:
+    return f"{hours:,.1f} GPU-hours" if hours >= 1 else f"{hours * 60:.1f} GPU-minutes"
+
+
+def protocol_notice(request: "RunRequest") -> str:
+    """One line for a single run started without ``--protocol``: it trains the paper protocol (the faithful
+    default), on which schedule, about how long by the cost model, and how to pick the quick one instead."""
+    from dfqbench.plugins import load_methods
+    from dfqbench.runner import request_settings
+    from dfqbench.zoo import model_info
+
+    method_cls = load_methods().get(request.method)
+    train = request_settings(method_cls, request)[0]
+    info = model_info(request.model)
+    hours = formula_seconds(info.name, info.dataset, train, method_cls.q_steps_per_iter) / 3600
+    return (f"protocol paper (the default): {train['epochs']:,} epochs x {train['iters_per_epoch']:,} iterations of "
+            f"batch {train['batch_size']:,}, about {amount(hours)} on one H100 by the unmeasured cost model; "
+            "--protocol quick trains a short schedule (minutes on CPU)")

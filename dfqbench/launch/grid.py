@@ -376,7 +376,7 @@ def parse_filters(texts: list[str] | None) -> dict[str, list[Any]]:
         key, sep, raw = text.partition("=")
         key = key.strip()
         if not sep or not key or not raw.strip():
-            raise DfqbenchError(f"invalid --only {text!r}: expected KEY=VALUE[,VALUE…], e.g. method=adasg bits=w3a3")
+            raise DfqbenchError(f"invalid --only {text!r}: expected KEY=VALUE[,VALUE…], e.g. --only method=adasg --only bits=w3a3")
         values = [read_flag_value(f"--only {key}", v.strip()) for v in raw.split(",")]
         if key == "bits":
             values = [str(v).lower() for v in values]

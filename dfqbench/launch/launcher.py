@@ -44,6 +44,7 @@ class GridRequest:
     only: list[str] | None = None  # --only filters, e.g. ["method=adasg,adadfq", "bits=w3a3"]
     seeds: str | None = None  # --seeds, e.g. "0,1,2" or "0-4": replaces the grid's seeds
     retry_failed: bool = False
+    rerun_stale: bool = False  # train again the done runs whose method code changed since (stale)
     executor: str = "local"  # local | slurm
     jobs: int | None = None  # local: runs at once; slurm: array tasks at once
     runs_per_gpu: int | None = None
@@ -144,7 +145,7 @@ def plan_launch(inputs: GridInputs, say: Say = quiet) -> "Plan":
         first = invalid[0]
         raise DfqbenchError(f"grid {grid.name!r} has {len(invalid)} invalid cells (e.g. {first.cell.label}: "
                             f"{first.reason}); see --dry-run, fix the grid or leave them out with --only")
-    if any(c.spec is None for c in plan.to_launch(retry)):
+    if any(c.spec is None for c in plan.to_launch(retry, inputs.request.rerun_stale)):
         fetch_teachers(plan, retry, say)
         plan = plan_grid(grid, options, filters, seeds, whole=True)
         remember(plan)
@@ -212,7 +213,8 @@ def launch(plan: "Plan", request: GridRequest, say: Say = quiet, worker_logs: bo
     from dfqbench.launch.task import GridTask
 
     retry = request.retry_failed
-    counts, todo = plan.counts(), plan.to_launch(retry)
+    counts, todo = plan.counts(), plan.to_launch(retry, request.rerun_stale)
+    stale = plan.stale()
     notes = [f"{counts[s]} {s}" for s in ("done", "running", "failed", "unsupported", "excluded") if counts[s]]
     say(f"grid {plan.grid.name}: {len(plan.runs())} runs, {len(todo)} to run"
         + (f" ({', '.join(notes)})" if notes else ""))
@@ -220,6 +222,9 @@ def launch(plan: "Plan", request: GridRequest, say: Say = quiet, worker_logs: bo
         say(f"  {counts['running']} runs are held by live tasks elsewhere and are left to them")
     if counts["failed"] and not retry:
         say(f"  {counts['failed']} failed runs are not retried (--retry-failed retries them)")
+    if stale:
+        say(f"  {len(stale)} done runs are stale (their method's code changed since: {stale[0].code.reason}): "
+            + ("trained again from scratch" if request.rerun_stale else "kept (--rerun-stale trains them again)"))
     if counts["unsupported"]:
         say(f"  {counts['unsupported']} cells skipped as unsupported by their method (reasons: --dry-run)")
     if counts["skipped"]:
@@ -229,7 +234,7 @@ def launch(plan: "Plan", request: GridRequest, say: Say = quiet, worker_logs: bo
         index_grid(plan)
         say("nothing to run")
         return LaunchOutcome(plan)
-    tasks = [GridTask(c.request, c.spec, plan.grid.name, retry) for c in todo]
+    tasks = [GridTask(c.request, c.spec, plan.grid.name, retry, request.rerun_stale) for c in todo]
     if request.executor == "slurm":
         return _submit_slurm(plan, todo, tasks, request, say)
     from dfqbench.launch.local import default_jobs, run_local

@@ -139,7 +139,7 @@ def _settled_elsewhere(task: GridTask, index: int, total: int, result: LocalResu
 
     state = run_state(task.folder)
     name = task.spec.run_name
-    if state.state == "done":
+    if state.state == "done" and not task.stale_to_rerun():  # a stale run to train again is not settled
         result.done.append(name)
         say(f"[{index}/{total}] done {name}: finished elsewhere")
     elif state.state == "running":
@@ -176,7 +176,7 @@ def _finish(proc: subprocess.Popen, task: GridTask, index: int, total: int, log:
     code = proc.returncode
     name = task.spec.run_name
     state = run_state(task.folder)
-    if state.state == "done":
+    if state.state == "done" and not task.stale_to_rerun():  # a stale run to train again is not settled
         result.done.append(name)
         say(f"[{index}/{total}] done {name}{_best(task.folder)}")
     elif code == EXIT_CODES["busy"]:

@@ -6,7 +6,9 @@ Every cell ends in exactly one status: a run state (pending, running, done, fail
 file is another model's, ``zoo.single_file_misfit``) or ``invalid`` (anything ``runner.prepare`` would
 reject: an unregistered method, bad bits, an unknown override key, a missing weights file…), always with
 its reason. Cells that map to
-the same run id are counted once (the later ones are marked duplicates). Nothing here loads a model.
+the same run id are counted once (the later ones are marked duplicates). A done run is also *stale* when the
+method code that computed it changed since (:mod:`dfqbench.store.codestamp`; ``--rerun-stale`` trains it
+again). Nothing here loads a model.
 
 Planning is two steps: :func:`decide` (per cell, from the method registry, the zoo and the teacher's
 identity: what :mod:`dfqbench.launch.plancache` may remember) and :func:`assemble` (the run states, read
@@ -23,10 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from dfqbench.errors import DfqbenchError
+from dfqbench.launch.banks import bank_summary
 from dfqbench.launch.estimate import Estimate, formula_seconds
 from dfqbench.launch.grid import Cell, Grid, apply_filters, dataset_of, expand
 from dfqbench.request import RunOptions, RunRequest
 from dfqbench.store import CELL_ONLY_STATES, ResultsStore, RunFolder, RunState, StoreError, run_state
+from dfqbench.store.codestamp import CodeState, code_state
 
 if TYPE_CHECKING:
     from dfqbench.specs import RunSpec
@@ -65,6 +69,8 @@ class Decision:
     run_id: str | None = None
     train: dict[str, Any] | None = None
     q_steps: int | None = None
+    bank: dict[str, Any] | None = None  # the image bank the run needs (dfqbench.launch.banks.bank_summary)
+    data_free: bool = True  # False: the method fine-tunes on real data (real_kd); the dry run says so
 
 
 @dataclass
@@ -81,6 +87,11 @@ class PlannedCell:
     decision: Decision | None = None
     request: RunRequest | None = None  # set by a full plan (plan_grid), None from the plan cache
     spec: "RunSpec | None" = None
+    code: CodeState | None = None  # a done run's code: current, stale or unknown (None for other states)
+
+    @property
+    def stale(self) -> bool:
+        return self.status == "done" and self.code is not None and self.code.stale
 
     @property
     def is_run(self) -> bool:
@@ -114,9 +125,13 @@ class Plan:
         counts["duplicate"] = sum(c.duplicate_of is not None for c in self.cells)
         return counts
 
-    def to_launch(self, retry_failed: bool = False) -> list[PlannedCell]:
+    def to_launch(self, retry_failed: bool = False, rerun_stale: bool = False) -> list[PlannedCell]:
         wanted = {"pending", "lost"} | ({"failed"} if retry_failed else set())
-        return [c for c in self.runs() if c.status in wanted]
+        return [c for c in self.runs() if c.status in wanted or (rerun_stale and c.stale)]
+
+    def stale(self) -> list[PlannedCell]:
+        """Done runs computed by method code that changed since (``--rerun-stale`` trains them again)."""
+        return [c for c in self.runs() if c.stale]
 
     def invalid(self) -> list[PlannedCell]:
         return [c for c in self.cells if c.status == "invalid"]
@@ -176,6 +191,9 @@ def assemble(grid: Grid, options: LaunchOptions, cells: list[Cell], decisions: l
             state = run_state(ResultsStore(options.results).run_dir(decision.run_name))
         item = PlannedCell(cell, state.state, state.reason, decision.run_name, decision.run_id, decision.train,
                            decision.q_steps, options.results, decision=decision)
+        if state.state == "done":
+            record = _read_record(item.run_dir)
+            item.code = code_state(record.code if record is not None else None)
         if extras is not None:
             item.request, item.spec = extras[i]
         if decision.run_id is not None:
@@ -263,5 +281,11 @@ def decide(cell: Cell, options: LaunchOptions, registry, teachers: dict) -> tupl
         return Decision("invalid", str(exc)), request, None
     if spec is None:
         return Decision("run", f"teacher {info.name} not downloaded yet (its run id is known once it is)",
-                        train=settings[0], q_steps=method_cls.q_steps_per_iter), request, None
-    return Decision("run", None, spec.run_name, spec.run_id, settings[0], method_cls.q_steps_per_iter), request, spec
+                        train=settings[0], q_steps=method_cls.q_steps_per_iter,
+                        data_free=getattr(method_cls, "data_free", True)), request, None
+    try:
+        bank = bank_summary(method_cls, spec)
+    except DfqbenchError as exc:
+        return Decision("invalid", f"{cell.method}: its image bank: {exc}"), request, None
+    return Decision("run", None, spec.run_name, spec.run_id, settings[0], method_cls.q_steps_per_iter,
+                    bank, getattr(method_cls, "data_free", True)), request, spec

@@ -36,6 +36,7 @@ from dfqbench.launch.grid import Cell, Grid
 from dfqbench.launch.plan import Decision, LaunchOptions, Plan, assemble, plan_grid, select_cells
 from dfqbench.plugins import entries_fingerprint
 from dfqbench.store import atomic_write_bytes
+from dfqbench.store.files import parse_json
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the dfqbench package folder (from this file: no `import dfqbench`)
 
@@ -120,7 +121,7 @@ class _Miss(Exception):
 
 def _load(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_bytes())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None

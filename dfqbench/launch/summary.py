@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+from dfqbench.launch.banks import bank_document, bank_lines
 from dfqbench.launch.plan import Plan, PlannedCell
-from dfqbench.store import RUN_STATES
+from dfqbench.store import CELL_ONLY_STATES, RUN_STATES
 
 MAX_LISTED = 12
 
@@ -68,12 +69,19 @@ def _entry(cells: list[PlannedCell]) -> str:
     return {"excluded": "-", "unsupported": "n/a", "skipped": "skip", "invalid": "!"}.get(status, "?")
 
 
+def not_data_free(plan: Plan) -> tuple[list[str], int]:
+    """The planned runs' methods that are not data-free (``data_free = False``: real_kd's real training images),
+    and how many runs they have: said apart in the dry run, as the report keeps them apart."""
+    runs = [c.cell.method for c in plan.runs() if c.decision is not None and not c.decision.data_free]
+    return sorted(set(runs)), len(runs)
+
+
 def _reasons(cells: list[PlannedCell]) -> list[str]:
     counts = Counter(c.reason or "" for c in cells)
     return [f"  {n} × {reason}" for reason, n in counts.most_common()]
 
 
-def describe(plan: Plan, retry_failed: bool = False) -> str:
+def describe(plan: Plan, retry_failed: bool = False, rerun_stale: bool = False) -> str:
     """The whole report: header, counts, matrix, estimate, and the reasons for every non-run cell."""
     grid, counts = plan.grid, plan.counts()
     lines = [f"grid {grid.name} ({grid.path})"]
@@ -88,12 +96,19 @@ def describe(plan: Plan, retry_failed: bool = False) -> str:
         parts.append(f"{counts['duplicate']} duplicates of another cell's run")
     lines.append(f"cells: {len(plan.cells)} = " + " + ".join(parts)
                  + (f"  ({plan.filtered_out} more filtered out by --only)" if plan.filtered_out else ""))
-    lines.append("runs: " + ", ".join(f"{counts[s]} {s}" for s in RUN_STATES))
+    stale = plan.stale()
+    lines.append("runs: " + ", ".join(f"{counts[s]} {s}" for s in RUN_STATES)
+                 + (f" ({len(stale)} of them stale)" if stale else ""))
     lines.append("")
     lines.extend(matrix(plan))
     lines.append("")
-    todo = plan.to_launch(retry_failed)
+    todo = plan.to_launch(retry_failed, rerun_stale)
     lines.append(f"to run: {len(todo)} runs, estimated {plan.estimate(todo).text()}")
+    lines.extend(bank_lines(plan, todo))  # image banks: counted apart from the runs
+    real, n_real = not_data_free(plan)
+    if real:
+        lines.append(f"NOT data-free: {n_real} runs of {', '.join(real)} fine-tune on real training images (a "
+                     "real-data reference, reported apart from the data-free methods)")
     for status, title in (("excluded", "excluded by the grid"), ("unsupported", "unsupported by the method"),
                           ("skipped", "skipped: no teacher weights (no run folder is made for them)"),
                           ("invalid", "invalid (the grid will not start until these are fixed or filtered out "
@@ -103,7 +118,20 @@ def describe(plan: Plan, retry_failed: bool = False) -> str:
             lines.append(f"{title}: {len(cells)} cells")
             lines.extend(_reasons(cells))
     lines.extend(run_details(plan.runs()))
+    lines.extend(stale_details(stale, rerun_stale))
     return "\n".join(lines)
+
+
+def stale_details(stale: list[PlannedCell], rerun_stale: bool = False) -> list[str]:
+    """The stale runs (done, but computed by method code that changed since) with what changed."""
+    if not stale:
+        return []
+    what = "trained again from scratch by this launch" if rerun_stale else "--rerun-stale trains them again"
+    lines = [f"stale: {len(stale)} done runs were computed by method code that changed since ({what})"]
+    lines += [f"  {c.name}: {c.code.reason}" for c in stale[:MAX_LISTED]]
+    if len(stale) > MAX_LISTED:
+        lines.append(f"  … and {len(stale) - MAX_LISTED} more")
+    return lines
 
 
 def run_details(runs: list[PlannedCell]) -> list[str]:
@@ -127,11 +155,12 @@ def run_details(runs: list[PlannedCell]) -> list[str]:
     return lines
 
 
-def plan_document(plan: Plan, retry_failed: bool = False) -> dict:
+def plan_document(plan: Plan, retry_failed: bool = False, rerun_stale: bool = False) -> dict:
     """The dry-run report as one JSON-able document (``dfqbench run --grid … --dry-run --json``): the grid, the
-    counts, the estimate and every cell with its status, reason and run."""
+    counts (one status per cell: they sum to ``cells_total``), the stale runs among the done ones, the estimate
+    and every cell with its status, reason, run and code state (done runs: current, stale or unknown)."""
     grid, counts = plan.grid, plan.counts()
-    todo = plan.to_launch(retry_failed)
+    todo = plan.to_launch(retry_failed, rerun_stale)
     estimate = plan.estimate(todo)
     cells = []
     for c in plan.cells:
@@ -141,15 +170,21 @@ def plan_document(plan: Plan, retry_failed: bool = False) -> dict:
             "profile": c.cell.profile, "dataset": c.cell.values.get("dataset"),
             "overrides": plan.options.overrides_for(c.cell), "status": c.status, "reason": c.reason,
             "run_name": c.run_name, "run_id": c.run_id, "duplicate_of": c.duplicate_of,
+            "code": c.code.state if c.code else None, "code_reason": c.code.reason if c.code else None,
             "to_run": any(c is t for t in todo),
+            "bank": (c.decision.bank or {}).get("name") if c.decision is not None else None,
         })
     return {
         "grid": grid.name, "grid_file": str(grid.path), "description": grid.description,
         "results": str(plan.options.results), "varying": varying(plan),
         "cells_total": len(plan.cells), "filtered_out": plan.filtered_out, "runs": len(plan.runs()),
-        "counts": {s: counts[s] for s in (*RUN_STATES, "excluded", "unsupported", "invalid", "duplicate")},
+        "counts": {s: counts[s] for s in (*RUN_STATES, *CELL_ONLY_STATES, "duplicate")},
+        "stale": len(plan.stale()),
         "to_run": len(todo),
         "estimate": {"gpu_hours": estimate.hours, "formula_runs": estimate.formula_runs,
-                     "measured_runs": estimate.measured_runs, "unknown_runs": estimate.unknown_runs},
+                     "measured_runs": estimate.measured_runs, "unknown_runs": estimate.unknown_runs,
+                     "basis": estimate.basis()},
         "cells": cells,
+        **bank_document(plan, todo),  # image banks, their states and synthesis estimate
+        "not_data_free": dict(zip(("methods", "runs"), not_data_free(plan))),
     }

@@ -1,7 +1,7 @@
 """One grid run as a task: the same code runs it in a local worker process and in a Slurm array task.
 
-A task takes the run's lease (skipping a run that is done, leased by a live task, or failed unless
-retrying), appends an attempt to ``attempts.json`` (job id, host, the checkpoint epoch it resumes after),
+A task takes the run's lease (skipping a run that is done unless stale and ``rerun_stale``, leased by a live
+task, or failed unless retrying), appends an attempt to ``attempts.json`` (job id, host, the checkpoint epoch it resumes after),
 calls :func:`dfqbench.runner.run` (which skips done runs, resumes from ``checkpoint.pt`` and writes
 ``error.json`` with the traceback when training raises, e.g. an exception or CUDA out-of-memory; a diverged
 run is recorded as finished, not raised), and records a failure that happens before training (``prepare``
@@ -26,7 +26,7 @@ from dfqbench.core.progress import Progress, make_progress
 from dfqbench.request import RunRequest
 from dfqbench.specs import RunSpec
 from dfqbench.store import ResultsStore, RunFolder, atomic_write_json
-from dfqbench.store.files import StoreError, first_line
+from dfqbench.store.files import StoreError, first_line, parse_json, read_json_object
 from dfqbench.store.lease import Lease
 
 EXIT_CODES = {"done": 0, "failed": 1, "busy": 3, "interrupted": 130, "preempted": 143}
@@ -47,6 +47,7 @@ class GridTask:
     spec: RunSpec
     grid: str
     retry_failed: bool = False
+    rerun_stale: bool = False  # a done run whose method code changed since is trained again from scratch
 
     @property
     def folder(self) -> RunFolder:
@@ -54,19 +55,22 @@ class GridTask:
 
     def to_json(self) -> str:
         return json.dumps({"request": dataclasses.asdict(self.request), "spec": self.spec.to_dict(),
-                           "grid": self.grid, "retry_failed": self.retry_failed}, default=list)
+                           "grid": self.grid, "retry_failed": self.retry_failed, "rerun_stale": self.rerun_stale},
+                          default=list)
 
     @classmethod
     def from_json(cls, text: str) -> "GridTask":
         data = json.loads(text)
-        return cls(RunRequest(**data["request"]), RunSpec.from_dict(data["spec"]), data["grid"], data["retry_failed"])
+        return cls(RunRequest(**data["request"]), RunSpec.from_dict(data["spec"]), data["grid"], data["retry_failed"],
+                   data.get("rerun_stale", False))
 
     def execute(self, job_id: str, executor: str, progress: Progress | None = None,
                 preempted: Any = lambda: False) -> Outcome:
         folder = self.folder
-        if folder.is_done():
+        done = folder.is_done()
+        if done and not self.stale_to_rerun():
             return Outcome("done", "already done")
-        if (folder.error_path.exists() or folder.has_record()) and not self.retry_failed:  # error or bad record
+        if not done and (folder.error_path.exists() or folder.has_record()) and not self.retry_failed:  # error, bad record
             return Outcome("failed", "failed before; not retried without --retry-failed")
         lease = Lease(folder.path, job_id, executor)
         try:
@@ -75,7 +79,7 @@ class GridTask:
             return Outcome("failed", str(exc), ran=True)
         if holder is not None:
             return Outcome("busy", f"held by job {holder.get('job_id')} on {holder.get('host')}")
-        if folder.is_done():  # finished by another task between our check and the lease
+        if folder.is_done() and not self.stale_to_rerun():  # finished by another task between our check and the lease
             lease.release()
             return Outcome("done", "already done")
         lease.start()
@@ -104,7 +108,7 @@ class GridTask:
 
         folder = self.folder
         try:
-            record = run(self.request, progress, leased=True)
+            record = run(self.request, progress, leased=True, rerun_stale=self.rerun_stale)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001  (every failure is recorded, the grid goes on)
@@ -121,6 +125,18 @@ class GridTask:
                 self._record_error(exc)
             return Outcome("failed", message, ran=True)
         return Outcome("done", None, ran=True)
+
+    def stale_to_rerun(self) -> bool:
+        """With ``rerun_stale``: whether the done run's record was computed by method code that changed since."""
+        if not self.rerun_stale:
+            return False
+        from dfqbench.store.codestamp import code_state
+
+        try:
+            record = self.folder.read_record()
+        except StoreError:
+            return False
+        return record is not None and code_state(record.code).stale
 
     def _start_attempt(self, job_id: str, executor: str) -> dict[str, Any]:
         attempt = {"job_id": job_id, "executor": executor, "host": socket.gethostname(), "pid": os.getpid(),
@@ -153,17 +169,18 @@ class GridTask:
     @staticmethod
     def read_attempts(run_dir: Path) -> list[dict[str, Any]]:
         try:
-            attempts = json.loads(RunFolder(run_dir).attempts_path.read_text())
+            attempts = parse_json(RunFolder(run_dir).attempts_path.read_bytes())  # bounded: deep nesting too
         except (OSError, ValueError):
             return []
         return [a for a in attempts if isinstance(a, dict)] if isinstance(attempts, list) else []
 
 
 def _drop_error(folder: RunFolder, exc_type: str) -> None:
+    error = read_json_object(folder.error_path)  # None for anything but a readable JSON object
     try:
-        if json.loads(folder.error_path.read_text()).get("type") == exc_type:
+        if error is not None and error.get("type") == exc_type:
             folder.error_path.unlink(missing_ok=True)
-    except (OSError, ValueError):
+    except OSError:
         pass
 
 

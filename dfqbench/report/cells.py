@@ -4,27 +4,31 @@ Only records that differ in nothing but the seed are averaged. A cell (say GDFQ 
 protocol) shows the method's *default configuration* for that cell (:mod:`dfqbench.report.defaults`: its
 defaults and paper presets under the protocol, no overrides). Runs of other configurations (an override,
 another method version) never replace it: they are named in a footnote, or shown as their own labelled rows
-when asked for (``report --all-configurations`` or ``--where``). Where the default cannot be resolved here
-(a method plugin not installed), the configuration with the most finished seeds is shown (ties: the most
-recently finished) and the footnote says so. Runs without a record are counted with their configuration.
+when asked for (``report --all-configurations`` or ``--where``). A cell whose default configuration has no
+finished run shows what was run instead (:attr:`Cell.fallback`): the configuration with the most finished
+seeds in its place, labelled in a footnote, and the others as labelled rows. Where the default cannot be
+resolved here (a method plugin not installed), the configuration with the most finished seeds is shown (ties:
+the most recently finished) and the footnote says so. Runs without a record are counted with their configuration.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, TypeVar
 
-from dfqbench.report.defaults import configuration_diff, diff_text, override_key
+from dfqbench.report.defaults import configuration_diff, diff_text, override_key, value_text
 from dfqbench.report.load import RunRecord, Unfinished, config_key, flatten, teacher_key
 from dfqbench.report.stats import Summary, summarize
 
 K = TypeVar("K", bound=Hashable)
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "tiny": "tiny"}
-METHOD_ORDER = ("gdfq", "zeroq", "zeroq_kd", "zaq", "qimera", "adasg", "adadfq")
+METHOD_ORDER = ("gdfq", "zeroq", "zeroq_kd", "zaq", "qimera", "adasg", "adadfq", "intraq", "hast", "synq")
 METHOD_LABELS = {"gdfq": "GDFQ", "zeroq": "ZeroQ", "zeroq_kd": "ZeroQ+KD", "zaq": "ZAQ", "qimera": "Qimera",
-                 "adasg": "AdaSG", "adadfq": "AdaDFQ"}
+                 "adasg": "AdaSG", "adadfq": "AdaDFQ", "intraq": "IntraQ", "hast": "HAST", "synq": "SynQ",
+                 "real_kd": "real_kd (not data-free)"}  # real training images: report.reference keeps it apart
 PROTOCOL_ORDER = ("paper", "quick")
 
 
@@ -56,17 +60,17 @@ def group_by(items: Iterable[Any], key: Callable[[Any], K]) -> dict[K, list[Any]
     return groups
 
 
-def spec_diff(shown: dict[str, Any], other: dict[str, Any]) -> list[str]:
+def spec_diff(shown: dict[str, Any], other: dict[str, Any], cut: bool = True) -> list[str]:
     """``key=value`` of the other spec's fields that differ from the shown one (seed, run id and the derived
-    ``changed`` excepted)."""
+    ``changed`` excepted); long values cut with ``…`` unless ``cut`` is False."""
     a, b = flatten(shown), flatten(other)
     keys = sorted(k for k in set(a) | set(b) if k not in ("seed", "run_id", "changed") and not k.startswith("changed."))
-    return [f"{override_key(k)}={_short(b.get(k))}" for k in keys if a.get(k) != b.get(k)]
+    return [f"{override_key(k)}={_short(b.get(k), cut)}" for k in keys if a.get(k) != b.get(k)]
 
 
-def _short(value: Any) -> str:
-    text = str(list(value)) if isinstance(value, (list, tuple)) else str(value)
-    return text if len(text) <= 24 else text[:21] + "…"
+def _short(value: Any, cut: bool = True) -> str:
+    text = value_text(value)
+    return text if len(text) <= 24 or not cut else text[:21] + "…"
 
 
 @dataclass
@@ -82,6 +86,7 @@ class Cell:
     states: Counter = field(default_factory=Counter)  # running / pending / failed runs in this cell
     no_metric: int = 0  # finished runs without a value for the metric (never evaluated)
     diverged: int = 0  # shown runs whose training diverged (NaN/inf) and stopped: best is over the epochs before
+    fallback: "Configuration | None" = None  # shown instead of the default, which has no finished run here
 
     def diverged_note(self, label: str) -> str:
         return (f"{label}: {self.diverged} of {len(self.records)} run(s) diverged (NaN/inf) and stopped there; "
@@ -103,11 +108,42 @@ class Cell:
 
 @dataclass
 class Configuration:
-    """The runs of one configuration in a cell; ``label`` names how it differs from the cell's default."""
+    """The runs of one configuration in a cell; ``label`` names how it differs from the cell's default (short:
+    at most 4 keys, long values cut), ``diff`` is that difference whole (``()`` for the default; None when the
+    cell's default is unknown here) and ``full`` its label uncut."""
 
     records: list[RunRecord]
     unfinished: list[Unfinished]
     label: str
+    diff: tuple[tuple[str, Any], ...] | None = ()
+    full: str = ""
+
+    @property
+    def full_label(self) -> str:
+        """The label with every key and whole values (CSV, footnotes): never cut with ``…``."""
+        return self.full or self.label
+
+
+Items = tuple[tuple[str, Any], ...]  # (override key, value) pairs: how a configuration differs from its default
+
+
+def _pairs(items: Items) -> set[tuple[str, str]]:
+    return {(k, json.dumps(v, sort_keys=True, default=list)) for k, v in items}
+
+
+def shared_settings(diffs: list[Items | None]) -> Items:
+    """The (key, value) pairs that every configuration sets (none when one is a default, or has no known
+    default): a grid's shared settings, named once rather than in every label."""
+    if not diffs or any(not d for d in diffs):
+        return ()
+    common = set.intersection(*(_pairs(d) for d in diffs))
+    return tuple(item for item in diffs[0] if _pairs((item,)) <= common)
+
+
+def without(diff: Items | None, shared: Items) -> Items:
+    """A configuration's difference from its default less the ``shared`` settings (``()`` for None)."""
+    common = _pairs(shared)
+    return tuple(item for item in diff or () if not _pairs((item,)) <= common)
 
 
 Ignore = Callable[[str, Any], bool]
@@ -157,7 +193,8 @@ def split_configurations(records: list[RunRecord], unfinished: list[Unfinished],
         key = "" if diff == [] else key
         if key not in groups:
             label = "default" if diff == [] else (diff_text(diff) if diff else f"configuration {key}")
-            groups[key] = Configuration([], [], label)
+            groups[key] = Configuration([], [], label, None if diff is None else tuple(diff),
+                                        diff_text(diff, limit=None) if diff else label)
         (groups[key].records if isinstance(item, RunRecord) else groups[key].unfinished).append(item)
     default = groups.pop("", None)
     ranked = sorted(groups.values(), key=lambda c: (
@@ -167,8 +204,10 @@ def split_configurations(records: list[RunRecord], unfinished: list[Unfinished],
         default, ranked = ranked[0], ranked[1:]
         shown = (default.records + default.unfinished)[0].spec
         for conf in ranked:  # no default to name the differences against: name them against the shown one
-            diff = spec_diff(shown, (conf.records + conf.unfinished)[0].spec)
+            other = (conf.records + conf.unfinished)[0].spec
+            diff = spec_diff(shown, other)
             conf.label = ", ".join(diff[:4]) + (" …" if len(diff) > 4 else "") if diff else conf.label
+            conf.full = ", ".join(spec_diff(shown, other, cut=False)) or conf.label
     return default or Configuration([], [], "default"), ranked, unknown
 
 
@@ -180,11 +219,6 @@ def choose_configuration(records: list[RunRecord]) -> tuple[list[RunRecord], lis
                     key=lambda rs: (len(rs), max(str(r.record.get("finished_at", "")) for r in rs), rs[0].config),
                     reverse=True)
     return ranked[0], ranked[1:]
-
-
-def shown_records(records: list[RunRecord]) -> list[RunRecord]:
-    """The records of a cell that the tables show (its default configuration; see :func:`split_configurations`)."""
-    return split_configurations(records, [])[0].records
 
 
 def summarize_cell(records: list[RunRecord], unfinished: list[Unfinished], metric: str) -> Cell:
@@ -203,11 +237,33 @@ def summarize_cell(records: list[RunRecord], unfinished: list[Unfinished], metri
 
 
 def make_cell(records: list[RunRecord], unfinished: list[Unfinished], metric: str, ignore: Ignore | None = None) -> Cell:
-    """The cell of the default configuration, with the other configurations in :attr:`Cell.others`."""
+    """The cell of the default configuration, with the other configurations in :attr:`Cell.others`; when the
+    default has no finished run with the metric, the other configuration with the most finished seeds that has
+    one (:attr:`Cell.fallback`), counting the default's unfinished runs in its states."""
     default, others, unknown = split_configurations(records, unfinished, ignore)
     cell = summarize_cell(default.records, default.unfinished, metric)
+    if cell.summary is None:
+        shown = next((c for c in others if any(r.metric(metric) is not None for r in c.records)), None)
+        if shown is not None:
+            states = cell.states
+            cell = summarize_cell(shown.records, shown.unfinished, metric)
+            cell.states += states
+            cell.fallback = shown
+            others = [c for c in others if c is not shown]
     cell.others, cell.default_unknown = others, unknown
     return cell
+
+
+def shown_configurations(records: list[RunRecord], metric: str, all_configurations: bool = False,
+                         ignore: Ignore | None = None) -> list[Configuration]:
+    """The configurations of one cell's finished runs that the tables show, default first: the default (when it
+    has a run with the metric) and, with ``all_configurations``, the others; without such a default run, every
+    configuration with one (the tables show the first in the default's place, the others as labelled rows)."""
+    default, others, _ = split_configurations(records, [], ignore)
+    usable = [c for c in [default, *others] if any(r.metric(metric) is not None for r in c.records)]
+    if usable and usable[0] is default and not all_configurations:
+        return [default]
+    return usable
 
 
 def make_choice_cell(records: list[RunRecord], metric: str) -> Cell:

@@ -41,7 +41,14 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="also show, as their own labelled rows, runs of other configurations than a cell's default "
                    "(the method's defaults and presets for the cell; without this they are only counted in a footnote)")
     p.add_argument("--table", choices=TABLE_CHOICES, default="all",
-                   help="which layout (default all: Table 1, Qimera Table 2, ablations where a term is off)")
+                   help="which layout (default all: Table 1, Qimera Table 2, SynQ Table 1 where a run of IntraQ, HAST "
+                   "or SynQ exists, ablations where a term is off, the real-data reference where such runs exist); "
+                   "synq_table1: SynQ Table 1 always; methods: the comparison view, a column per method and "
+                   "configuration in the results (not-data-free runs only when --where method=… names them); "
+                   "real_data: the real-data reference (real_kd, not data-free) beside the best data-free method")
+    p.add_argument("--baseline", metavar="METHOD[:KEY=VALUE,...]",
+                   help="with --table methods: the column the others are compared with (Δ and Welch's test), e.g. "
+                   "gdfq (its default configuration, or its only one) or gdfq:quant.tracker=ema")
     p.add_argument("--format", choices=FORMAT_CHOICES, default="markdown",
                    help="markdown (default); latex: table floats to \\input (booktabs; run status in comments only); "
                    "latex-document: the same in a complete document; csv: one row per cell; csv-runs: one row per run")
@@ -63,7 +70,24 @@ def report_request(args: argparse.Namespace) -> ReportRequest:
     return ReportRequest(results=args.results, grid=args.grid, protocol=args.protocol, where=list(args.where),
                          table=args.table, format=args.format, metric=args.metric, all_rows=args.all_rows,
                          all_columns=args.all_columns, all_configurations=args.all_configurations,
-                         compare=args.compare)
+                         compare=args.compare, baseline=args.baseline)
+
+
+def check_plots_folder(folder: Path) -> None:
+    """``--plots DIR`` is a folder, or can be made one, that this process can write (``/dev/null/x``, a file, a
+    read-only folder: one line before anything is read or written)."""
+    import os
+
+    if folder.exists() and not folder.is_dir():
+        raise DfqbenchError(f"invalid --plots '{folder}': a file, not a folder; give a folder for the figures")
+    parent = folder
+    while not parent.exists():  # the nearest existing folder is where the missing ones would be made
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DfqbenchError(f"invalid --plots '{folder}': '{parent}' is not a folder, so no folder can be made "
+                            "under it; give a folder for the figures")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DfqbenchError(f"invalid --plots '{folder}': '{parent}' is not writable; give a folder you can write")
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -71,6 +95,8 @@ def run_report(args: argparse.Namespace) -> int:
 
     if args.cell and not args.plots:
         raise DfqbenchError("--cell selects plots; give --plots DIR too")
+    if args.plots:
+        check_plots_folder(Path(args.plots))
 
     def warn(path: Path, why: str) -> None:  # skipped, never fatal: one bad record must not hide the others
         print(f"dfqbench: warning: skipped {path}: {why}", file=sys.stderr)
@@ -88,9 +114,18 @@ def run_report(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     if args.plots:
         from dfqbench.report.plots import make_plots
+        from dfqbench.store.grid_index import grid_name
 
-        written = make_plots(scan.records, report.published, args.metric, Path(args.plots), args.cell)
+        try:
+            written = make_plots(scan.records, report.published, args.metric, Path(args.plots), args.cell,
+                                 all_configurations=args.all_configurations or bool(args.where)
+                                 or args.grid is not None or args.table == "methods",
+                                 prefix=f"{grid_name(args.grid)}_" if args.grid else "", tables=tables)
+        except OSError as exc:  # what check_plots_folder cannot foresee (/proc, a full disk): one line
+            from dfqbench.store.files import cannot_write
+
+            raise cannot_write(Path(exc.filename or args.plots), exc) from None
         print(f"wrote {len(written)} figure files to {args.plots}"
-              + ("" if written else " (no finished runs with logged diagnostics in the chosen cells)"),
+              + ("" if written else " (no finished run with a top-1 in the chosen cells)"),
               file=sys.stderr if not args.out else sys.stdout)
     return 0

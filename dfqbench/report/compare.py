@@ -17,7 +17,7 @@ from dfqbench.report.cells import (Cell, bits_sort_key, group_by, make_choice_ce
 from dfqbench.report.load import RunRecord, Scan
 from dfqbench.report.model import Group, Table, TableRow, Text
 from dfqbench.report.stats import Summary, welch_test
-from dfqbench.report.tables import METRIC_TEXT, fmt_delta, fmt_number
+from dfqbench.report.tables import METRIC_TEXT, fmt_delta, fmt_number, numbered
 
 CellKey = tuple[str, str, str, str, str, str]
 
@@ -64,10 +64,12 @@ def compare_scans(a: Scan, b: Scan, metric: str = "best") -> Table:
                                     [Text(fmt_delta(diff), bold=bool(test and test.outside_noise))], [Text(verdict)],
                                     [Text(changed_text)]]))
         table.records.append(_record(key, metric, cell_a, cell_b, test, changed_text))
-    table.caption = (f"Per cell, the {METRIC_TEXT[metric]} of A and B as mean ± std over seeds (n), "
-                     "Δ = B − A, and Welch's two-sided t-test (outside seed noise when p < 0.05; needs n ≥ 2 seeds on "
-                     f"both sides, else no noise estimate). Δ in bold: outside seed noise ({outside} of {len(keys)} "
-                     f"cells). A: {a.status_line()}. B: {b.status_line()}.")
+    table.caption = ("Two results folders cell by cell: A and B as mean ± std over seeds (n), Δ = B − A in bold where "
+                     f"Welch's test puts it outside the seed noise ({outside} of {len(keys)} cells).")
+    table.notes = numbered([f"Metric: {METRIC_TEXT[metric]}.",
+                            "Welch's two-sided t-test: outside seed noise when p < 0.05; it needs n ≥ 2 seeds on both "
+                            "sides, else there is no noise estimate.",
+                            f"A: {a.status_line()}.", f"B: {b.status_line()}."])
     return table
 
 

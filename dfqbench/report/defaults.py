@@ -22,7 +22,7 @@ from typing import Any
 from dfqbench.specs.configuration import differences, flat_configuration, override_key, plain
 from dfqbench.errors import DfqbenchError
 
-__all__ = ["configuration_diff", "default_configuration", "diff_text", "override_key"]
+__all__ = ["configuration_diff", "default_configuration", "diff_text", "override_key", "value_text"]
 
 def _configuration(spec: dict[str, Any]) -> dict[str, Any]:
     """The spec's configuration, flattened to override keys, with its ``method_version``."""
@@ -71,12 +71,20 @@ def configuration_diff(spec: dict[str, Any]) -> list[tuple[str, Any]] | None:
     return sorted(differences(plain(_configuration(spec)), default).items())
 
 
-def diff_text(diff: list[tuple[str, Any]], limit: int = 4) -> str:
-    """``quant.tracker=ema, method.ds_weight=0.0`` (at most ``limit`` items, then ``…``)."""
+def diff_text(diff: list[tuple[str, Any]] | tuple[tuple[str, Any], ...], limit: int | None = 4) -> str:
+    """``quant.tracker=ema, method.ds_weight=0.0``: at most ``limit`` items (then ``…``), long values cut with
+    ``…``, as labels and footnotes show it; ``limit=None``: every item, every value whole (CSV, the full label)."""
+    if limit is None:
+        return ", ".join(f"{k}={value_text(v)}" for k, v in diff)
     parts = [f"{k}={_short(v)}" for k, v in diff[:limit]]
     return ", ".join(parts) + (" …" if len(diff) > limit else "")
 
 
+def value_text(value: Any) -> str:
+    """A configuration value as text (a tuple as the list it is stored as)."""
+    return str(list(value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def _short(value: Any) -> str:
-    text = str(list(value)) if isinstance(value, (list, tuple)) else str(value)
+    text = value_text(value)
     return text if len(text) <= 24 else text[:21] + "…"

@@ -213,10 +213,12 @@ class Where:
         found, value = self.lookup(spec)
         if not found:
             return False
-        return any(_equal(value, wanted) for wanted in self.values)
+        return any(equal_values(value, wanted) for wanted in self.values)
 
 
-def _equal(value: Any, wanted: Any) -> bool:
+def equal_values(value: Any, wanted: Any) -> bool:
+    """A spec value equals a value read from the command line (numbers by value, booleans by identity, lists
+    item by item, anything else as text)."""
     if isinstance(value, (list, tuple)) and isinstance(wanted, (list, tuple)):
         return list(value) == list(wanted)
     if isinstance(value, bool) or isinstance(wanted, bool):

@@ -16,7 +16,7 @@ from dfqbench.errors import DfqbenchError
 if TYPE_CHECKING:
     from dfqbench.report.load import Scan
 
-TABLE_CHOICES = ("all", "table1", "qimera_t2", "ablation")
+TABLE_CHOICES = ("all", "table1", "qimera_t2", "synq_table1", "ablation", "methods", "real_data")
 FORMAT_CHOICES = ("markdown", "latex", "latex-document", "csv", "csv-runs")
 
 
@@ -35,6 +35,7 @@ class ReportRequest:
     all_columns: bool = False
     all_configurations: bool = False
     compare: str | Path | None = None  # another results folder (B) to compare against ``results`` (A)
+    baseline: str | None = None  # with table="methods": the column Δ and Welch's test compare against
 
 
 @dataclass
@@ -58,6 +59,12 @@ def make_report(request: ReportRequest, skipped: Callable[[Path, str], None] = l
     if request.format == "csv-runs" and request.compare is not None:
         raise DfqbenchError("--format csv-runs lists the runs of one results folder; choices with --compare are "
                             "markdown, latex, latex-document, csv")
+    if request.baseline is not None and request.table != "methods":
+        raise DfqbenchError(f"--baseline {request.baseline!r} picks a column of the comparison view; give --table "
+                            f"methods too (--table is {request.table!r})")
+    if request.table == "methods" and request.compare is not None:
+        raise DfqbenchError("--compare compares two results folders cell by cell; choices of --table with it: "
+                            + ", ".join(t for t in TABLE_CHOICES if t != "methods"))
     wheres = [Where.parse(text) for text in request.where]
     scan = scan_results(request.results)
     preamble = []
@@ -79,10 +86,39 @@ def make_report(request: ReportRequest, skipped: Callable[[Path, str], None] = l
         other = filter_scan(scan_results(request.compare), wheres, run_ids)
         tables = [compare_scans(scan, other, request.metric)]
     else:
-        tables = build_tables(scan, published, request.table, request.metric, request.all_rows, request.all_columns,
-                              all_configurations=request.all_configurations or bool(request.where)
-                              or request.grid is not None)
+        from dfqbench.report.reference import asked_for, reference_tables, split_scan
+
+        data_free, reference = split_scan(scan)  # not-data-free runs (real_kd) never enter a data-free table
+        if request.table == "methods":  # the comparison view: every method and configuration side by side
+            from dfqbench.report.versus import methods_tables
+
+            shown = scan if asked_for(wheres, reference) else data_free  # real data only when --where names it
+            tables = methods_tables(shown, published, request.metric, request.baseline)
+        elif request.table == "real_data":
+            tables = reference_tables(reference, data_free, request.metric, request.all_configurations
+                                      or bool(request.where) or request.grid is not None)
+        else:
+            tables = build_tables(data_free, published, request.table, request.metric, request.all_rows,
+                                  request.all_columns, all_configurations=request.all_configurations
+                                  or bool(request.where) or request.grid is not None)
+            if request.table in ("all", "synq_table1"):  # under "all" only where a run of its methods exists
+                from dfqbench.report.synq_table import synq_tables
+
+                tables += synq_tables(data_free, published, request.metric, request.all_configurations
+                                      or bool(request.where) or request.grid is not None,
+                                      only_with_runs=request.table == "all")
+            if request.table == "all":  # the real-data reference, in its own table, where such runs exist
+                tables += reference_tables(reference, data_free, request.metric, request.all_configurations
+                                           or bool(request.where) or request.grid is not None)
         preamble = [f"dfqbench report: {scan.status_line()}."] + preamble
+        kept_out = len(reference.records) + len(reference.unfinished)
+        if kept_out and request.table not in ("all", "real_data") and not (
+                request.table == "methods" and asked_for(wheres, reference)):
+            preamble.append(f"{kept_out} not-data-free run{'s' if kept_out > 1 else ''} (real training images) kept "
+                            "out of this table: --table real_data shows them")
+        from dfqbench.report.stale import mark_stale
+
+        preamble += mark_stale(tables, scan)  # a footnote under each table showing stale runs, and one line here
         if not tables:
             preamble.append("No runs match: nothing to tabulate.")
         if scan.unreadable:

@@ -51,6 +51,7 @@ class Table:
     records: list[dict[str, Any]] = field(default_factory=list)
     status: list[str] = field(default_factory=list)  # run counts: after the caption in markdown, comments in LaTeX
     cell_status: list[str] = field(default_factory=list)  # per-cell unfinished runs (LaTeX comments)
+    settings: str = ""  # settings every column shares, left out of the column titles (said under its figure)
 
 
 class Footnotes:
@@ -72,4 +73,12 @@ class Footnotes:
             self._plain.append(text)
 
     def lines(self) -> list[str]:
-        return [f"{mark} {text}" for text, mark in self._marks.items()] + self._plain
+        return self.marked() + self._plain
+
+    def marked(self) -> list[str]:
+        """The marked footnotes, ``ᵃ text``, in order of first use."""
+        return [f"{mark} {text}" for text, mark in self._marks.items()]
+
+    def plain(self) -> list[str]:
+        """The notes without a mark, in order of first use."""
+        return list(self._plain)

@@ -53,6 +53,7 @@ class PublishedTable:
     method_of: dict[str, str]  # printed column → dfqbench method (published-only columns are absent)
     rows: list[PublishedRow]
     notes: list[str] = field(default_factory=list)
+    unsupported: dict[str, str] = field(default_factory=dict)  # printed column → why it can have no method
 
     def row(self, model: str, bits: str) -> PublishedRow | None:
         return next((r for r in self.rows if r.model == model and r.bits == bits), None)
@@ -119,7 +120,10 @@ def parse_value(text: str) -> PublishedValue | None:
                           match["note"] or "")
 
 
-def _parse_table(name: str, data: dict[str, Any], models: dict[str, str], methods: dict[str, str]) -> PublishedTable:
+def _parse_table(name: str, data: dict[str, Any], models: dict[str, str], methods: dict[str, str],
+                 unsupported: dict[str, str] | None = None) -> PublishedTable:
+    """One main table; a table's own ``methods`` add to the shared column → method map for that table only."""
+    methods = {**methods, **data.get("methods", {})}
     header = split_row(data["header"])
     columns = header[3:]
     rows = []
@@ -134,7 +138,9 @@ def _parse_table(name: str, data: dict[str, Any], models: dict[str, str], method
         values = {col: parse_value(cell) for col, cell in zip(columns, cells[3:])}
         rows.append(PublishedRow(cells[0], label["name"], model, cells[2].lower(), float(label["fp"]), values))
     method_of = {col: methods[col] for col in columns if col in methods}
-    return PublishedTable(name, data["title"], data["source"], columns, method_of, rows, list(data.get("notes", [])))
+    unsupported = {col: reason for col, reason in (unsupported or {}).items() if col in columns}
+    return PublishedTable(name, data["title"], data["source"], columns, method_of, rows, list(data.get("notes", [])),
+                          unsupported)
 
 
 def _parse_ablation(name: str, data: dict[str, Any]) -> PublishedAblation:
@@ -155,6 +161,7 @@ def load_published() -> Published:
     """Parse the package's ``published.yaml`` (cached)."""
     raw = yaml.safe_load(resources.files("dfqbench.report").joinpath("published.yaml").read_text(encoding="utf-8"))
     models, methods = raw["models"], raw["methods"]
-    tables = {name: _parse_table(name, data, models, methods) for name, data in raw["tables"].items()}
+    unsupported = raw.get("unsupported", {})  # published-only columns that can have no method, with the reason
+    tables = {name: _parse_table(name, data, models, methods, unsupported) for name, data in raw["tables"].items()}
     ablations = {name: _parse_ablation(name, data) for name, data in raw["ablations"].items()}
     return Published(tables, ablations, raw)

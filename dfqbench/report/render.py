@@ -54,12 +54,13 @@ def to_markdown(tables: Iterable[Table], preamble: Iterable[str] = ()) -> str:
 
 # -- LaTeX ---------------------------------------------------------------------------------------------
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}"}
 _LATEX_UNICODE = {"±": r"$\pm$", "−": r"$-$", "†": r"\textsuperscript{\dag}", "–": "--", "—": "---",
                   "Δ": r"$\Delta$", "×": r"$\times$", "≠": r"$\neq$", "≥": r"$\geq$", "≤": r"$\leq$", "·": r"$\cdot$",
                   "…": r"\ldots{}", "θ": r"$\theta$", "²": r"\textsuperscript{2}", "∞": r"$\infty$", "→": r"$\to$",
                   "’": "'", "‘": "`", "“": "``", "”": "''",
-                  "✓": r"$\surd$", "✗": r"$\times$"}
+                  "✓": r"$\surd$", "✗": r"$\times$", "⋆": r"$\star$"}
 _LATEX_UNICODE.update({s: rf"\textsuperscript{{{c}}}" for s, c in zip(SUPERSCRIPTS, SUPERSCRIPT_LETTERS)})
 
 

@@ -24,7 +24,7 @@ def _configuration(spec: dict[str, Any]) -> str:
     diff = configuration_diff(spec)
     if diff is None:
         return "unknown default"
-    return "default" if not diff else diff_text(diff, limit=len(diff))
+    return "default" if not diff else diff_text(diff, limit=None)  # whole: never cut with "…"
 
 
 def _spec_fields(spec: dict[str, Any]) -> dict[str, Any]:

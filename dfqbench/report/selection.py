@@ -10,12 +10,17 @@ from dfqbench.errors import DfqbenchError
 
 def grid_selection(grid: str, root: Path) -> tuple[set[str], list[Any], list[str]]:
     """(run ids of the grid's runs, Unfinished entries for runs without a folder yet, summary lines), from the
-    grid's index written when it was launched (:mod:`dfqbench.store.grid_index`): no re-planning, no torch."""
+    grid's index written when it was launched (:mod:`dfqbench.store.grid_index`): no re-planning, no torch.
+
+    The grid's runs are its cells' distinct run ids (a cell that duplicates another's run is no second run), each
+    counted in its state in the store (:func:`dfqbench.store.run_state`: pending, running, done, failed, lost),
+    whether this grid's launch trained it or an earlier run had; cells that are no run (excluded, unsupported,
+    skipped, invalid, duplicates) are counted apart."""
     from collections import Counter
 
     from dfqbench.store.grid_index import grid_name, read_grid_index
     from dfqbench.report.load import Unfinished
-    from dfqbench.store import CELL_ONLY_STATES, ResultsStore
+    from dfqbench.store import CELL_ONLY_STATES, RUN_STATES, ResultsStore, run_state
 
     store = ResultsStore(root)
     name = grid_name(grid)
@@ -24,20 +29,28 @@ def grid_selection(grid: str, root: Path) -> tuple[set[str], list[Any], list[str
         raise DfqbenchError(f"grid {name!r} was never launched into '{root}' (report --grid shows the runs its launches "
                             f"planned); run `dfqbench run --grid {grid} --results {root}`, or report without --grid")
     run_ids, missing, unknown = set(), [], 0
-    statuses: Counter = Counter()
+    states: Counter = Counter()  # per run of the grid (one per run id): its state in the store, as `status` names it
+    no_run: Counter = Counter()  # cells that are no run of their own: duplicates of another cell's run, excluded, …
     for cell in cells.values():
         if cell.get("duplicate_of"):
-            statuses["duplicate"] += 1
+            no_run["duplicate"] += 1
             continue
         if cell.get("run_id") is None:
-            statuses[cell.get("status", "?")] += 1
-            unknown += cell.get("status") not in CELL_ONLY_STATES
+            if cell.get("status") in CELL_ONLY_STATES:
+                no_run[cell["status"]] += 1
+            else:
+                unknown += 1
+            continue
+        if cell["run_id"] in run_ids:  # two cells that resolve to one run: counted once
             continue
         run_ids.add(cell["run_id"])
         folder = store.run(cell["run_name"])
-        statuses["done" if folder.has_record() else "not finished"] += 1
+        states[run_state(folder).state] += 1
         if not folder.path.exists() and isinstance(cell.get("spec"), dict):
             missing.append(Unfinished(folder.path, "pending", cell["spec"]))
-    lines = [f"Grid {name}: {len(cells)} cells as launched (" + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-             + ")" + (f"; {unknown} runs without a known run id (teacher not downloaded yet) are not shown" if unknown else "")]
+    counted = ", ".join(f"{states[s]} {s}" for s in RUN_STATES if states[s])
+    lines = [f"Grid {name}: {len(run_ids)} run{'' if len(run_ids) == 1 else 's'}" + (f" ({counted})" if counted else "")
+             + ("; cells without a run of their own: " + ", ".join(f"{n} {s}" for s, n in sorted(no_run.items()))
+                if no_run else "")
+             + (f"; {unknown} runs without a known run id (teacher not downloaded yet) are not shown" if unknown else "")]
     return run_ids, missing, lines

@@ -5,10 +5,13 @@ ours (mean ± std over seeds, n) / the published number / Δ. One table per prot
 never mixed with ``paper`` ones. Δ = ours − paper when the run's teacher is the papers' (pytorchcv); on rows
 with another teacher Δ compares drops from FP, (ours − FP ours) − (paper − FP paper), and says so. Best of
 ours per row in bold. Each cell shows the method's default configuration (:mod:`dfqbench.report.cells`);
-other configurations get labelled rows only when asked for. Δ carries the reproduced mark
-(:data:`REPRODUCED_RULE`, counted in the footer). Ablation tables: rows = which of L_ds, L_as, L_b, L_BNS
-are on (the default configuration with those weights at 0), columns = bit-widths, best of ours per column
-in bold.
+other configurations get labelled rows only when asked for, or when the default has no finished run in the
+cell (then the configurations that were run are shown: the first in its place, labelled in a footnote).
+Under the paper protocol, Δ carries the reproduced mark (:data:`REPRODUCED_RULE`; the notes count the default
+configurations' marks); quick runs show Δ without one. Ablation tables: rows = which
+of L_ds, L_as, L_b, L_BNS are on (the default configuration with those weights at 0), columns = bit-widths,
+best of ours per column in bold. Every caption is one sentence; the rest follows as numbered notes below the
+table (:func:`numbered`), after the lettered footnotes of the cells.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dfqbench.report.stats import summarize
 SUBCOLUMNS = ("ours", "paper", "Δ")
 METRIC_TEXT = {"best": "best test top-1 over epochs (as the papers report)",
                "final": "final-epoch test top-1 (the papers report the best epoch; Δ compares our final with their best)"}
-MISSING_NOTE = ("– no finished run of this method's default configuration in this cell; runs without a record are "
+MISSING_NOTE = ("– no finished run of this method in this cell (of its default or any other configuration); runs without a record are "
                 "counted (in the cell in markdown, in the header comments of the LaTeX file): running (a live launcher "
                 "lease), started (has logs but no live lease: run outside the launcher, or interrupted), pending, "
                 "failed, lost.")
@@ -41,10 +44,14 @@ REPRODUCED, NOT_REPRODUCED = "✓", "✗"
 REPRODUCED_MIN_PP = 0.5
 REPRODUCED_RULE = (f"{REPRODUCED} reproduced, {NOT_REPRODUCED} not: |our mean drop from FP − the published drop from FP| "
                    f"≤ max({REPRODUCED_MIN_PP} pp, 2 · the std of our drop over seeds), the std being 0 with one seed; "
-                   "our FP is each run's teacher top-1 (its record), the published FP the paper's; no mark without a "
-                   "published number.")
+                   "our FP is each run's teacher top-1 (its record), the published FP the paper's; marked only under "
+                   "the paper protocol, where a published number exists.")
+NO_MARKS_TEXT = (f"No {REPRODUCED}/{NOT_REPRODUCED} marks: only runs under the paper protocol are checked against "
+                 "the published numbers.")
 DEFAULT_TEXT = ("Ours: the method's default configuration for the cell (its defaults and paper presets under "
-                "the protocol, no overrides).")
+                "the protocol, no overrides); where it has no finished run, the configurations that were run, "
+                "labelled.")
+FALLBACK_NOTE = "no finished run of the default configuration here; shown: the runs with {label}."
 # images in each evaluation set (the report stays torch-free: tiny's is dfqbench.zoo.tiny.TEST_IMAGES, tested equal)
 TEST_SET_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000, "tiny": 256}
 
@@ -72,6 +79,8 @@ def fmt_ours(cell: Cell, notes: Footnotes, label: str, metric: str | None = None
     else:
         text = fmt_number(s.mean) + (f" ± {fmt_number(s.std)}" if s.std is not None else "") + f" (n={s.n})"
         status = f"; +{cell.state_text()}" if cell.states else ""
+    if cell.fallback is not None:
+        text += notes.mark(FALLBACK_NOTE.format(label=cell.fallback.full_label))
     if cell.default_unknown:
         text += notes.mark(f"{label}: the default configuration is unknown here ({cell.default_unknown}); shown: "
                            "the configuration with the most finished seeds.")
@@ -87,9 +96,11 @@ def fmt_ours(cell: Cell, notes: Footnotes, label: str, metric: str | None = None
     return text, status
 
 
-def reproduced(cell: Cell, paper: PublishedValue | None, paper_fp: float | None) -> bool | None:
-    """The reproduced mark (:data:`REPRODUCED_RULE`), or None without a published number or an FP."""
-    if cell.drop is None or paper is None or paper_fp is None:
+def reproduced(cell: Cell, paper: PublishedValue | None, paper_fp: float | None, protocol: str
+               ) -> bool | None:
+    """The reproduced mark (:data:`REPRODUCED_RULE`), or None without a published number or an FP, or under
+    another protocol than ``paper`` (a shortened schedule reproduces nothing)."""
+    if cell.drop is None or paper is None or paper_fp is None or protocol != "paper":
         return None
     threshold = max(REPRODUCED_MIN_PP, 2.0 * (cell.drop.std or 0.0))
     return abs(cell.drop.mean - (paper_fp - paper.mean)) <= threshold + 1e-9  # 1e-9: float noise at the boundary
@@ -98,7 +109,21 @@ def reproduced(cell: Cell, paper: PublishedValue | None, paper_fp: float | None)
 def reproduced_note(marks: list[bool]) -> str:
     yes = sum(marks)
     return (f"Reproduced ({REPRODUCED}): {yes} cell{'' if yes == 1 else 's'}; not reproduced ({NOT_REPRODUCED}): "
-            f"{len(marks) - yes} cell{'' if len(marks) - yes == 1 else 's'} (default configurations; rule in the caption).")
+            f"{len(marks) - yes} cell{'' if len(marks) - yes == 1 else 's'} (default configurations; rule in the notes).")
+
+
+def numbered(notes: list[str]) -> list[str]:
+    """``["1. …", "2. …"]``: the notes that follow a one-sentence caption."""
+    return [f"{i}. {note}" for i, note in enumerate(notes, 1)]
+
+
+def caption_sentence(title: str, protocol: str, what: str) -> str:
+    """A table's one-sentence caption: what it shows under which protocol, and for a protocol other than
+    ``paper`` that its numbers are not comparable with the published ones (so no reproduced marks)."""
+    if protocol == "paper":
+        return f"{title} regenerated by dfqbench under the paper protocol: {what}."
+    return (f"{title} regenerated by dfqbench under protocol {protocol}, a shortened schedule not comparable with "
+            f"the published numbers (Δ without reproduced marks): {what}.")
 
 
 def fmt_published(value: PublishedValue | None) -> str:
@@ -167,6 +192,11 @@ def protocol_text(protocol: str, records: list[RunRecord], unfinished: list[Unfi
     return f"Protocol: {protocol} ({schedule_text(records)}){warning}." + (f" {evaluation}" if evaluation else "")
 
 
+def mark_notes(protocol: str) -> list[str]:
+    """The reproduced rule under the paper protocol, else why there are no marks."""
+    return [REPRODUCED_RULE] if protocol == "paper" else [NO_MARKS_TEXT]
+
+
 def counts_text(records: list[RunRecord], unfinished: list[Unfinished]) -> str:
     states = Counter(u.state for u in unfinished)
     parts = [f"{len(records)} finished"] + [f"{n} {s}" for s, n in sorted(states.items())]
@@ -197,7 +227,7 @@ def main_tables(scan: Scan, layout: PublishedTable, published: Published, metric
 
 
 def _configuration_cells(table: Table, notes: Footnotes, label: str, cell: Cell, paper: Any, paper_fp: Any,
-                         papers_teacher: bool, width: int, index: int, metric: str | None = None
+                         papers_teacher: bool, width: int, index: int, protocol: str, metric: str | None = None
                          ) -> tuple[list[list[Text]], Any, Any, Any]:
     """A labelled row of another configuration: ours / published / Δ (with the reproduced mark) in column
     ``index`` of ``width``, the others empty; the cell's run states go to the table's status lines. Returns the
@@ -206,7 +236,7 @@ def _configuration_cells(table: Table, notes: Footnotes, label: str, cell: Cell,
     if cell.states:
         table.cell_status.append(f"{label}: {cell.state_text()}")
     diff, kind = delta(cell, paper, paper_fp, papers_teacher)
-    mark = reproduced(cell, paper, paper_fp)
+    mark = reproduced(cell, paper, paper_fp, protocol)
     row_cells = [[Text("")] * len(SUBCOLUMNS) for _ in range(width)]
     row_cells[index] = [Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))]
     return row_cells, diff, kind, mark
@@ -272,18 +302,19 @@ def _main_table(layout: PublishedTable, published: Published, protocol: str, rec
             label = f"{method_label(method)} {bits.upper()} ({model})"
             cell = make_cell(by_cell.get((protocol, model, teacher, bits, method), []),
                              unfinished_by_cell.get((protocol, model, teacher, bits, method), []), metric)
-            ours, status = fmt_ours(cell, notes, label, metric, others_shown=all_configurations)
+            shows_all = all_configurations or cell.fallback is not None  # no default run: show what was run
+            ours, status = fmt_ours(cell, notes, label, metric, others_shown=shows_all)
             if cell.states:
                 table.cell_status.append(f"{label}: {cell.state_text()}")
             diff, kind = delta(cell, paper, paper_fp, papers_teacher)
-            mark = reproduced(cell, paper, paper_fp)
-            if mark is not None:
+            mark = reproduced(cell, paper, paper_fp, protocol)
+            if mark is not None and cell.fallback is None:
                 marks.append(mark)
             cells.append([Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))])
             means.append(cell.summary.mean if cell.summary else None)
             table.records.append(_record(layout.name, protocol, model, datasets.get(model, ""), teacher, bits, method,
-                                         metric, cell, paper, paper_fp, diff, kind, mark, "default"))
-            if all_configurations:
+                                         metric, cell, paper, paper_fp, diff, kind, mark, shown_label(cell)))
+            if shows_all:
                 extra += [(index, conf, summarize_cell(conf.records, conf.unfinished, metric), paper)
                           for conf in cell.others]
         fp_ours = summarize(r.fp for r in by_row.get((model, teacher, bits), []))  # the teacher's, any configuration
@@ -301,21 +332,28 @@ def _main_table(layout: PublishedTable, published: Published, protocol: str, rec
             method = columns[index][1]
             label = f"{method_label(method)} {bits.upper()} ({model}) with {conf.label}"
             row_cells, diff, kind, mark = _configuration_cells(table, notes, label, cell, paper, paper_fp,
-                                                               papers_teacher, len(columns), index, metric)
+                                                               papers_teacher, len(columns), index, protocol, metric)
             table.rows.append(TableRow(labels + [f"{method_label(method)} ({conf.label})"], row_cells))
             table.records.append(_record(layout.name, protocol, model, datasets.get(model, ""), teacher, bits, method,
-                                         metric, cell, paper, paper_fp, diff, kind, mark, conf.label))
+                                         metric, cell, paper, paper_fp, diff, kind, mark, conf.full_label))
     _configuration_column(table, configured_rows)
     if omitted:
         notes.note(f"Published-only columns not shown (no dfqbench method): {', '.join(omitted)}; --all-columns shows them.")
-    notes.note(reproduced_note(marks))
-    table.caption = (f"{layout.title} regenerated by dfqbench (published numbers: {layout.source}). "
-                     f"{protocol_text(protocol, records, unfinished)} Metric: {METRIC_TEXT[metric]}. {DEFAULT_TEXT} "
-                     f"Each cell: ours as mean ± std over seeds (n) / published / Δ = ours − published. "
-                     f"Best of ours per row in bold. {REPRODUCED_RULE}")
+    if protocol == "paper":
+        notes.note(reproduced_note(marks))
+    table.caption = caption_sentence(layout.title, protocol, "ours as mean ± std over seeds (n) / published / "
+                                     "Δ = ours − published per method, best of ours per row in bold")
     table.status = [counts_text(records, unfinished)]
-    table.notes = notes.lines() + list(layout.notes)
+    table.notes = notes.marked() + numbered(
+        [f"Published numbers: {layout.source}.", protocol_text(protocol, records, unfinished),
+         f"Metric: {METRIC_TEXT[metric]}.", DEFAULT_TEXT, *mark_notes(protocol), *notes.plain(), *layout.notes])
     return table
+
+
+def shown_label(cell: Cell) -> str:
+    """The configuration a cell in a default row shows: ``default``, or the whole label of the one shown in its
+    place (:attr:`Cell.fallback`)."""
+    return "default" if cell.fallback is None else cell.fallback.full_label
 
 
 def _configuration_column(table: Table, needed: bool) -> None:
@@ -422,19 +460,20 @@ def _ablation_table(key: tuple[str, str, str, str | None], records: list[tuple[R
             label = f"{terms_label(terms)} {bits.upper()}"
             cell = make_cell([r for r, _ in by_cell.get((terms, bits), [])],
                              [u for u, _ in unf_by_cell.get((terms, bits), [])], metric, ablation_weight_off)
-            ours, status = fmt_ours(cell, notes, label, others_shown=all_configurations)
+            shows_all = all_configurations or cell.fallback is not None  # no default run: show what was run
+            ours, status = fmt_ours(cell, notes, label, others_shown=shows_all)
             if cell.states:
                 table.cell_status.append(f"{label}: {cell.state_text()}")
             paper = pub_values.get(bits)
             diff, kind = delta(cell, paper, paper_fp, papers_teacher)
-            mark = reproduced(cell, paper, paper_fp)
-            if mark is not None:
+            mark = reproduced(cell, paper, paper_fp, protocol)
+            if mark is not None and cell.fallback is None:
                 marks.append(mark)
             row_cells.append([Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))])
             row_means.append(cell.summary.mean if cell.summary else None)
             table.records.append(_record("ablation", protocol, model, dataset, teacher, bits, method, metric, cell,
-                                         paper, paper_fp, diff, kind, mark, "default", terms=terms_label(terms)))
-            if all_configurations:
+                                         paper, paper_fp, diff, kind, mark, shown_label(cell), terms=terms_label(terms)))
+            if shows_all:
                 row_extra += [(j, conf, summarize_cell(conf.records, conf.unfinished, metric), paper)
                               for conf in cell.others]
         grid.append(row_cells)
@@ -448,23 +487,27 @@ def _ablation_table(key: tuple[str, str, str, str | None], records: list[tuple[R
         for j, conf, cell, paper in extra[i]:
             label = f"{terms_label(terms)} {bits_list[j].upper()} with {conf.label}"
             row_cells, diff, kind, mark = _configuration_cells(table, notes, label, cell, paper, paper_fp,
-                                                               papers_teacher, len(bits_list), j)
+                                                               papers_teacher, len(bits_list), j, protocol)
             table.rows.append(TableRow(labels + [conf.label], row_cells))
             table.records.append(_record("ablation", protocol, model, dataset, teacher, bits_list[j], method, metric,
-                                         cell, paper, paper_fp, diff, kind, mark, conf.label, terms=terms_label(terms)))
+                                         cell, paper, paper_fp, diff, kind, mark, conf.full_label,
+                                         terms=terms_label(terms)))
     _configuration_column(table, any(extra))
-    notes.note(reproduced_note(marks))
+    if protocol == "paper":
+        notes.note(reproduced_note(marks))
     fp_text = f"FP ours {fmt_number(fp_ours.mean) if fp_ours else '–'} / paper {fmt_number(paper_fp) if paper_fp else '–'}"
-    source = f"published numbers: {pub.source}" if pub else "no published ablation for this model"
+    source = f"Published numbers: {pub.source}." if pub else "No published ablation for this model."
     finished = [r for r, _ in records]
-    table.caption = (f"Which generator-loss terms are on (yes) or off (–), {method_label(method)} on {published.model_text(model)} "
-                     f"({fp_text}; teacher {teacher_text}); {source}. "
-                     f"{protocol_text(protocol, finished, [u for u, _ in unfinished])} "
-                     f"Metric: {METRIC_TEXT[metric]}. Each row: the method's default configuration with the row's terms "
-                     f"off (weight 0). Each cell: ours mean ± std (n) / published / Δ. Best of ours per column in bold. "
-                     f"{REPRODUCED_RULE}")
+    table.caption = caption_sentence(
+        f"{method_label(method)}'s generator-loss ablation on {published.model_text(model)} (teacher {teacher_text})",
+        protocol, "which terms are on (yes) or off (–), and per bit-width ours mean ± std over seeds (n) / published / "
+        "Δ, best of ours per column in bold")
     table.status = [counts_text(finished, [u for u, _ in unfinished])]
-    table.notes = notes.lines() + (list(pub.notes) if pub else [])
+    table.notes = notes.marked() + numbered(
+        [f"{source} {fp_text}.", protocol_text(protocol, finished, [u for u, _ in unfinished]),
+         f"Metric: {METRIC_TEXT[metric]}.", "Each row: the method's default configuration with the row's terms off "
+         "(weight 0); where it has no finished run, the configurations that were run, labelled.",
+         *mark_notes(protocol), *notes.plain(), *(pub.notes if pub else [])])
     return table
 
 

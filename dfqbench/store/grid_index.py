@@ -58,6 +58,18 @@ def read_grid_index(results: Path, grid: str) -> dict[str, dict[str, Any]] | Non
     return data["cells"]
 
 
+def grid_runs(cells: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """run id → run name of a grid's runs, from its index: the distinct run ids of its cells. A cell that
+    duplicates another's run, or has no run (excluded, unsupported, invalid, …), is no run of its own; two cells
+    that resolve to one run id are one run. ``status`` and ``report --grid`` both count a grid's runs this way."""
+    runs: dict[str, str] = {}
+    for cell in cells.values():
+        if cell.get("duplicate_of") or cell.get("run_id") is None or not isinstance(cell.get("run_name"), str):
+            continue
+        runs.setdefault(cell["run_id"], cell["run_name"])
+    return runs
+
+
 def grid_name(text: str) -> str:
     """The name a grid is launched under: a shipped grid's name, or a grid file's ``name:`` (else its stem)."""
     path = Path(text).expanduser()

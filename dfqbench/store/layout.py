@@ -1,5 +1,6 @@
 """The results layout: ``<results>/runs/<run name>/``, one folder per run, and the files in it (beside
-``<results>/launch/`` for launch manifests and ``<results>/slurm/`` for submitit's job files).
+``<results>/launch/`` for launch manifests, ``<results>/slurm/`` for submitit's job files and
+``<results>/banks/`` for image banks, :mod:`dfqbench.store.bank`).
 
 A run folder holds ``spec.json`` (what was asked), ``metrics.jsonl`` (per-iteration and per-epoch logs),
 ``checkpoint.pt`` (written each epoch, for resuming), ``lease.json`` while a task runs it
@@ -23,12 +24,14 @@ from dfqbench.store.records import RunRecord
 
 if TYPE_CHECKING:
     from dfqbench.specs import RunSpec
+    from dfqbench.store.bank.folder import BankFolder
 
 # torch is imported inside the checkpoint functions only (dfqbench.store.checkpoint), so that `dfqbench status`,
 # a cached dry run and the reporter can use the store without importing it.
 
 RESULTS_ENV = "DFQBENCH_RESULTS"
 RUNS_DIR = "runs"
+BANKS_DIR = "banks"  # image banks shared by runs (dfqbench.store.bank)
 
 
 def default_results_root() -> Path:
@@ -161,13 +164,14 @@ class RunFolder:
         return remove_stale_tmp(self.path)
 
     def clear(self) -> None:
-        """Delete everything in the folder but the lease (``--restart``; call under the run's lease)."""
+        """Delete everything in the folder but the lease and ``attempts.json`` (the history of the tasks that ran
+        it) (``--restart``, ``--rerun-stale``; call under the run's lease)."""
         from dfqbench.store.lease import LEASE_FILE
 
         if not self.path.is_dir():
             return
         for entry in self.path.iterdir():
-            if entry.name == LEASE_FILE or entry.name.startswith(".lease"):
+            if entry.name in (LEASE_FILE, self.attempts_path.name) or entry.name.startswith(".lease"):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -191,6 +195,30 @@ class ResultsStore:
     @property
     def runs_dir(self) -> Path:
         return self.root / RUNS_DIR
+
+    @property
+    def banks_dir(self) -> Path:
+        """Image banks: ``<root>/banks/<bank name>/`` (:mod:`dfqbench.store.bank`), beside ``runs/``."""
+        return self.root / BANKS_DIR
+
+    def bank(self, name: str) -> "BankFolder":
+        """The folder of the bank called ``name`` (:attr:`dfqbench.store.bank.BankKey.name`): one folder directly
+        inside ``<root>/banks`` (any other name is refused, as for runs)."""
+        from dfqbench.store.bank.folder import BankFolder
+
+        if not is_single_name(name):
+            raise StoreError(f"invalid bank name {str(name)[:80]!r}: a bank's folder must be one name inside "
+                             f"{self.banks_dir}")
+        return BankFolder(self.banks_dir / name)
+
+    def banks(self) -> Iterator["BankFolder"]:
+        """Every bank folder, sorted by name."""
+        if not self.banks_dir.is_dir():
+            return
+        with os.scandir(self.banks_dir) as entries:
+            names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        for name in names:
+            yield self.bank(name)
 
     def launch_dir(self) -> Path:
         """Launch manifests: ``<root>/launch/<grid>/<time>-<executor>-<id>.json`` (:mod:`dfqbench.launch.manifest`)."""

@@ -5,6 +5,13 @@ linked into place, which fails if a lease exists) holding its job id, host, pid,
 time of its last heartbeat; a daemon thread rewrites the heartbeat every ``DFQBENCH_HEARTBEAT_S`` seconds
 (default 30) and the task removes the lease when it ends, however it ends short of being killed.
 
+Taking over a lease that is not alive is atomic too, with the same primitive (a hard link fails if its name
+exists, also on NFS): a taker first creates the claim ``.lease.takeover.<digest>``, named after the SHA-256 of
+the dead lease file's bytes, so of all the processes that judged that very file dead exactly one holds its
+claim; that one checks the file is still the one it judged and renames its own lease over it. The others
+lose (they read the new lease, which is alive). A claim whose taker died before finishing is itself a dead
+version: it is taken over the same way, by a claim named after its own digest.
+
 Staleness rule (what `status` and the launchers use): a lease written on **this host** is alive while its
 process is alive (same pid and start time, not a zombie); a lease from **another host** is alive while its heartbeat is younger than
 ``DFQBENCH_LEASE_STALE_S`` seconds (default 300, ten missed beats; clocks are assumed to agree within a
@@ -15,6 +22,7 @@ again resumes it from its checkpoint. A lease that is alive keeps other launcher
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,9 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dfqbench.store.files import read_json_object
+from dfqbench.store.files import parse_json, read_json_object
 
 LEASE_FILE = "lease.json"
+CLAIM_PREFIX = ".lease.takeover."
+MAX_CLAIM_CHAIN = 8  # claims of claims followed before giving up (each one a taker that died mid-takeover)
 HEARTBEAT_ENV = "DFQBENCH_HEARTBEAT_S"
 STALE_ENV = "DFQBENCH_LEASE_STALE_S"
 
@@ -120,6 +130,26 @@ def describe_lease(lease: dict[str, Any], now: float | None = None) -> str:
     return f"job {str(lease.get('job_id'))[:40]} on {str(lease.get('host'))[:80]} (pid {lease.get('pid')!r:.20}), {beat}"
 
 
+_RETRY = object()
+_UNKNOWN_HOLDER = {"job_id": "?", "host": "?", "pid": "?"}
+
+
+def _read_version(path: Path) -> tuple[str, dict[str, Any] | None] | None:
+    """``(SHA-256 of the file's bytes, its JSON object or None)``, or None when there is no file to read: the
+    digest names one version of a lease file (every write of a lease is a new token or heartbeat)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError:  # a folder where the file belongs (IsADirectoryError), unreadable: a version no task wrote
+        data = b"unreadable:" + str(path).encode()
+    try:
+        value = parse_json(data)
+    except ValueError:
+        value = None
+    return hashlib.sha256(data).hexdigest()[:32], value if isinstance(value, dict) else None
+
+
 class Lease:
     """The lease of one task on one run folder."""
 
@@ -133,12 +163,16 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> dict[str, Any] | None:
-        """Take the lease; returns None on success, else the live lease that holds the run."""
-        from dfqbench.store.files import cannot_write
+        """Take the lease; returns None on success, else the lease that holds the run (alive, or being taken
+        over by another process right now). Of any number of processes calling this at once on one folder,
+        exactly one gets None: creating the lease and taking over a dead one both go through one hard link that
+        only one process can make (see the module docstring)."""
+        from dfqbench.store.files import _umask, cannot_write
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".lease.", suffix=".tmp")
+            os.fchmod(fd, 0o666 & ~_umask())  # readable by `status` of colleagues, as every store file
         except OSError as exc:
             raise cannot_write(self.path, exc) from None
         try:
@@ -146,21 +180,56 @@ class Lease:
                 json.dump(self.data, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
-            try:
-                os.link(tmp, self.path)  # atomic create-if-absent, also on NFS
-                return None
-            except FileExistsError:
-                holder = read_lease(self.path.parent)
+            for _ in range(MAX_CLAIM_CHAIN):
+                try:
+                    os.link(tmp, self.path)  # atomic create-if-absent, also on NFS
+                    return None
+                except FileExistsError:
+                    pass
+                seen = _read_version(self.path)
+                if seen is None:
+                    continue  # released between the link and the read: try to create it again
+                digest, holder = seen
                 if holder is not None and lease_alive(holder):
                     return holder
-                os.replace(tmp, self.path)  # take over a dead lease
-                time.sleep(0.05)
-                mine = read_lease(self.path.parent)
-                if mine is None or mine.get("token") != self.data["token"]:
-                    return mine or {"job_id": "?", "host": "?", "pid": "?"}  # lost a race with another taker
-                return None
+                outcome = self._take_over(tmp, digest)
+                if outcome is not _RETRY:
+                    return outcome
+            return read_lease(self.path.parent) or _UNKNOWN_HOLDER
+        except OSError as exc:
+            raise cannot_write(self.path, exc) from None
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+    def _take_over(self, tmp: str, dead: str) -> dict[str, Any] | None | object:
+        """Replace the lease file whose bytes hash to ``dead`` (judged not alive) by ours, if we are the one
+        process that makes its claim; None when we did, the holder when another taker did, :data:`_RETRY` when
+        the lease changed meanwhile (judge it again)."""
+        version, claims = dead, []
+        for _ in range(MAX_CLAIM_CHAIN):
+            claim = self.path.with_name(CLAIM_PREFIX + version)
+            try:
+                os.link(tmp, claim)
+            except FileExistsError:
+                seen = _read_version(claim)
+                if seen is None:
+                    return _RETRY  # its taker finished and removed it: the lease is another one now
+                version, claimant = seen
+                if claimant is not None and lease_alive(claimant):
+                    return claimant  # another process is taking the lease over right now
+                claims.append(claim)  # its taker died mid-takeover: take over its claim
+                continue
+            claims.append(claim)
+            try:
+                current = _read_version(self.path)
+                if current is None or current[0] != dead:
+                    return _RETRY  # released or taken over since we judged it (our claim is removed below)
+                os.replace(tmp, self.path)  # only the holder of this claim replaces this version
+                return None
+            finally:
+                for path in claims:
+                    path.unlink(missing_ok=True)
+        return read_lease(self.path.parent) or _UNKNOWN_HOLDER
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._beat, name="dfqbench-heartbeat", daemon=True)

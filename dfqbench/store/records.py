@@ -7,7 +7,9 @@ field), never a ``TypeError`` further on. Keys this version does not name (the e
 ``cuda_graphs``, ``graphs_captured``, …) are kept in :attr:`RunRecord.extra` and written back as they were.
 
 Schema versions: 1 — the fields below; records written before the ``schema_version`` key existed hold the same
-fields and are read as version 1.
+fields and are read as version 1. ``code`` (the stamp of the method code that computed the run,
+:mod:`dfqbench.store.codestamp`) is optional within version 1: records written before it existed read with
+``code == {}`` (their code is "unknown", never "stale"), and an older dfqbench keeps it as an extra key.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class RunRecord:
     diverged: str | None = None
     git: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)
+    code: dict[str, Any] = field(default_factory=dict)  # the method code's stamp (dfqbench.store.codestamp)
     finished_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = RECORD_VERSION
@@ -119,6 +122,7 @@ _TYPES: dict[str, tuple[tuple[str, Any], bool]] = {  # field → (type, null all
     "epochs": (_INT, True), "iterations": (_INT, True), "images_generated": (_INT, True),
     "wall_time_s": (_NUMBER, True), "sessions": (_INT, True), "device": (_STR, True), "engine": (_STR, True),
     "compile_s": (_NUMBER, True), "diverged": (_STR, True), "git": (_DICT, False), "versions": (_DICT, False),
+    "code": (_DICT, False),
     "finished_at": (_STR, True), "schema_version": (_INT, False),
 }
 

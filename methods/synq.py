@@ -1,0 +1,160 @@
+"""SynQ (Kim et al., ICLR 2025), faithful to snudm-starlab/SynQ @ 8681480 (spec newer-methods.md §4; SQ = that repo).
+
+Bank: HAST's synthesis (SQ:src/data_generate/distill_data.py:L287-511; :mod:`methods.hast`): on ImageNet with the
+released script's β = 0.1, γ = 0.5 and the coin p = 0.5, RRC scale 0.4-1 (``run_generate_imagenet.sh``, L393-420);
+on CIFAR no augmentation. The TexQ-style calibration centers and L-BNS (``--lbns``) are not implemented.
+SynQ's one CIFAR script (``run_generate_cifar100.sh``, a ResNet-34 teacher) also uses β = 0.1, γ = 0.5, but the
+factor (1 − p)^0.5 has an infinite derivative at p = 1, which a confident CIFAR teacher reaches in float32: on the
+ResNet-20 CIFAR-10 teacher every pixel of a batch was NaN after ~30 Adam steps (measured here, batch 64). The CIFAR
+presets therefore use HAST's CIFAR scripts' β = 10, γ = 2 (SynQ's synthesis is HAST's; ``method.beta``/``gamma``
+give SynQ's script values).
+Fine-tuning (SQ:src/trainer_direct.py:L394-576): calibration epochs 0-3 on a GDFQ generator (:mod:`methods._direct`);
+then per step, on the cropped bank batch passed through the **low-pass filter** x^F = Re(IFFT(FFT(x)·G)),
+G = exp(−d²/(2·D0²)) in frequency-index units (L161-184, L480-485):
+L_s = 8000·KL_bm + λ_CE·CE_sel + L_FA, CE_sel the CE of the samples the teacher finds easy (1 − p_y < τ; the hard
+ones' logits and labels zeroed, L276-295, L495-501), L_FA HAST's (λ = 1000 hard-coded, SQ:src/options.py:L90-92);
+x' = x^F + 0.01·sgn(∇_x L_s) and L_p = 8000·KL_bm + λ_CE·CE_sel [+ L_FA on ImageNet only] on x' (L511-529);
+L_CAM = MSE of teacher and student Grad-CAM maps at the last conv in module order, for each model's own argmax
+(L255-274; gradcam.py:L89-195); loss = L_s + λ_pert·L_p + λ_CAM·L_CAM (L533-539). NaN pixels of the filtered batch
+become 0 (``torch.nan_to_num``, L483-484, unconditionally here: a no-op on finite batches, and no host check). The Grad-CAM gradients come from
+``torch.autograd.grad`` (:func:`dfqbench.blocks.direct_finetune.grad_cam`), not from hooks that pile up.
+Zero-image forwards: the official ``update_cam()`` builds a new GradCAM every iteration, whose constructor forwards a
+zero image of batch 1 through the student (gradcam.py:L51-58, L102-112; trainer_direct.py:L448); in the calibration
+epochs that moves the EMA ranges. ``zero_image_probe=true`` (faithful) does the same forward before each student step.
+Deviations: the evaluation before training with unfrozen ranges (``test(epoch=-1)``, SQ:src/main_direct.py:L543, real
+test images entering the EMA) is not done; the trainer records the calibration epoch's top-1 (epoch 3) among the
+epochs although SynQ evaluates only epochs ≥ 5 (``eval_start_epoch = 5``).
+
+Presets: ImageNet ResNet-18 from the shipped run (``run_imagenet.sh``: λ_CE 0.5, λ_CAM 50, ``imagenet_3bit.hocon``:
+101 epochs, lr 1e-6 ×0.1 at [100, 200, 350]) at the paper's batch 16 (SynQ §5.1; the hocon's per-GPU 4 on one GPU is
+``train.batch_size=4``). No configuration is released for CIFAR, ResNet-50 or MobileNetV2 (spec §4.3): ResNet-50 and
+MobileNetV2 use the shipped ImageNet run's values; CIFAR uses the paper's batch 256 (§5.1), the code defaults
+λ_CE = 5, λ_CAM = 200, D0 = 80, τ = 0.5 (SQ:src/main_direct.py:L613-627, each inside the paper's searched sets, App. D)
+except τ = 0.7 on CIFAR-10 (best there, App. C.11), lr 1e-5 (in the paper's searched set {1e-4, 1e-5, 1e-6}; HAST's
+CIFAR value, which SynQ's code forks) with HAST's CIFAR milestones [20, 40, 60], and 101 epochs like the shipped run.
+
+Switches (spec §4.4, §8.5): ``cam_class="label"`` (paper Eq. 5) instead of each model's argmax; ``zero_image_probe
+=false`` (no zero-image range updates); ``paper_objective=true`` (paper Eq. 6: KD + selective CE + CAM, no FA and no
+perturbation); ``d0_reference=224`` (D0 scaled by resolution: absolute D0 = 80 leaves 32×32 images nearly
+unfiltered); ``inclusive_tau`` (δ ≤ τ, Eq. 6); ``lambda_eps="hocon"`` (ImageNet hocon λ = 4000); ``kd_log_offset=0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dfqbench.blocks.direct_finetune import (CAM_CLASSES, SynqStudentLoss, last_conv_name, low_pass_filter,
+                                             synq_student_loss)
+from dfqbench.blocks.interface import LossTerms, StepContext, register_method
+from dfqbench.errors import DfqbenchError
+from dfqbench.registry import unknown_choice
+from dfqbench.specs.validate import check_int, check_positive, check_real
+from dfqbench.methods._direct import TINY_BANK, attention_layer_names, direct_train, kd_term
+from dfqbench.methods.hast import HAST, HastConfig
+
+# (λ, ε) of the one released hocon (SQ:src/config/imagenet_3bit.hocon: lam = 4000, eps = 0.01), read by nothing
+HOCON_LAMBDA_EPS = {"imagenet": (4000.0, 0.01)}
+
+
+@dataclass(frozen=True)
+class SynqConfig(HastConfig):
+    """SynQ's settings: code defaults (SQ:src/main_direct.py:L613-627), CIFAR synthesis of the released script."""
+
+    beta: float = 0.1  # SQ:src/data_generate/run_generate_*.sh (the CIFAR presets use HAST's 10 / 2: docstring)
+    gamma: float = 0.5
+    lambda_ce: float = 5.0
+    tau: float = 0.5
+    selective_ce: bool = True
+    lambda_cam: float = 200.0
+    lambda_pert: float = 1.0
+    d0: float = 80.0  # D0 of the low-pass filter, frequency-index units
+    d0_reference: int = 0  # 0: D0 absolute (faithful); N: D0 scaled by image side / N (a fix, e.g. 224)
+    perturbed_fa: bool = False  # L_FA in L_p: the code adds it on ImageNet only (the ImageNet presets set it)
+    cam_class: str = "argmax"  # "argmax" (faithful: each model's own) | "label" (paper Eq. 5)
+    inclusive_tau: bool = False  # the paper's δ ≤ τ instead of the code's δ < τ
+    paper_objective: bool = False  # paper Eq. 6: no FA, no perturbation term
+    zero_image_probe: bool = True  # the student forward of a zero image before every student step (faithful)
+    kd_log_offset: float = 1e-7  # SQ:src/trainer_direct.py:L212 (a constant in the KD value; no gradient effect)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cam_class not in CAM_CLASSES:
+            raise DfqbenchError(unknown_choice("method.cam_class", self.cam_class, list(CAM_CLASSES)))
+        check_positive("method.d0", self.d0)
+        check_int("method.d0_reference", self.d0_reference, 0, 100_000)
+        check_real("method.tau", self.tau, 0.0, 1.0)
+
+
+def synq_presets(dataset: str, model: str) -> dict[str, Any]:
+    """The method settings of a cell (module docstring: which are released, which come from the paper)."""
+    if dataset == "imagenet":  # run_imagenet.sh (R18 W3A3); R50, MV2: not released, the same values
+        return {"lambda_ce": 0.5, "lambda_cam": 50.0, "perturbed_fa": True, "aug_prob": 0.5, "aug_scale_min": 0.4,
+                "bank_storage": "fp16"}
+    # CIFAR: not released; HAST's CIFAR synthesis (module docstring), code defaults, the paper's τ on CIFAR-10
+    method: dict[str, Any] = {"aug_prob": 0.0, "beta": 10.0, "gamma": 2.0}
+    if dataset in ("cifar10", "tiny"):
+        method["tau"] = 0.7  # paper App. C.11
+    if dataset == "tiny":
+        method.update(TINY_BANK)
+    return method
+
+
+@register_method
+class SynQ(HAST):
+    name = "synq"
+    paper = ("Kim et al., SynQ: Accurate Zero-shot Quantization by Synthesis-aware Fine-tuning, ICLR 2025 "
+             "(snudm-starlab/SynQ @ 8681480; presets: ImageNet R18 from run_imagenet.sh, R50/MV2 the same values, "
+             "CIFAR not released: batch 256 (paper §5.1), tau 0.7 on C10 (App. C.11), code defaults, HAST's CIFAR "
+             "synthesis beta/gamma and lr; sources in methods/synq.py)")
+    version = "1"
+    config_class = SynqConfig
+    HOCON = HOCON_LAMBDA_EPS
+
+    @classmethod
+    def paper_protocol(cls, dataset: str, model: str, wbits: int, abits: int) -> dict[str, dict[str, Any]]:
+        """101 × 200 iterations, batch 256 / 16, evaluated from epoch 5 (SQ:src/main_direct.py:L558-564)."""
+        train = direct_train(dataset, epochs=101, cifar_lr=1e-5)
+        train["eval_start_epoch"] = 5
+        return {"train": train, "method": synq_presets(dataset, model), "quant": {}}
+
+    def feature_layers(self, model: nn.Module) -> list[str]:
+        """HAST's attention taps, then the Grad-CAM layer: the last conv in module order (SQ:src/gradcam.py:L89-103)."""
+        return attention_layer_names(model) + [last_conv_name(model)]
+
+    def transform(self, x: Tensor) -> Tensor:
+        """The low-pass filter on every cropped bank batch (SQ:src/trainer_direct.py:L480-485)."""
+        return torch.nan_to_num(low_pass_filter(x, self.config.d0, self.config.d0_reference or None))
+
+    def student_loss(self, ctx: StepContext) -> tuple[Tensor, LossTerms]:
+        """Fine-tuning: L_s + λ_pert·L_p + λ_CAM·L_CAM (SQ:src/trainer_direct.py:L488-539); a warm-up forward logs
+        8000·KL_bm + CE. With ``zero_image_probe``, a zero image goes through the student first."""
+        nets = ctx.networks
+        assert nets is not None, "SynQ's student loss runs the networks itself (student_runs_networks)"
+        cfg = self.config
+        if cfg.zero_image_probe:  # GradCAM(verbose=True)'s forward of a zero image (SQ:src/gradcam.py:L102-112)
+            with torch.no_grad():
+                nets.student(torch.zeros((1, *ctx.x.shape[1:]), device=ctx.x.device, dtype=ctx.x.dtype))
+        if not nets.steps_student:
+            return kd_term(cfg, ctx.teacher_logits, nets.student(ctx.x)[0], ctx.sample.labels)
+        loss_cfg = SynqStudentLoss(
+            temperature=cfg.temperature, alpha=cfg.kd_weight, lambda_ce=cfg.lambda_ce, tau=cfg.tau,
+            selective_ce=cfg.selective_ce, lambda_cam=cfg.lambda_cam, lambda_pert=cfg.lambda_pert,
+            fa_weight=self.fa_weight, eps=self.eps, perturbed_fa=cfg.perturbed_fa, cam_class=cfg.cam_class,
+            inclusive_tau=cfg.inclusive_tau, paper_objective=cfg.paper_objective,
+            detach_teacher_in_perturbation=cfg.detach_teacher_in_perturbation, kd_log_offset=cfg.kd_log_offset)
+        return synq_student_loss(ctx.x, ctx.sample.labels, _with_cam(nets.teacher), _with_cam(nets.student), loss_cfg)
+
+
+def _with_cam(forward: Any) -> Any:
+    """A network's forward as SynQ's loss takes it: (logits, FA features, the last conv's output) — the tap's last
+    feature layer is the Grad-CAM layer (:meth:`SynQ.feature_layers`)."""
+
+    def split(x: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
+        logits, features = forward(x)
+        return logits, features[:-1], features[-1]
+
+    return split
