@@ -195,7 +195,7 @@ def list_document(what: str) -> list[dict]:
         registry = load_methods()
         return [{"name": name, "version": registry.get(name).version, "paper": registry.get(name).paper,
                  "steps": list(registry.get(name).steps), "from": METHOD_SOURCES.get(name, "?"),
-                 "data_free": getattr(registry.get(name), "data_free", True)} for name in registry]
+                 "data_free": registry.get(name).data_free} for name in registry]
     from dfqbench.zoo.models import KNOWN_MODELS
 
     return [{"name": name, "dataset": info.dataset, "num_classes": info.num_classes, "input_size": info.input_size,
@@ -221,7 +221,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             table.add_column(column)
         for name in registry:  # "data": a method with data_free = False (real_kd) fine-tunes on real images
             cls = registry.get(name)
-            data = "data-free" if getattr(cls, "data_free", True) else "REAL DATA (not data-free)"
+            data = "data-free" if cls.data_free else "REAL DATA (not data-free)"
             table.add_row(name, cls.version, data, cls.paper, METHOD_SOURCES.get(name, "?"))
     else:
         from dfqbench.zoo.models import KNOWN_MODELS

@@ -47,7 +47,7 @@ class IntraQConfig(DirectConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_real("method.target_min", self.target_min, 0.0, 1.0)
+        check_real("method.target_min", self.target_min, 0.0, 1.0, high_open=False)  # ImageNet: 1.0 (one-hot)
         if self.centroid_chunk < 0:
             raise DfqbenchError(f"invalid method.centroid_chunk={self.centroid_chunk!r}: must be >= 0 (0 = all images)")
 

@@ -106,6 +106,7 @@ class Method:
     name: ClassVar[str]
     paper: ClassVar[str]  # citation shown by `dfqbench list methods`
     version: ClassVar[str] = "1"  # bump when the numbers change on purpose
+    data_free: ClassVar[bool] = True  # False: trains on real data (the real-data reference): never in data-free columns
     config_class: ClassVar[type]  # a dataclass of the method's hyperparameters
 
     # What one training iteration does, in order (:mod:`dfqbench.core.step`): "G" is a generator step on a

@@ -132,7 +132,8 @@ class Trainer:
         self.teacher = run.teacher.to(self.device).eval()
         self.student = run.student.to(self.device)
         seed_everything(run.spec.seed)
-        self.method.prepare_run(run.spec, run.folder.path.parents[1])  # <results>/runs/<run name> (store.layout)
+        if run.folder is not None:  # None: a trainer driven without a results folder (golden tests)
+            self.method.prepare_run(run.spec, run.folder.results_root)
         if type(self.method).setup is not Method.setup:
             progress.message(f"{self.method.name} setup: {self.method.setup_description()}")
         setup_started = time.perf_counter()

@@ -282,10 +282,10 @@ def decide(cell: Cell, options: LaunchOptions, registry, teachers: dict) -> tupl
     if spec is None:
         return Decision("run", f"teacher {info.name} not downloaded yet (its run id is known once it is)",
                         train=settings[0], q_steps=method_cls.q_steps_per_iter,
-                        data_free=getattr(method_cls, "data_free", True)), request, None
+                        data_free=method_cls.data_free), request, None
     try:
         bank = bank_summary(method_cls, spec)
     except DfqbenchError as exc:
         return Decision("invalid", f"{cell.method}: its image bank: {exc}"), request, None
     return Decision("run", None, spec.run_name, spec.run_id, settings[0], method_cls.q_steps_per_iter,
-                    bank, getattr(method_cls, "data_free", True)), request, spec
+                    bank, method_cls.data_free), request, spec

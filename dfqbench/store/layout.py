@@ -62,6 +62,12 @@ class RunFolder:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def results_root(self) -> Path:
+        """The results folder this run belongs to (``<results>/runs/<run name>``; image banks are in
+        ``<results>/banks``)."""
+        return self.path.parents[1]
+
     # -- the record ---------------------------------------------------------------------------------------
     def has_record(self) -> bool:
         """``record.json`` exists (valid or not: :meth:`is_done` tells)."""
