@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_golden_intraq import (GRAD_ATOL, GRAD_RTOL, LOSS_ATOL, LOSS_RTOL, NET_SEED, RANGE_SEED, check_digest,
-                                check_packed, load_ranges)
+from test_golden_intraq import (DELTA_ATOL, DELTA_RTOL, GRAD_ATOL, GRAD_RTOL, LOSS_ATOL, LOSS_RTOL, NET_SEED,
+                                RANGE_SEED, check_digest, check_packed, load_ranges, plugin_trainer, sgd_step_delta,
+                                student_inputs)
 from golden_b_helpers import check_close, default_dtype, load_fixture, resnet20
 from golden_b_common import digest
 from golden_common import portable_randn
@@ -140,7 +141,26 @@ def test_hast_detached_teacher_switch_changes_the_perturbation():
         assert (sign != fx["sign"]).float().mean() > 0.01
 
 
-@pytest.mark.skip(reason="method plugin not yet built (issue 20: the `hast` plugin and its student step)")
 def test_hast_plugin_iteration_matches_official():
-    """Once methods/hast.py exists: its student step on iteration.pt's batch must give ``kd``, ``fa``,
-    ``kd_perturbed``, ``fa_perturbed``, ``grad/`` and, after SGD-Nesterov (lr 1e-5, wd 1e-4), ``delta/``."""
+    """The ``hast`` plugin's student step (its Trainer, paper presets: lr 1e-5, SGD-Nesterov, wd 1e-4, λ = 1000,
+    ε = 0.01) on iteration.pt's batch, ranges loaded and frozen: the student's logits on x, KD and FA on x and on
+    the FGSM-perturbed x' (its signs), every gradient and the SGD step's parameter changes ``delta/``."""
+    from dfqbench.blocks.interface import Sample
+    from dfqbench.core.step import Batch
+
+    fx = load_fixture("hast", "iteration")
+    with default_dtype(torch.float64):
+        teacher, student = _student(fx)
+        x = _batch(fx, 4)
+        trainer = plugin_trainer("hast", teacher, student, 4, 1e-5)
+        assert trainer.step.student_tap is not None and trainer.step.student_tap.names == BODIES
+        inputs, logits = student_inputs(trainer.student, 4)
+        terms, grads, delta = sgd_step_delta(trainer, Batch(Sample(x, fx["y"]), x, None, None))
+        for name in ("kd", "fa", "kd_perturbed", "fa_perturbed"):
+            check_close(name, terms[name], fx[name], LOSS_RTOL, LOSS_ATOL)
+        assert len(inputs) == 2  # x, then x'
+        check_close("student_logits", logits[0], fx["student_logits"], 1e-10, 1e-13)
+        sign = torch.round((inputs[1] - inputs[0]) / 0.01).to(torch.int8)
+        check_close("sign", sign, fx["sign"], 0.0, 0.0)
+        assert check_packed(fx, "grad/", grads, GRAD_RTOL, GRAD_ATOL) == len(grads)
+        assert check_packed(fx, "delta/", delta, DELTA_RTOL, DELTA_ATOL) == len(delta)

@@ -151,7 +151,98 @@ def load_ranges(student: torch.nn.Module, fx: dict) -> None:
     set_range_update(student, False)
 
 
-@pytest.mark.skip(reason="method plugin not yet built (issue 20: the `intraq` plugin and its student step)")
+class _NoBank(list):
+    """Stands in for the plugin's image bank: the golden tests feed the fixture's batch to the student step."""
+
+
+def plugin_trainer(name: str, teacher: torch.nn.Module, student: torch.nn.Module, batch_size: int, lr: float,
+                   method: dict | None = None):
+    """The ``name`` plugin's Trainer (its paper presets for CIFAR-10 ResNet-20 W4A4, ``method`` overrides) on the
+    fixture's teacher and student, in the fine-tuning phase of epoch 4 (the official ``train(epoch=4)``): ranges
+    frozen by the plugin's schedule, student BN in eval mode. No bank is synthesised (``setup`` is skipped)."""
+    from dfqbench.core.phases import start_training_epoch
+    from dfqbench.core.trainer import PreparedRun, Trainer
+    from dfqbench.plugins import load_methods
+    from dfqbench.runner import resolve_settings
+    from dfqbench.specs import RunSpec
+    from conftest import RecordingProgress
+
+    cls = load_methods().get(name)
+    overrides = [f"train.batch_size={batch_size}"] + [f"method.{k}={v}" for k, v in (method or {}).items()]
+    train, method_config, quant = resolve_settings(cls, "cifar10", "resnet20_cifar10", "w4a4", "paper", overrides)
+    # the official optimizer (SGD-Nesterov, momentum 0.9, weight decay 1e-4, the hocon's lr) is the preset's
+    assert (train["lr_q"], train["q_momentum"], train["q_nesterov"], train["q_weight_decay"]) == (lr, 0.9, True, 1e-4)
+    assert train["range_update_epochs"] == train["warmup_epochs"] == 4 and quant["tracker"] == "ema_gdfq"
+    assert (method_config["temperature"], method_config["kd_weight"]) == (20.0, 20.0)
+    spec = RunSpec(method=name, method_version=cls.version, model="resnet20_cifar10", dataset="cifar10", bits="w4a4",
+                   seed=0, teacher={}, normalization={}, quant=quant, train=train, method_config=method_config)
+    plugin = cls(cls.config_class(**method_config), 10, 32, "cifar10")
+    plugin.setup = lambda teacher, device: None  # no bank: the fixture's batch is fed to the student step
+    plugin.bank = _NoBank([None] * batch_size)
+    run = PreparedRun(spec=spec, method=plugin, teacher=teacher, student=student, evaluate=None, folder=None,
+                      device=torch.device("cpu"), log_every=1, engine="eager")
+    trainer = Trainer(run, RecordingProgress())
+    start_training_epoch(trainer.method, trainer.generator, trainer.student, 4, trainer.cfg)
+    assert not trainer.student.training and not any(q.update_ranges for q in trainer.quantizers)
+    return trainer
+
+
+def student_inputs(student: torch.nn.Module, batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Records the inputs and logits of the student's forwards on whole batches (hook handles are not kept: the
+    student is the test's own)."""
+    inputs: list[torch.Tensor] = []
+    outputs: list[torch.Tensor] = []
+
+    def hook(module, args, output):
+        if args[0].shape[0] == batch_size:
+            inputs.append(args[0].detach().clone())
+            outputs.append(output.detach().clone())
+
+    student.register_forward_hook(hook)
+    return inputs, outputs
+
+
+def sgd_step_delta(trainer, batch) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The plugin's student step (train=True) on ``batch``: its logged terms, the student's gradients and the
+    parameter changes of its SGD step."""
+    student = trainer.student
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    terms = trainer.step.student_step(batch, train=True)
+    grads = {n: p.grad.detach().clone() for n, p in student.named_parameters()}
+    delta = {n: p.detach() - before[n] for n, p in student.named_parameters()}
+    return terms, grads, delta
+
+
+DELTA_RTOL, DELTA_ATOL = GRAD_RTOL, 5e-16  # the SGD step's parameter changes (digests; ~lr × gradients)
+
+
 def test_intraq_plugin_iteration_matches_official():
-    """Once methods/intraq.py exists: its student step on iteration.pt's batch (ranges loaded, frozen) must give
-    ``loss``, ``grad/`` and, after its SGD-Nesterov step at lr 1e-4, wd 1e-4, the parameter changes ``delta/``."""
+    """The ``intraq`` plugin's student step (its Trainer, paper presets: lr 1e-4, SGD-Nesterov, wd 1e-4) on
+    iteration.pt's batch and the teacher's logits, ranges loaded and frozen: the student's logits, L_Q, every
+    gradient and the SGD step's parameter changes ``delta/``."""
+    from dfqbench.blocks.interface import Sample
+    from dfqbench.core.step import Batch
+    from dfqbench.quant import QuantConfig, quantize_model
+
+    fx = load_fixture("intraq", "iteration")
+    with default_dtype(torch.float64):
+        teacher = resnet20(NET_SEED, fx)
+        student = quantize_model(teacher, QuantConfig(4, 4, "ema_gdfq"))
+        student.requires_grad_(True)
+        load_ranges(student, fx)
+        gen = torch.Generator().manual_seed(RANGE_SEED)
+        portable_randn((32, 3, 32, 32), gen, torch.float64)
+        x = portable_randn((16, 3, 32, 32), gen, torch.float64)
+        check_close("x", digest(x), fx["x"], 0.0, 0.0)
+        trainer = plugin_trainer("intraq", teacher, student, 16, 1e-4)
+        inputs, logits = student_inputs(trainer.student, 16)
+        with torch.no_grad():
+            t_logits = trainer.teacher(x)
+        check_close("teacher_logits", t_logits, fx["teacher_logits"], 1e-10, 1e-13)
+        terms, grads, delta = sgd_step_delta(trainer, Batch(Sample(x, fx["y"]), x, t_logits, None))
+        assert len(logits) == 1
+        check_close("student_logits", logits[0], fx["student_logits"], 1e-10, 1e-13)
+        check_close("loss", terms["loss"], fx["loss"], LOSS_RTOL, LOSS_ATOL)
+        check_close("kd + ce", terms["kd"] + terms["ce"], fx["loss"], LOSS_RTOL, LOSS_ATOL)
+        assert check_packed(fx, "grad/", grads, GRAD_RTOL, GRAD_ATOL) == len(grads)
+        assert check_packed(fx, "delta/", delta, DELTA_RTOL, DELTA_ATOL) == len(delta)

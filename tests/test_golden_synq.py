@@ -13,8 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_golden_intraq import (GRAD_ATOL, GRAD_RTOL, LOSS_ATOL, LOSS_RTOL, NET_SEED, check_digest,
-                                check_packed, load_ranges)
+from test_golden_intraq import (DELTA_ATOL, DELTA_RTOL, GRAD_ATOL, GRAD_RTOL, LOSS_ATOL, LOSS_RTOL, NET_SEED,
+                                check_digest, check_packed, load_ranges, plugin_trainer, sgd_step_delta,
+                                student_inputs)
 from golden_b_helpers import check_close, default_dtype, load_fixture, resnet20
 from golden_b_common import digest
 from golden_common import portable_randn
@@ -222,7 +223,45 @@ def test_synq_label_cam_switch_changes_the_iteration():
     assert abs(float(terms["cam"]) - float(fx["cam"])) > 1e-3 * float(fx["cam"])
 
 
-@pytest.mark.skip(reason="method plugin not yet built (issue 20: the `synq` plugin and its student step)")
-def test_synq_plugin_iteration_matches_official():
-    """Once methods/synq.py exists: its student step on iteration_*.pt's batch (filter, ranges loaded and frozen)
-    must give ``kd`` … ``cam``, ``total``, ``grad/`` and, after SGD-Nesterov (lr 1e-5, wd 1e-4), ``delta/``."""
+@pytest.mark.parametrize("case", ["defaults", "imagenet"])
+def test_synq_plugin_iteration_matches_official(case):
+    """The ``synq`` plugin's batch transform and student step (its Trainer: paper presets lr 1e-5, SGD-Nesterov,
+    wd 1e-4, λ = 1000, ε = 0.01; the fixture's D0, τ, λ_CE, λ_CAM, λ_pert and ImageNet branch; the zero-image
+    probe on, as released) on iteration_*.pt's batch, ranges loaded and frozen: the filtered batch, every term,
+    the total, the FGSM signs, every gradient and (defaults) the SGD step's parameter changes ``delta/``."""
+    from dfqbench.blocks.interface import Sample
+    from dfqbench.core.step import Batch
+
+    fx = load_fixture("synq", f"iteration_{case}")
+    d_zero, tau, lambda_ce, lambda_cam, lambda_pert, imagenet = fx["settings"].tolist()
+    method = {"d0": d_zero, "tau": tau, "lambda_ce": lambda_ce, "lambda_cam": lambda_cam, "lambda_pert": lambda_pert,
+              "perturbed_fa": str(bool(imagenet)).lower()}
+    with default_dtype(torch.float64):
+        teacher, student = _models(fx)
+        gen = torch.Generator().manual_seed({"defaults": 72, "imagenet": 73}[case])
+        x = portable_randn((4, 3, 32, 32), gen, torch.float64)
+        check_close("x", digest(x), fx["x"], 0.0, 0.0)
+        trainer = plugin_trainer("synq", teacher, student, 4, 1e-5, method)
+        cfg = trainer.method.config
+        assert (cfg.d0, cfg.tau, cfg.lambda_ce, cfg.lambda_cam, cfg.lambda_pert, cfg.perturbed_fa) == \
+            (d_zero, tau, lambda_ce, lambda_cam, lambda_pert, bool(imagenet))
+        assert trainer.step.student_tap.names == BODIES + [dft.last_conv_name(student)]
+        xf = trainer.method.transform(x)
+        check_digest("xf", xf, fx["xf"], LPF_RTOL, LPF_ATOL)
+        inputs, logits = student_inputs(trainer.student, 4)
+        terms, grads, delta = sgd_step_delta(trainer, Batch(Sample(x, fx["y"]), xf, None, None))
+        names = ["kd", "ce", "fa", "kd_perturbed", "ce_perturbed", "cam"] + (["fa_perturbed"] if imagenet else [])
+        for name in names:
+            check_close(name, terms[name], fx[name], LOSS_RTOL, LOSS_ATOL)
+        assert ("fa_perturbed" in terms) == bool(imagenet)
+        check_close("easy_fraction", terms["easy_fraction"], fx["mask"].double().mean(), 0.0, 0.0)
+        check_close("total", terms["loss"], fx["total"], LOSS_RTOL, LOSS_ATOL)
+        assert len(inputs) == 2  # xf, then x' (the CAM reuses the forward on xf)
+        check_close("student_logits", logits[0], fx["student_logits"], 1e-10, 1e-13)
+        sign = torch.round((inputs[1] - inputs[0]) / 0.01).to(torch.int8)
+        check_close("sign", sign, fx["sign"], 0.0, 0.0)
+        assert check_packed(fx, "grad/", grads, GRAD_RTOL, GRAD_ATOL) == len(grads)
+        if "delta/names" in fx:
+            assert check_packed(fx, "delta/", delta, DELTA_RTOL, DELTA_ATOL) == len(delta)
+        else:  # the ImageNet branch's fixture stops at the gradients
+            assert case == "imagenet"

@@ -185,3 +185,84 @@ def test_a_new_plugin_version_alone_makes_its_runs_stale(plugin):
     assert stamp["version"] == "0.1" and code_state(stamp).state == "current"
     state = code_state(dict(stamp, version="0.0", digest="0" * 16))  # as recorded under version 0.0
     assert state.stale and "staleplug 0.0 -> 0.1" in state.reason
+
+
+LOOP_GRID = """\
+name: loop
+base:
+  model: tiny_cifar10
+  bits: w4a4
+  protocol: quick
+  quant.tracker: ema
+  train.epochs: 3
+  train.iters_per_epoch: 6
+  train.batch_size: 16
+  train.warmup_epochs: 1
+  train.range_update_epochs: 1
+  train.lr_q: 1.0e-5
+axes:
+  method: [gdfq, stale_scaled]
+  seed: [0, 1]
+"""
+
+
+def test_the_researchers_loop_in_one_walk(plugin, tmp_path, capsys):
+    """Issue 22's loop on the tiny model: plugin A (its own package) vs GDFQ in a grid; `report` without flags
+    shows both numbers; `--table methods --baseline gdfq` the difference and Welch's test on the seeds;
+    `--plots` the curves of both; editing A's loss marks exactly A's runs stale, `--rerun-stale` retrains exactly
+    those, and the comparison then shows A's new numbers."""
+    import csv
+    import io
+    import statistics
+
+    from scipy import stats
+
+    grid, results = tmp_path / "loop.yaml", tmp_path / "results"
+    grid.write_text(LOOP_GRID)
+    run_args = ["run", "--grid", str(grid), "--results", str(results), "--device", "cpu", "--jobs", "2"]
+    assert main(run_args) == 0
+
+    def seeds_best() -> dict[str, list[float]]:
+        found: dict[str, list[float]] = {"gdfq": [], "stale_scaled": []}
+        for folder in sorted((RunFolder(p) for p in (results / "runs").iterdir()), key=lambda f: f.name):
+            record = folder.read_record()
+            found[record.spec["method"]].append(record.best_top1)
+        return found
+
+    def compared() -> dict[str, str]:
+        capsys.readouterr()
+        assert main(["report", "--results", str(results), "--grid", str(grid), "--table", "methods",
+                     "--baseline", "gdfq", "--format", "csv"]) == 0
+        rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+        return next(r for r in rows if r["method"] == "stale_scaled")
+
+    best = seeds_best()
+    assert [len(v) for v in best.values()] == [2, 2]
+    capsys.readouterr()
+    assert main(["report", "--results", str(results)]) == 0  # no flags: both methods' numbers
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny |"))
+    for values in best.values():
+        assert f"{statistics.mean(values):.2f} ± " in row
+    plugin_row = compared()
+    assert float(plugin_row["delta"]) == pytest.approx(
+        statistics.mean(best["stale_scaled"]) - statistics.mean(best["gdfq"]), abs=1e-4)
+    if any(len(set(v)) > 1 for v in best.values()):
+        p = stats.ttest_ind(best["stale_scaled"], best["gdfq"], equal_var=False).pvalue
+        assert float(plugin_row["p"]) == pytest.approx(p, abs=1e-4)
+    plots = tmp_path / "plots"
+    assert main(["report", "--results", str(results), "--grid", str(grid), "--plots", str(plots)]) == 0
+    assert (plots / "loop_top1_quick_tiny_cifar10_w4a4.png").exists()
+
+    gdfq_records = {f.name: f.record_path.read_bytes() for f in (RunFolder(p) for p in (results / "runs").iterdir())
+                    if f.name.startswith("gdfq_")}
+    plugin.write_text(plugin.read_text().replace("SCALE = 1.0", "SCALE = 0.25"))  # A's loss changes
+    codes = [(row["run_name"].startswith("stale_scaled"), row["code"])
+             for row in status_document(results)["grids"][0]["run_states"]]
+    assert sorted(codes) == [(False, "current"), (False, "current"), (True, "stale"), (True, "stale")]
+    assert main(run_args + ["--rerun-stale"]) == 0
+    after = seeds_best()
+    assert {f.name: f.record_path.read_bytes() for f in (RunFolder(p) for p in (results / "runs").iterdir())
+            if f.name.startswith("gdfq_")} == gdfq_records  # GDFQ's runs were not trained again
+    assert [r["code"] for r in status_document(results)["grids"][0]["run_states"]] == ["current"] * 4
+    assert float(compared()["delta"]) == pytest.approx(
+        statistics.mean(after["stale_scaled"]) - statistics.mean(after["gdfq"]), abs=1e-4)

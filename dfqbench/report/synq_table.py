@@ -27,10 +27,9 @@ from dfqbench.report.load import RunRecord, Scan, Unfinished
 from dfqbench.report.model import Footnotes, Group, Table, TableRow, Text
 from dfqbench.report.published import Published, PublishedTable, PublishedValue
 from dfqbench.report.stats import summarize
-from dfqbench.report.tables import (DEFAULT_TEXT, DROP_NOTE, METRIC_TEXT, SUBCOLUMNS, _record, bold_best,
-                                    caption_sentence, counts_text, delta, fmt_delta, fmt_number, fmt_ours,
-                                    fmt_published, mark_notes, numbered, protocol_text, reproduced, reproduced_note,
-                                    shown_label, teacher_label)
+from dfqbench.report.tables import (DEFAULT_TEXT, DROP_NOTE, METRIC_TEXT, SUBCOLUMNS, bold_best, caption_sentence,
+                                    compared_cell, counts_text, fmt_number, fmt_published, mark_notes, numbered,
+                                    protocol_text, reproduced_note, teacher_label)
 
 LAYOUT = "synq_t1"  # the published.yaml table this layout shows
 ColumnKey = tuple[str, str | None, str]  # (model, teacher key or None without a run, bits)
@@ -135,17 +134,10 @@ def _table(layout: PublishedTable, published: Published, protocol: str, records:
             cell = make_cell(by_cell.get((protocol, model, teacher, bits, method), []),
                              unfinished_by_cell.get((protocol, model, teacher, bits, method), []), metric)
             shows_all = all_configurations or cell.fallback is not None
-            ours, status = fmt_ours(cell, notes, label, metric, others_shown=shows_all)
-            if cell.states:
-                table.cell_status.append(f"{label}: {cell.state_text()}")
-            diff, kind = delta(cell, paper, paper_fp, papers_teacher)
-            mark = reproduced(cell, paper, paper_fp, protocol)
-            if mark is not None and cell.fallback is None:
-                marks.append(mark)
-            cells.append([Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))])
+            cells.append(compared_cell(table, marks, notes, cell, label, metric, paper, paper_fp, papers_teacher,
+                                       (layout.name, protocol, model, datasets.get(model, ""), teacher, bits, method),
+                                       shows_all))
             row_means.append(cell.summary.mean if cell.summary else None)
-            table.records.append(_record(layout.name, protocol, model, datasets.get(model, ""), teacher, bits, method,
-                                         metric, cell, paper, paper_fp, diff, kind, mark, shown_label(cell)))
             if shows_all:
                 for conf in cell.others:
                     others.setdefault(conf.label, {})[index] = (
@@ -197,13 +189,8 @@ def _configuration_rows(table: Table, notes: Footnotes, title: str, method: str 
             model, teacher, bits = columns[index]
             _, paper_fp, papers_teacher = column_info[index]
             label = f"{title} {bits.upper()} ({model}) with {conf.label}"
-            ours, status = fmt_ours(cell, notes, label, metric, others_shown=True)
-            if cell.states:
-                table.cell_status.append(f"{label}: {cell.state_text()}")
-            diff, kind = delta(cell, paper, paper_fp, papers_teacher)
-            mark = reproduced(cell, paper, paper_fp, protocol)
-            row_cells[index] = [Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))]
-            table.records.append(_record(table.key, protocol, model, datasets.get(model, ""), teacher, bits,
-                                         str(method), metric, cell, paper, paper_fp, diff, kind, mark, conf.full_label))
+            row_cells[index] = compared_cell(table, None, notes, cell, label, metric, paper, paper_fp, papers_teacher,
+                                             (table.key, protocol, model, datasets.get(model, ""), teacher, bits,
+                                              str(method)), True, conf.full_label)
         rows.append(TableRow([title, conf_label], row_cells))
     return rows

@@ -303,17 +303,10 @@ def _main_table(layout: PublishedTable, published: Published, protocol: str, rec
             cell = make_cell(by_cell.get((protocol, model, teacher, bits, method), []),
                              unfinished_by_cell.get((protocol, model, teacher, bits, method), []), metric)
             shows_all = all_configurations or cell.fallback is not None  # no default run: show what was run
-            ours, status = fmt_ours(cell, notes, label, metric, others_shown=shows_all)
-            if cell.states:
-                table.cell_status.append(f"{label}: {cell.state_text()}")
-            diff, kind = delta(cell, paper, paper_fp, papers_teacher)
-            mark = reproduced(cell, paper, paper_fp, protocol)
-            if mark is not None and cell.fallback is None:
-                marks.append(mark)
-            cells.append([Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))])
+            cells.append(compared_cell(table, marks, notes, cell, label, metric, paper, paper_fp, papers_teacher,
+                                       (layout.name, protocol, model, datasets.get(model, ""), teacher, bits, method),
+                                       shows_all))
             means.append(cell.summary.mean if cell.summary else None)
-            table.records.append(_record(layout.name, protocol, model, datasets.get(model, ""), teacher, bits, method,
-                                         metric, cell, paper, paper_fp, diff, kind, mark, shown_label(cell)))
             if shows_all:
                 extra += [(index, conf, summarize_cell(conf.records, conf.unfinished, metric), paper)
                           for conf in cell.others]
@@ -364,6 +357,29 @@ def _configuration_column(table: Table, needed: bool) -> None:
         return
     for row in table.rows:
         row.labels.pop()
+
+
+def compared_cell(table: Table, marks: list[bool] | None, notes: Footnotes, cell: Cell, label: str, metric: str,
+                  paper: PublishedValue | None, paper_fp: float | None, papers_teacher: bool,
+                  where: tuple[str, str, str, str, str | None, str, str], shows_all: bool,
+                  configuration: str | None = None) -> list[Text]:
+    """One method's ours / paper / Δ sub-cells in a published layout (AdaSG Table 1, Qimera Table 2, SynQ
+    Table 1), with what goes with them: the cell's run states, its reproduced mark (added to ``marks`` when
+    the default configuration is shown; ``marks=None`` for a non-default configuration's row, whose marks the
+    note does not count) and its CSV record. ``where`` is (table, protocol, model, dataset, teacher, bits,
+    method); ``shows_all``: the cell's other configurations get rows of their own; ``configuration``: the CSV's
+    configuration text (default: the one the cell shows)."""
+    table_name, protocol = where[0], where[1]
+    ours, status = fmt_ours(cell, notes, label, metric, others_shown=shows_all)
+    if cell.states:
+        table.cell_status.append(f"{label}: {cell.state_text()}")
+    diff, kind = delta(cell, paper, paper_fp, papers_teacher)
+    mark = reproduced(cell, paper, paper_fp, protocol)
+    if marks is not None and mark is not None and cell.fallback is None:
+        marks.append(mark)
+    table.records.append(_record(table_name, *where[1:], metric, cell, paper, paper_fp, diff, kind, mark,
+                                 shown_label(cell) if configuration is None else configuration))
+    return [Text(ours, status=status), Text(fmt_published(paper)), Text(fmt_delta(diff, mark))]
 
 
 def _record(table: str, protocol: str, model: str, dataset: str, teacher: str | None, bits: str, column: str,
