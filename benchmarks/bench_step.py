@@ -1,18 +1,26 @@
 """Milliseconds per training iteration, per method and engine, and packed throughput on one GPU.
 
-For each generator-based method at its paper batch on resnet20_cifar10 (random weights: the time does not
-depend on them): one iteration of the run's own step (:meth:`dfqbench.core.step.TrainStep.iteration`, as the
-trainer runs it after the warm-up: Q trains, activation ranges frozen) for a full-precision student and a
-fake-quantized one, with the ``eager`` and the ``compiled`` engine; the median over ``--iters`` iterations
-after ``--warmup`` (compilation and graph capture happen in the warm-up). On CUDA, ``--packed 1,2,4,8`` also
-runs N processes of one method at once on the GPU (as ``--runs-per-gpu N`` does) and reports their summed
-iterations per second.
+For each method at its paper batch on resnet20_cifar10 (random weights: the time does not depend on them): one
+iteration of the run's own step (:meth:`dfqbench.core.step.TrainStep.iteration`, as the trainer runs it after the
+warm-up: Q trains, activation ranges frozen) for a full-precision student and a fake-quantized one, with the
+``eager`` and the ``compiled`` engine; the median over ``--iters`` iterations after ``--warmup`` (compilation and
+graph capture happen in the warm-up). The generator methods (:data:`GENERATOR_METHODS`) time their G + Q steps.
+The direct methods (:data:`DIRECT_METHODS`: IntraQ, HAST, SynQ) time their fine-tuning iteration: one student step
+on a cropped bank batch (HAST/SynQ with their extra forwards and input-gradient backwards), after the calibration
+epochs. Their bank is not synthesised: a bank of random N(0, 1) pixels and random labels is written through the
+bank store under the run's own key (:meth:`~dfqbench.blocks.interface.Method.needs_bank`, ``2 × batch`` images),
+so the method's ``setup`` finds it finished and reads it as it would a synthesised one (the step's cost does not
+depend on the pixels). On CUDA, ``--packed 1,2,4,8`` also runs N processes of one method at once on the GPU (as
+``--runs-per-gpu N`` does) and reports their summed iterations per second.
 
-    python benchmarks/bench_step.py [--device cpu|cuda] [--iters 20] [--warmup 3] [--methods gdfq,adasg]
+    python benchmarks/bench_step.py [--device cpu|cuda] [--iters 20] [--warmup 3] [--methods gdfq,adasg,intraq]
         [--engines eager,compiled] [--bits w3a3] [--model resnet20_cifar10] [--batch N] [--packed 1,2,4,8]
         [--packed-method adasg] [--json FILE]
 
-Prints one JSON line per measurement, then a table (fake-quant overhead = quantized / FP student time).
+Prints one JSON line per measurement, then a table (fake-quant overhead = quantized / FP student time; "× first":
+the quantized student's time over the first listed method's, same engine, measured in the same run, per iteration
+and per image, i.e. divided by each one's batch; the per-image ratio to gdfq is what
+:data:`dfqbench.launch.estimate.STEP_COST_FACTOR` holds).
 """
 
 from __future__ import annotations
@@ -31,11 +39,32 @@ from typing import Any
 import torch
 
 GENERATOR_METHODS = ("gdfq", "qimera", "adasg", "adadfq", "zaq")
+DIRECT_METHODS = ("intraq", "hast", "synq")
+
+
+def random_bank(method_cls: Any, spec: Any, results: Path) -> None:
+    """A finished bank of random pixels (N(0, 1)) and labels under the bank key of ``spec``, in ``results``'s bank
+    store: the method's ``setup`` then reads it instead of synthesising one (the fine-tuning step's cost does not
+    depend on the pixels)."""
+    from dfqbench.store import ResultsStore
+    from dfqbench.store.bank import build_bank
+
+    key = method_cls.needs_bank(spec)
+    generator = torch.Generator().manual_seed(0)
+
+    def produce(index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images = torch.randn(key.batch_size, 3, key.image_size, key.image_size, generator=generator)
+        labels = torch.randint(0, key.num_classes, (key.batch_size,), generator=generator)
+        return images, labels, torch.zeros(key.steps)
+
+    build_bank(ResultsStore(results).bank(key.name), key, produce)
 
 
 def make_trainer(method: str, model: str, bits: str | None, batch: int | None, engine: str, device: torch.device,
                  folder: Path):
-    """A Trainer of ``method`` on ``model`` (random weights) in its first fine-tuning epoch; ``bits=None``: FP student."""
+    """A Trainer of ``method`` on ``model`` (random weights) in its first fine-tuning epoch; ``bits=None``: FP student.
+    A method with an image bank gets a random one (:func:`random_bank`) in ``folder``."""
+    from dfqbench.blocks.interface import Method
     from dfqbench.plugins import load_methods
     from dfqbench.core.progress import Progress
     from dfqbench.core.trainer import PreparedRun, Trainer
@@ -64,11 +93,20 @@ def make_trainer(method: str, model: str, bits: str | None, batch: int | None, e
             student(torch.randn(train["batch_size"], 3, info.input_size, info.input_size))
     for p in student.parameters():
         p.requires_grad_(True)
+    direct = method_cls.needs_bank.__func__ is not Method.needs_bank.__func__  # the method has a bank
+    if direct:  # a bank of 2 × batch images: enough for the fine-tuning batches, small to write
+        per_batch = method_config["bank_batch_size"]
+        method_config["bank_batches"] = max(1, -(-2 * train["batch_size"] // per_batch))
     spec = RunSpec(method=method, method_version="bench", model=info.name, dataset=info.dataset, bits=bits or "fp",
-                   seed=0, teacher={}, normalization={}, quant=quant, train=train, method_config=method_config)
+                   seed=0, teacher={"weights": "random (benchmark)"}, normalization={}, quant=quant, train=train,
+                   method_config=method_config)
+    run_folder = folder / "runs" / "bench"  # RunFolder.results_root is two levels up: ``folder`` holds the banks
+    run_folder.mkdir(parents=True)
+    if direct:
+        random_bank(method_cls, spec, folder)
     instance = method_cls(method_cls.config_class(**method_config), info.num_classes, info.input_size, info.dataset)
     run = PreparedRun(spec=spec, method=instance, teacher=teacher, student=student, evaluate=lambda m: 0.0,
-                      folder=RunFolder(folder), device=device, log_every=10**9, engine=engine)
+                      folder=RunFolder(run_folder), device=device, log_every=10**9, engine=engine)
     trainer = Trainer(run, Progress())
     trainer.generator.train()
     trainer.student.train(instance.student_bn_train)
@@ -133,16 +171,29 @@ def measure_packed(method: str, args: argparse.Namespace, engine: str, n: int) -
 
 def table(rows: list[dict]) -> str:
     steps = [r for r in rows if r["kind"] == "step"]
-    lines = ["| method | batch | engine | FP student ms/it | quantized ms/it | fake-quant overhead |",
-             "|---|---|---|---|---|---|"]
-    for method in dict.fromkeys(r["method"] for r in steps):
+    methods = list(dict.fromkeys(r["method"] for r in steps))
+    first = methods[0] if methods else "-"
+    lines = ["| method | batch | engine | FP student ms/it | quantized ms/it | fake-quant overhead | "
+             f"quantized ms/it × {first} | per image × {first} |", "|---|---|---|---|---|---|---|---|"]
+
+    def quantized(method: str, engine: str) -> dict | None:
+        return next((r for r in steps if r["method"] == method and r["engine"] == engine and r["student"] != "fp"),
+                    None)
+
+    for method in methods:
         for engine in dict.fromkeys(r["engine"] for r in steps):
             found = {r["student"]: r for r in steps if r["method"] == method and r["engine"] == engine}
-            fp, q = found.get("fp"), next((r for k, r in found.items() if k != "fp"), None)
+            fp, q = found.get("fp"), quantized(method, engine)
             cells = [f"{r['ms_per_iter']:.2f}" if r else "-" for r in (fp, q)]
             ratio = f"{q['ms_per_iter'] / fp['ms_per_iter']:.2f}×" if fp and q else "-"
+            base = quantized(methods[0], engine)
+            vs_first = per_image = "-"
+            if q and base:
+                vs_first = f"{q['ms_per_iter'] / base['ms_per_iter']:.2f}×"
+                per_image = f"{q['ms_per_iter'] / q['batch'] / (base['ms_per_iter'] / base['batch']):.2f}×"
             batch = (fp or q or {}).get("batch", "-")
-            lines.append(f"| {method} | {batch} | {engine} | {cells[0]} | {cells[1]} | {ratio} |")
+            lines.append(f"| {method} | {batch} | {engine} | {cells[0]} | {cells[1]} | {ratio} | {vs_first} | "
+                         f"{per_image} |")
     packed = [r for r in rows if r["kind"] == "packed"]
     if packed:
         lines += ["", "| method | engine | processes | iterations/s (all processes) |", "|---|---|---|---|"]

@@ -321,6 +321,28 @@ def test_estimate_follows_its_documented_anchor():
     assert formula_seconds("resnet20_cifar10", "cifar10", train, 1) == pytest.approx(80_000 * 0.020 + 400 * 10_000 * 0.11e-3)
 
 
+
+def test_estimate_prices_hast_above_intraq_at_the_same_cell(tmp_path):
+    """HAST's fine-tuning step adds an FGSM-perturbed forward and an input-gradient backward to IntraQ's KD step:
+    at the same cell (same schedule, batch and bank) its estimate is larger, by the per-method factor the basis
+    names as assumed (estimate.py STEP_COST_FACTOR, from benchmarks/bench_step.py's CPU ratios)."""
+    path = write(tmp_path, """
+base: {model: resnet20_cifar10, bits: w4a4, protocol: paper}
+axes:
+  method: [intraq, hast]
+""")
+    plan = plan_grid(load_grid(path), options(tmp_path), None, [0])
+    runs = {c.cell.method: c for c in plan.runs()}
+    assert set(runs) == {"intraq", "hast"}
+    assert runs["hast"].train["epochs"] == runs["intraq"].train["epochs"]
+    assert runs["hast"].train["batch_size"] == runs["intraq"].train["batch_size"]
+    intraq, hast = plan.estimate([runs["intraq"]]), plan.estimate([runs["hast"]])
+    assert hast.hours > intraq.hours
+    assert "assumed, CPU-ratio based" in hast.basis() and "hast" in hast.basis()
+    gdfq_priced = formula_seconds("resnet20_cifar10", "cifar10", runs["hast"].train, runs["hast"].q_steps)
+    assert formula_seconds("resnet20_cifar10", "cifar10", runs["hast"].train, runs["hast"].q_steps,
+                           "hast") != gdfq_priced
+
 # -- the command line ----------------------------------------------------------------------------------
 def test_dry_run_prints_counts_and_writes_nothing(tmp_path, capsys):
     results = tmp_path / "results"

@@ -14,13 +14,20 @@ official repository states a GPU time for these methods); the dry run says so (:
 * evaluation 0.11 ms per CIFAR test image (400 passes over 10k images ≈ 7.5 min) and 0.6 ms per ImageNet
   validation image (≈ 350 passes over 50k images ≈ 3 h; decoding-bound, so not scaled by model size).
 
+A method whose iteration costs more or less than GDFQ's per image (the direct family's fine-tuning step: no
+generator, but HAST's FGSM-perturbed batch and SynQ's Grad-CAM add forwards and input-gradient backwards) has its
+training term multiplied by :data:`STEP_COST_FACTOR`: its fine-tuning time per image over GDFQ's, measured on
+ONE CPU THREAD by ``benchmarks/bench_step.py`` (ResNet-20, paper batch, W3A3 student, eager engine), NOT on a GPU,
+where launch overhead and memory bandwidth weigh differently; the dry run says "assumed, CPU-ratio based". The
+direct family's 4 calibration epochs (GDFQ-like G + Q steps at batch 16) are priced as fine-tuning ones (errs high).
+
 When the plan holds finished runs of the same method, model and schedule measured on a GPU, their mean
 ``wall_time_s`` replaces the formula for the pending ones (reported as "measured"). Figures are GPU-hours.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -33,6 +40,18 @@ GFLOPS = {"resnet18": 1.82, "resnet50": 4.1, "mobilenetv2_w1": 0.3}
 EVAL_S_PER_IMAGE = {"cifar10": 0.11e-3, "cifar100": 0.11e-3, "imagenet": 0.6e-3}
 TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000}
 TINY_S_PER_IMAGE = 0.01e-3
+# A method's training time per image over GDFQ's (module docstring): assumed, CPU-ratio based. Measured by
+# benchmarks/bench_step.py --device cpu --methods gdfq,intraq,hast,synq --iters 5 --warmup 2 (OMP_NUM_THREADS=1, a
+# shared 2-core machine, 2026-12-06): W3A3 student, eager engine, median ms per iteration over the paper batch,
+# GDFQ 6785 / 200 = 33.9 ms per image; IntraQ 2337 / 256 = 9.1 (0.27x), HAST 5843 / 256 = 22.8 (0.67x), SynQ
+# 5761 / 256 = 22.5 (0.66x). real_kd runs IntraQ's fine-tuning step (KD + CE), so it takes IntraQ's factor (not
+# measured on its own). Unlisted methods: 1.
+STEP_COST_FACTOR = {"intraq": 0.27, "hast": 0.67, "synq": 0.66, "real_kd": 0.27}
+
+
+def step_cost_factor(method: str) -> float:
+    """The method's training-cost factor relative to GDFQ (:data:`STEP_COST_FACTOR`; 1 for an unlisted method)."""
+    return STEP_COST_FACTOR.get(method, 1.0)
 
 
 def train_cost_per_image(model: str, dataset: str) -> float:
@@ -58,11 +77,13 @@ def evaluations(train: dict[str, Any]) -> int:
     return count
 
 
-def formula_seconds(model: str, dataset: str, train: dict[str, Any], q_steps_per_iter: int) -> float:
-    """The cost model of the module docstring, in seconds (Q steps after the first generate a fresh batch)."""
+def formula_seconds(model: str, dataset: str, train: dict[str, Any], q_steps_per_iter: int, method: str = "") -> float:
+    """The cost model of the module docstring, in seconds (Q steps after the first generate a fresh batch; the
+    training term scaled by ``method``'s :func:`step_cost_factor`)."""
     iterations = train["epochs"] * train["iters_per_epoch"]
     images_per_iter = train["batch_size"] * max(1, q_steps_per_iter)
     training = iterations * (ITER_OVERHEAD_S + images_per_iter * train_cost_per_image(model, dataset))
+    training *= step_cost_factor(method)
     test_images = TEST_IMAGES.get(dataset, 10_000)
     if train.get("eval_max_images"):
         test_images = min(test_images, train["eval_max_images"])
@@ -76,6 +97,14 @@ class Estimate:
     measured_runs: int = 0
     formula_runs: int = 0
     unknown_runs: int = 0
+    scaled: dict[str, int] = field(default_factory=dict)  # formula runs per method with a STEP_COST_FACTOR
+
+    def add_formula_run(self, method: str, model: str, dataset: str, train: dict[str, Any], q_steps: int) -> None:
+        """Count one run priced by the cost model (:func:`formula_seconds`)."""
+        self.hours += formula_seconds(model, dataset, train, q_steps, method) / 3600
+        self.formula_runs += 1
+        if method in STEP_COST_FACTOR:
+            self.scaled[method] = self.scaled.get(method, 0) + 1
 
     def basis(self) -> str:
         """What the figure rests on, in one line: how many runs come from the cost model (assumed, not measured)
@@ -84,6 +113,10 @@ class Estimate:
         if self.formula_runs:
             parts.append(f"{self.formula_runs} runs from a cost model whose per-iteration and per-image costs are "
                          "assumptions for one H100, not measurements (dfqbench/launch/estimate.py)")
+        if self.scaled:
+            factors = ", ".join(f"{m} {STEP_COST_FACTOR[m]:.2f}x" for m in sorted(self.scaled))
+            parts.append(f"{sum(self.scaled.values())} of them with a per-method step-cost factor over GDFQ's "
+                         f"({factors}; assumed, CPU-ratio based: benchmarks/bench_step.py on one CPU thread)")
         if self.measured_runs:
             parts.append(f"{self.measured_runs} runs from the mean GPU wall time of finished runs of the same "
                          "method, model and schedule in these results")
@@ -109,7 +142,7 @@ def protocol_notice(request: "RunRequest") -> str:
     method_cls = load_methods().get(request.method)
     train = request_settings(method_cls, request)[0]
     info = model_info(request.model)
-    hours = formula_seconds(info.name, info.dataset, train, method_cls.q_steps_per_iter) / 3600
+    hours = formula_seconds(info.name, info.dataset, train, method_cls.q_steps_per_iter, request.method) / 3600
     return (f"protocol paper (the default): {train['epochs']:,} epochs x {train['iters_per_epoch']:,} iterations of "
             f"batch {train['batch_size']:,}, about {amount(hours)} on one H100 by the unmeasured cost model; "
             "--protocol quick trains a short schedule (minutes on CPU)")

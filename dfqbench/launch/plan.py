@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dfqbench.errors import DfqbenchError
 from dfqbench.launch.banks import bank_summary
-from dfqbench.launch.estimate import Estimate, formula_seconds
+from dfqbench.launch.estimate import Estimate
 from dfqbench.launch.grid import Cell, Grid, apply_filters, dataset_of, expand
 from dfqbench.request import RunOptions, RunRequest
 from dfqbench.store import CELL_ONLY_STATES, ResultsStore, RunFolder, RunState, StoreError, run_state
@@ -153,8 +153,7 @@ class Plan:
                 estimate.measured_runs += 1
             else:
                 dataset = c.cell.values.get("dataset") or "cifar10"
-                estimate.hours += formula_seconds(c.cell.model, dataset, c.train, c.q_steps) / 3600
-                estimate.formula_runs += 1
+                estimate.add_formula_run(c.cell.method, c.cell.model, dataset, c.train, c.q_steps)
         return estimate
 
 
