@@ -25,6 +25,7 @@ from dfqbench.store import RunFolder
 from dfqbench.store.codestamp import code_stamp, code_state
 
 from conftest import TINY_OVERRIDES
+from test_report_methods import PAIR_GRID
 from waiting import HANG_S
 
 PLUGIN = '''
@@ -187,23 +188,9 @@ def test_a_new_plugin_version_alone_makes_its_runs_stale(plugin):
     assert state.stale and "staleplug 0.0 -> 0.1" in state.reason
 
 
-LOOP_GRID = """\
-name: loop
-base:
-  model: tiny_cifar10
-  bits: w4a4
-  protocol: quick
-  quant.tracker: ema
-  train.epochs: 3
-  train.iters_per_epoch: 6
-  train.batch_size: 16
-  train.warmup_epochs: 1
-  train.range_update_epochs: 1
-  train.lr_q: 1.0e-5
-axes:
-  method: [gdfq, stale_scaled]
-  seed: [0, 1]
-"""
+# test_report_methods's pair grid (2 seeds, settings under which fine-tuning moves top-1), with this file's plugin
+LOOP_GRID = (PAIR_GRID.replace("name: pair", "name: loop").replace("gdfq_ie", "stale_scaled")
+             .replace("the example plugin (GDFQ + information entropy)", "a plugin of its own package"))
 
 
 def test_the_researchers_loop_in_one_walk(plugin, tmp_path, capsys):

@@ -42,7 +42,7 @@ class Teacher:
     file: str | None = None
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=1 << 16)  # teacher files, and a real-data bank's chosen images (zoo.train_data)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

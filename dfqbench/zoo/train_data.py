@@ -27,7 +27,6 @@ or removing a file, or changing a chosen one, gives another identity; the folder
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +41,7 @@ from dfqbench.errors import DfqbenchError
 from dfqbench.zoo import tiny
 from dfqbench.zoo.data import ENV_DATA, IMAGE_EXTENSIONS, _class_dirs, _data_root, _read, _Transform
 from dfqbench.zoo.models import ModelInfo
+from dfqbench.zoo.teacher import file_sha256
 
 SOURCES = ("auto", "folder", "torchvision")
 TINY_TRAIN_SEED = 50_000  # tiny_test_set's generator seed is 10_000 + seed: this stream never meets the test set's
@@ -50,22 +50,12 @@ _TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet
 _FOLDERS = {"cifar10": ("cifar10-train",), "cifar100": ("cifar100-train",), "imagenet": ("imagenet/train", "train")}
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def files_digest(paths: Sequence[str]) -> str:
     """sha256 over the files' own sha256s, in order (each computed once per path, size and modification time)."""
     digest = hashlib.sha256()
     for path in paths:
         try:
-            st = os.stat(path)
-            digest.update(_file_sha256(os.path.realpath(path), st.st_size, st.st_mtime_ns).encode())
+            digest.update(file_sha256(Path(path)).encode())
         except OSError as exc:
             raise DfqbenchError(f"cannot read training image '{path}' ({exc.strerror or exc}); fix or remove it") \
                 from None
