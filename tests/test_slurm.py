@@ -265,8 +265,8 @@ def test_smoke_grid_through_real_slurm_job_arrays(tmp_path, partition, capsys):
 
     assert main(["status", "--grid", "smoke_plugin", "--results", str(results)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["grid", "runs", "pending", "running", "done", "failed", "lost"]
-    assert table[1].split() == ["smoke_plugin", "4", "0", "0", "4", "0", "0"]
+    assert table[0].split() == ["grid", "runs", "pending", "running", "done", "failed", "lost", "stale"]
+    assert table[1].split() == ["smoke_plugin", "4", "0", "0", "4", "0", "0", "0"]
     assert main(["report", "--results", str(results), "--table", "table1"]) == 0
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| dataset |"))
     assert "| gdfq_ie |" in header
@@ -361,7 +361,7 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path, partition, capsys):
               if '"type": "epoch"' in line]
     assert epochs == list(range(40))
     assert main(["status", "--grid", "long", "--results", str(results)]) == 0
-    assert capsys.readouterr().out.splitlines()[1].split() == ["long", "1", "0", "0", "1", "0", "0"]
+    assert capsys.readouterr().out.splitlines()[1].split() == ["long", "1", "0", "0", "1", "0", "0", "0"]
 
 
 def test_runs_per_gpu_trains_two_runs_at_once_in_one_array_task(tmp_path, partition, capsys):

@@ -10,7 +10,8 @@ import torch
 pytest.importorskip("dfqbench_gdfq_ie", reason="the example plugin is not installed (dfqbench's own pytest run "
                     "collects this file too; tests/test_example_plugin.py fails under DFQBENCH_REQUIRE_EXAMPLE=1)")
 
-from dfqbench.blocks.interface import METHOD_SOURCES, Sample, StepContext, load_methods
+from dfqbench.blocks.interface import Sample, StepContext
+from dfqbench.plugins import METHOD_SOURCES, load_methods
 from dfqbench.errors import DfqbenchError
 from dfqbench.testing import check_method_contract
 from dfqbench_gdfq_ie.method import GDFQIE, GDFQIEConfig, information_entropy  # noqa: E402
