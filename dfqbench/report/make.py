@@ -89,27 +89,25 @@ def make_report(request: ReportRequest, skipped: Callable[[Path, str], None] = l
         from dfqbench.report.reference import asked_for, reference_tables, split_scan
 
         data_free, reference = split_scan(scan)  # not-data-free runs (real_kd) never enter a data-free table
+        # every configuration that was run, labelled, when asked for or when the runs were chosen (--where, --grid)
+        all_configurations = request.all_configurations or bool(request.where) or request.grid is not None
         if request.table == "methods":  # the comparison view: every method and configuration side by side
             from dfqbench.report.versus import methods_tables
 
             shown = scan if asked_for(wheres, reference) else data_free  # real data only when --where names it
             tables = methods_tables(shown, published, request.metric, request.baseline)
         elif request.table == "real_data":
-            tables = reference_tables(reference, data_free, request.metric, request.all_configurations
-                                      or bool(request.where) or request.grid is not None)
+            tables = reference_tables(reference, data_free, request.metric, all_configurations)
         else:
             tables = build_tables(data_free, published, request.table, request.metric, request.all_rows,
-                                  request.all_columns, all_configurations=request.all_configurations
-                                  or bool(request.where) or request.grid is not None)
+                                  request.all_columns, all_configurations=all_configurations)
             if request.table in ("all", "synq_table1"):  # under "all" only where a run of its methods exists
                 from dfqbench.report.synq_table import synq_tables
 
-                tables += synq_tables(data_free, published, request.metric, request.all_configurations
-                                      or bool(request.where) or request.grid is not None,
+                tables += synq_tables(data_free, published, request.metric, all_configurations,
                                       only_with_runs=request.table == "all")
             if request.table == "all":  # the real-data reference, in its own table, where such runs exist
-                tables += reference_tables(reference, data_free, request.metric, request.all_configurations
-                                           or bool(request.where) or request.grid is not None)
+                tables += reference_tables(reference, data_free, request.metric, all_configurations)
         preamble = [f"dfqbench report: {scan.status_line()}."] + preamble
         kept_out = len(reference.records) + len(reference.unfinished)
         if kept_out and request.table not in ("all", "real_data") and not (

@@ -18,7 +18,7 @@ def grid_selection(grid: str, root: Path) -> tuple[set[str], list[Any], list[str
     skipped, invalid, duplicates) are counted apart."""
     from collections import Counter
 
-    from dfqbench.store.grid_index import grid_name, read_grid_index
+    from dfqbench.store.grid_index import grid_name, grid_runs, read_grid_index
     from dfqbench.report.load import Unfinished
     from dfqbench.store import CELL_ONLY_STATES, RUN_STATES, ResultsStore, run_state
 
@@ -28,26 +28,27 @@ def grid_selection(grid: str, root: Path) -> tuple[set[str], list[Any], list[str
     if cells is None:
         raise DfqbenchError(f"grid {name!r} was never launched into '{root}' (report --grid shows the runs its launches "
                             f"planned); run `dfqbench run --grid {grid} --results {root}`, or report without --grid")
-    run_ids, missing, unknown = set(), [], 0
+    missing, unknown = [], 0
     states: Counter = Counter()  # per run of the grid (one per run id): its state in the store, as `status` names it
     no_run: Counter = Counter()  # cells that are no run of their own: duplicates of another cell's run, excluded, …
+    specs: dict[str, Any] = {}  # run id → the spec of its first cell
     for cell in cells.values():
         if cell.get("duplicate_of"):
             no_run["duplicate"] += 1
-            continue
-        if cell.get("run_id") is None:
+        elif cell.get("run_id") is None:
             if cell.get("status") in CELL_ONLY_STATES:
                 no_run[cell["status"]] += 1
             else:
                 unknown += 1
-            continue
-        if cell["run_id"] in run_ids:  # two cells that resolve to one run: counted once
-            continue
-        run_ids.add(cell["run_id"])
-        folder = store.run(cell["run_name"])
+        else:
+            specs.setdefault(cell["run_id"], cell.get("spec"))
+    runs = grid_runs(cells)  # the grid's runs, counted as `status` counts them
+    for run_id, run_name in runs.items():
+        folder = store.run(run_name)
         states[run_state(folder).state] += 1
-        if not folder.path.exists() and isinstance(cell.get("spec"), dict):
-            missing.append(Unfinished(folder.path, "pending", cell["spec"]))
+        if not folder.path.exists() and isinstance(specs.get(run_id), dict):
+            missing.append(Unfinished(folder.path, "pending", specs[run_id]))
+    run_ids = set(runs)
     counted = ", ".join(f"{states[s]} {s}" for s in RUN_STATES if states[s])
     lines = [f"Grid {name}: {len(run_ids)} run{'' if len(run_ids) == 1 else 's'}" + (f" ({counted})" if counted else "")
              + ("; cells without a run of their own: " + ", ".join(f"{n} {s}" for s, n in sorted(no_run.items()))

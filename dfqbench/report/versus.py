@@ -211,7 +211,7 @@ def methods_tables(scan: Scan, published: Published, metric: str = "best", basel
             columns = sorted(part.columns.values(), key=column_order)
             shared = shared_items(columns)
             chosen[protocol] = match_baseline(wanted, columns, shared)
-            choices += [spelling(c, shared) for c in columns if spelling(c, shared) not in choices]
+            choices += [s for s in dict.fromkeys(spelling(c, shared) for c in columns) if s not in choices]
         if not any(chosen.values()):
             raise DfqbenchError(_baseline_error(wanted, parts, choices))
     return [_table(protocol, parts[protocol], published, metric, wanted, chosen.get(protocol))
