@@ -110,10 +110,7 @@ class DirectConfig:
 
     def synthesis_settings(self) -> SynthesisSettings:
         """The shared synthesis loop's settings (:class:`dfqbench.blocks.synthesis.SynthesisSettings`)."""
-        return SynthesisSettings(num_batches=self.bank_batches, batch_size=self.bank_batch_size,
-                                 steps=self.synthesis_steps, lr=self.synthesis_lr,
-                                 plateau_patience=self.plateau_patience, min_lr=self.min_lr, aug_prob=self.aug_prob,
-                                 crop_scale_min=self.aug_scale_min, storage=self.bank_storage)
+        return SynthesisSettings(**{theirs: getattr(self, ours) for theirs, ours in SETTING_NAMES.items()})
 
     def synthesis_loss(self) -> dict[str, Any]:
         """The method's synthesis-loss settings, as the bank key hashes them (subclasses add theirs)."""

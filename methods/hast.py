@@ -119,6 +119,13 @@ class HAST(DirectMethod):
     def __init__(self, config: Any, num_classes: int, input_size: int, dataset: str) -> None:
         super().__init__(config, num_classes, input_size, dataset)
         self.fa_weight, self.eps = lambda_eps_for(config, dataset, self.HOCON, self.name)
+        self.loss_settings = self.student_loss_settings()  # fixed for the run: built once, not per step
+
+    def student_loss_settings(self) -> HastStudentLoss:
+        """The fine-tuning loss's settings from the config and the resolved λ_FA, ε."""
+        cfg = self.config
+        return HastStudentLoss(cfg.temperature, cfg.kd_weight, self.fa_weight, self.eps,
+                               cfg.detach_teacher_in_perturbation)
 
     @classmethod
     def paper_protocol(cls, dataset: str, model: str, wbits: int, abits: int) -> dict[str, dict[str, Any]]:
@@ -141,7 +148,4 @@ class HAST(DirectMethod):
         assert nets is not None, "HAST's student loss runs the networks itself (student_runs_networks)"
         if not nets.steps_student:
             return kd_term(self.config, ctx.teacher_logits, nets.student(ctx.x)[0], ctx.sample.labels)
-        cfg = self.config
-        loss_cfg = HastStudentLoss(cfg.temperature, cfg.kd_weight, self.fa_weight, self.eps,
-                                   cfg.detach_teacher_in_perturbation)
-        return hast_student_loss(ctx.x, ctx.sample.labels, nets.teacher, nets.student, loss_cfg)
+        return hast_student_loss(ctx.x, ctx.sample.labels, nets.teacher, nets.student, self.loss_settings)

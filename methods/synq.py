@@ -129,6 +129,16 @@ class SynQ(HAST):
         """The low-pass filter on every cropped bank batch (SQ:src/trainer_direct.py:L480-485)."""
         return torch.nan_to_num(low_pass_filter(x, self.config.d0, self.config.d0_reference or None))
 
+    def student_loss_settings(self) -> SynqStudentLoss:  # type: ignore[override]
+        """The fine-tuning loss's settings from the config and the resolved λ_FA, ε (built once, by HAST's init)."""
+        cfg = self.config
+        return SynqStudentLoss(
+            temperature=cfg.temperature, alpha=cfg.kd_weight, lambda_ce=cfg.lambda_ce, tau=cfg.tau,
+            selective_ce=cfg.selective_ce, lambda_cam=cfg.lambda_cam, lambda_pert=cfg.lambda_pert,
+            fa_weight=self.fa_weight, eps=self.eps, perturbed_fa=cfg.perturbed_fa, cam_class=cfg.cam_class,
+            inclusive_tau=cfg.inclusive_tau, paper_objective=cfg.paper_objective,
+            detach_teacher_in_perturbation=cfg.detach_teacher_in_perturbation, kd_log_offset=cfg.kd_log_offset)
+
     def student_loss(self, ctx: StepContext) -> tuple[Tensor, LossTerms]:
         """Fine-tuning: L_s + λ_pert·L_p + λ_CAM·L_CAM (SQ:src/trainer_direct.py:L488-539); a warm-up forward logs
         8000·KL_bm + CE. With ``zero_image_probe``, a zero image goes through the student first."""
@@ -140,13 +150,8 @@ class SynQ(HAST):
                 nets.student(torch.zeros((1, *ctx.x.shape[1:]), device=ctx.x.device, dtype=ctx.x.dtype))
         if not nets.steps_student:
             return kd_term(cfg, ctx.teacher_logits, nets.student(ctx.x)[0], ctx.sample.labels)
-        loss_cfg = SynqStudentLoss(
-            temperature=cfg.temperature, alpha=cfg.kd_weight, lambda_ce=cfg.lambda_ce, tau=cfg.tau,
-            selective_ce=cfg.selective_ce, lambda_cam=cfg.lambda_cam, lambda_pert=cfg.lambda_pert,
-            fa_weight=self.fa_weight, eps=self.eps, perturbed_fa=cfg.perturbed_fa, cam_class=cfg.cam_class,
-            inclusive_tau=cfg.inclusive_tau, paper_objective=cfg.paper_objective,
-            detach_teacher_in_perturbation=cfg.detach_teacher_in_perturbation, kd_log_offset=cfg.kd_log_offset)
-        return synq_student_loss(ctx.x, ctx.sample.labels, _with_cam(nets.teacher), _with_cam(nets.student), loss_cfg)
+        return synq_student_loss(ctx.x, ctx.sample.labels, _with_cam(nets.teacher), _with_cam(nets.student),
+                                 self.loss_settings)
 
 
 def _with_cam(forward: Any) -> Any:

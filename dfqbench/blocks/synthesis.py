@@ -43,6 +43,7 @@ from dfqbench.errors import DfqbenchError
 from dfqbench.registry import unknown_choice
 from dfqbench.specs.validate import check_int, check_real
 from dfqbench.store.bank import STORAGES, BankKey, BankReader, build_bank
+from dfqbench.store.bank.key import MAX_BANK_BATCH, MAX_BANK_BATCHES, MAX_BANK_STEPS
 from dfqbench.store.layout import ResultsStore
 
 if TYPE_CHECKING:
@@ -69,9 +70,9 @@ class SynthesisSettings:
     storage: str = "fp16"  # how the bank stores pixels (docs/banks.md: measured loss change)
 
     def __post_init__(self) -> None:
-        check_int("synthesis.num_batches", self.num_batches, 1, 100_000)
-        check_int("synthesis.batch_size", self.batch_size, 1, 65_536)
-        check_int("synthesis.steps", self.steps, 0, 10_000_000)
+        check_int("synthesis.num_batches", self.num_batches, 1, MAX_BANK_BATCHES)
+        check_int("synthesis.batch_size", self.batch_size, 1, MAX_BANK_BATCH)
+        check_int("synthesis.steps", self.steps, 0, MAX_BANK_STEPS)
         check_int("synthesis.plateau_patience", self.plateau_patience, 0, 10_000_000)
         check_real("synthesis.lr", self.lr, 0.0, low_open=True)
         check_real("synthesis.plateau_factor", self.plateau_factor, 0.0, 1.0, low_open=True)
