@@ -129,8 +129,15 @@ def test_synq_table1_without_runs_renders_the_published_numbers(tmp_path, capsys
     assert len(split_row(header)) == 1 + 10
     rows = {split_row(line)[0]: split_row(line)[1:] for line in out.splitlines()
             if line.startswith("| ") and not line.startswith("| method")}
-    assert list(rows) == ["IntraQ", "HAST", "TexQ", "SynQ"]
+    assert list(rows) == ["GDFQ", "ZeroQ", "ZAQ", "Qimera", "AdaSG", "AdaDFQ", "IntraQ", "HAST", "TexQ", "SynQ"]
     assert rows["SynQ"][1] == "–ᵃ / 88.11 ± 0.15 / –" and rows["HAST"][5] == "–ᵃ / 42.58 / –"
+    # the baselines: the first other table that prints the cell (AdaSG Table 1, else Qimera Table 2), named
+    assert rows["GDFQ"][0] == "–ᵃ / 90.11 / –" and rows["GDFQ"][1] == "–ᵃ / 75.11† / –"
+    assert rows["AdaDFQ"][1] == "–ᵃ / 84.89 / –" and rows["ZeroQ"][0] == "–ᵃ / 79.30 / –"
+    assert rows["ZeroQ"][1] == "–ᵃ / – / –" and rows["Qimera"][7] == "–ᵃ / – / –"
+    assert ("Published numbers of GDFQ, ZAQ, Qimera, AdaSG, AdaDFQ from AdaSG Table 1; ZeroQ from Qimera Table 2: "
+            "SynQ Table 1 prints its own for these baselines") in out
+    assert "† re-run by a later paper's authors" in out
     assert rows["IntraQ"][6] == "–ᵃ / – / –"  # ResNet-50: a dash in the paper
     assert all(cell.startswith("unsupportedᵇ / ") for cell in rows["TexQ"])
     assert "ᵇ TexQ: unsupported: code not released" in out
@@ -163,13 +170,15 @@ def test_synq_table1_latex_document_compiles(tmp_path):
 
 def test_our_runs_sit_beside_the_published_numbers(tmp_path):
     """Paper protocol: Δ with the reproduced mark; quick: its own table, no marks; another teacher: Δ of drops;
-    a method outside the transcribed columns: its own row (published –); an unprinted cell: an extra column."""
+    a baseline: another table's published number; a method no table prints: its own row (published –); an
+    unprinted cell: an extra column."""
     records = [record(tmp_path, "synq", best, seed=s) for s, best in enumerate([88.0, 88.2, 87.9])]  # drop 5.86
     records += [record(tmp_path, "intraq", 70.0, seed=0)]  # 7 pp below 77.07: not reproduced
     records += [record(tmp_path, "hast", 80.0, protocol="quick", seed=0)]
     records += [record(tmp_path, "synq", 85.5, model="resnet20_cifar10", bits="w4a4", teacher=OTHER_TEACHER,
                        fp=91.73)]
     records += [record(tmp_path, "gdfq", 75.0), record(tmp_path, "synq", 93.0, bits="w5a5")]
+    records += [record(tmp_path, "zeroq_kd", 70.0)]
     records += [record(tmp_path, "gdfq", 60.0, model="resnet20_cifar100", bits="w5a5", fp=70.33)]  # outside
     tables = synq_tables(Scan(tmp_path, records), load_published())
     assert [t.title for t in tables] == ["SynQ Table 1 — protocol paper", "SynQ Table 1 — protocol quick"]
@@ -180,19 +189,21 @@ def test_our_runs_sit_beside_the_published_numbers(tmp_path):
     assert titles[other].startswith("CIFAR-10 ResNet-20 (91.73 / 93.89) W4A4")
     assert titles[-1] == "CIFAR-10 ResNet-20 (93.89 / 93.89) W5A5"  # ours only: after the printed cells
     rows = {row.labels[0]: row.cells for row in paper.rows}
-    assert list(rows) == ["IntraQ", "HAST", "TexQ", "SynQ", "GDFQ"]
+    assert list(rows) == ["GDFQ", "ZeroQ", "ZAQ", "Qimera", "AdaSG", "AdaDFQ", "IntraQ", "HAST", "TexQ", "SynQ",
+                          "ZeroQ+KD"]
     synq = [t.text for t in rows["SynQ"][w3]]
     assert synq[0].startswith("88.03 ± 0.15 (n=3)") and synq[1] == "88.11 ± 0.15" and synq[2] == "−0.08 ✓"
     assert rows["SynQ"][w3][0].bold and not rows["IntraQ"][w3][0].bold
     assert [t.text for t in rows["IntraQ"][w3]][2] == "−7.07 ✗"
     # another teacher: (85.5 − 91.73) − (92.76 − 93.89) = −5.10, the drop rule decides the mark
     assert [t.text for t in rows["SynQ"][other]][2] == "−5.10 ✗"
-    assert [t.text for t in rows["GDFQ"][w3]][1:] == ["–", "–"]
+    assert [t.text for t in rows["GDFQ"][w3]][1:] == ["75.11†", "−0.11 ✓"]  # AdaSG Table 1's number
+    assert [t.text for t in rows["ZeroQ+KD"][w3]][1:] == ["–", "–"]
     assert [t.text for t in rows["SynQ"][-1]][1:] == ["–", "–"]
     md = to_markdown(tables)
-    assert "GDFQ: runs here, but not among the transcribed columns of SynQ Table 1" in md
+    assert "ZeroQ+KD: runs here, but not among the transcribed columns of SynQ Table 1" in md
     assert "1 finished run(s) of GDFQ in cells SynQ Table 1 does not print are not shown here" in md
-    assert "Reproduced (✓): 1 cell; not reproduced (✗): 2 cells" in md
+    assert "Reproduced (✓): 2 cells; not reproduced (✗): 2 cells" in md
     quick_hast = next(row.cells for row in quick.rows if row.labels[0] == "HAST")
     w3_quick = [g.title for g in quick.groups].index("CIFAR-10 ResNet-20 (93.89 / 93.89) W3A3")
     assert [t.text for t in quick_hast[w3_quick]] == ["80.00 (n=1)", "86.34", "−6.34"]  # no mark: quick protocol

@@ -251,12 +251,12 @@ def top1_figure(records: list[RunRecord], head: str, series: Callable[[RunRecord
 def published_drop(published: Published, model: str, bits: str, method: str) -> float | None:
     """Paper FP − paper top-1 from the first published table that prints the cell (in ``published.yaml``'s
     order: AdaSG Table 1, Qimera Table 2, SynQ Table 1, IntraQ's README); None when none prints it."""
-    for table in published.tables.values():
-        row, column = table.row(model, bits), table.column_of(method)
-        value = row.values.get(column) if row is not None and column else None
-        if value is not None:
-            return row.fp - value.mean
-    return None
+    found = published.printed_elsewhere(model, bits, method, skip="")
+    if found is None:
+        return None
+    value, table = found
+    row = table.row(model, bits)
+    return None if row is None else row.fp - value.mean
 
 
 def drop_figure(records: list[RunRecord], published: Published, metric: str, protocol: str,

@@ -91,6 +91,17 @@ class Published:
         """A printed row of a zoo model (its printed dataset, model name and FP are the same in every table)."""
         return next((row for table in self.tables.values() for row in table.rows if row.model == model), None)
 
+    def printed_elsewhere(self, model: str, bits: str, method: str, skip: str
+                          ) -> tuple[PublishedValue, PublishedTable] | None:
+        """A method's number for a cell from the first table other than ``skip`` that prints it (in
+        ``published.yaml``'s order), with that table; None when no other table prints it."""
+        for name, table in self.tables.items():
+            row, column = table.row(model, bits), table.column_of(method)
+            value = row.values.get(column) if name != skip and row is not None and column else None
+            if value is not None:
+                return value, table
+        return None
+
     def paper_fp(self, model: str) -> float | None:
         """The papers' FP teacher top-1 for a zoo model."""
         row = self.any_row(model)

@@ -8,9 +8,12 @@ run of ours. A column is also split by teacher: a non-pytorchcv teacher's column
 in :mod:`dfqbench.report.tables`). Each cell holds ours (mean ± std over seeds, n) / published / Δ with the
 reproduced mark, which is given under the paper protocol only (:func:`dfqbench.report.tables.reproduced`).
 
-Rows: the printed methods (IntraQ, HAST, TexQ, SynQ; TexQ's code is not released, so its cells say
-``unsupported``), then the other methods with runs in these columns (their SynQ Table 1 numbers are not
-in dfqbench's transcription: published ``–``), then, when asked for, other configurations as labelled rows.
+Rows: first the generator-based baselines dfqbench implements (GDFQ, ZeroQ, ZAQ, Qimera, AdaSG, AdaDFQ). SynQ
+Table 1 prints its own numbers for them, which dfqbench's transcription does not hold, so their published
+sub-cells are those of the first other table in ``published.yaml`` that prints the cell (AdaSG Table 1, else
+Qimera Table 2), and a note names the table of each row. Then the printed methods (IntraQ, HAST, TexQ, SynQ;
+TexQ's code is not released, so its cells say ``unsupported``), then other methods with runs in these columns
+(published ``–``), then, when asked for, other configurations as labelled rows.
 One table per protocol; one sentence of caption, numbered notes below.
 """
 
@@ -27,15 +30,17 @@ from dfqbench.report.load import RunRecord, Scan, Unfinished
 from dfqbench.report.model import Footnotes, Group, Table, TableRow, Text
 from dfqbench.report.published import Published, PublishedTable, PublishedValue
 from dfqbench.report.stats import summarize
-from dfqbench.report.tables import (DEFAULT_TEXT, DROP_NOTE, METRIC_TEXT, SUBCOLUMNS, bold_best, caption_sentence,
-                                    compared_cell, counts_text, fmt_number, fmt_published, mark_notes, numbered,
-                                    protocol_text, reproduced_note, teacher_label)
+from dfqbench.report.tables import (DAGGER_NOTE, DEFAULT_TEXT, DROP_NOTE, METRIC_TEXT, SUBCOLUMNS, bold_best,
+                                    caption_sentence, compared_cell, counts_text, fmt_number, fmt_published,
+                                    mark_notes, numbered, protocol_text, reproduced_note, teacher_label)
 
 LAYOUT = "synq_t1"  # the published.yaml table this layout shows
 ColumnKey = tuple[str, str | None, str]  # (model, teacher key or None without a run, bits)
 ORDER_NOTE = ("Columns: SynQ Table 1's cells in the order of dfqbench's transcription, then cells with runs of "
               "the table's methods that it does not print; FP in a column's header: ours / published.")
 EXTRA_NOTE = ("{methods}: runs here, but not among the transcribed columns of SynQ Table 1 (published –).")
+BASELINE_NOTE = ("Published numbers of {sources}: SynQ Table 1 prints its own for these baselines, which dfqbench's "
+                 "transcription does not hold; they may differ from the ones shown.")
 OUTSIDE_NOTE = ("{n} finished run(s) of {methods} in cells SynQ Table 1 does not print are not shown here "
                 "(--table table1 or --table methods shows them).")
 
@@ -87,11 +92,13 @@ def _table(layout: PublishedTable, published: Published, protocol: str, records:
     datasets.update({u.spec["model"]: u.spec.get("dataset", "") for u in unfinished})
 
     mapped = set(layout.method_of.values())
+    baselines = baseline_sources(layout, published)
     present = {r.method for r in records if (r.model, r.bits) in column_set}
     present |= {unfinished_key(u)[4] for u in unfinished if (u.spec["model"], u.spec["bits"]) in column_set}
-    extra_methods = sorted(present - mapped, key=method_sort_key)
+    extra_methods = sorted(present - mapped - set(baselines), key=method_sort_key)
     outside = [r for r in records if r.method not in mapped and (r.model, r.bits) not in column_set]
-    method_rows: list[tuple[str, str | None]] = [(c, layout.method_of.get(c)) for c in layout.columns]
+    method_rows: list[tuple[str, str | None]] = [(method_label(m), m) for m in baselines]
+    method_rows += [(c, layout.method_of.get(c)) for c in layout.columns]
     method_rows += [(method_label(m), m) for m in extra_methods]
 
     groups, column_info = [], []
@@ -122,7 +129,9 @@ def _table(layout: PublishedTable, published: Published, protocol: str, records:
         others: dict[str, dict[int, tuple[Any, Cell, PublishedValue | None]]] = {}
         for index, (model, teacher, bits) in enumerate(columns):
             paper_row, paper_fp, papers_teacher = column_info[index]
-            paper = paper_row.values.get(title) if paper_row is not None else None
+            paper = printed_value(layout, published, paper_row, title, method)
+            if paper is not None and paper.mark == "†":
+                notes.note(DAGGER_NOTE)
             if method is None:
                 reason = layout.unsupported.get(title)
                 text = (f"unsupported{notes.mark(f'{title}: unsupported: {reason}.')}" if reason
@@ -157,7 +166,7 @@ def _table(layout: PublishedTable, published: Published, protocol: str, records:
         for row in table.rows:
             row.labels.pop()
 
-    plain = [ORDER_NOTE]
+    plain = [ORDER_NOTE, baseline_note(baselines)]
     if extra_methods:
         plain.append(EXTRA_NOTE.format(methods=", ".join(method_label(m) for m in extra_methods)))
     if outside:
@@ -194,3 +203,41 @@ def _configuration_rows(table: Table, notes: Footnotes, title: str, method: str 
                                               str(method)), True, conf.full_label)
         rows.append(TableRow([title, conf_label], row_cells))
     return rows
+
+
+def baseline_sources(layout: PublishedTable, published: Published) -> dict[str, list[str]]:
+    """The dfqbench methods outside the layout's columns that another published table prints in at least one of
+    its cells (in report order), each with the titles of the tables its numbers come from."""
+    own = set(layout.method_of.values())
+    methods = {m for table in published.tables.values() for m in table.method_of.values()} - own
+    sources: dict[str, list[str]] = {}
+    for method in sorted(methods, key=method_sort_key):
+        for row in layout.rows:
+            found = published.printed_elsewhere(row.model, row.bits, method, skip=layout.name)
+            if found is not None and found[1].title not in sources.setdefault(method, []):
+                sources[method].append(found[1].title)
+        if not sources[method]:
+            del sources[method]
+    return sources
+
+
+def printed_value(layout: PublishedTable, published: Published, paper_row: Any, title: str,
+                  method: str | None) -> PublishedValue | None:
+    """The published sub-cell of a row: the layout's own number for its columns, another table's for a baseline
+    (:func:`baseline_sources`), none for a cell the layout does not print."""
+    if paper_row is None:
+        return None
+    if title in paper_row.values:
+        return paper_row.values[title]
+    found = None if method is None else published.printed_elsewhere(paper_row.model, paper_row.bits, method,
+                                                                     skip=layout.name)
+    return None if found is None else found[0]
+
+
+def baseline_note(baselines: dict[str, list[str]]) -> str:
+    """Which table each baseline row's published numbers come from (grouped by table)."""
+    by_tables: dict[tuple[str, ...], list[str]] = {}
+    for method, titles in baselines.items():
+        by_tables.setdefault(tuple(titles), []).append(method_label(method))
+    parts = [f"{', '.join(methods)} from {' and '.join(titles)}" for titles, methods in by_tables.items()]
+    return BASELINE_NOTE.format(sources="; ".join(parts))
