@@ -28,6 +28,7 @@ from dfqbench.core.progress import Progress
 from dfqbench.errors import DfqbenchError
 from dfqbench.specs.protocols import PROTOCOLS
 from dfqbench.quant import QuantConfig, parse_bits, quantize_model
+from dfqbench.quant.bn_condition import zero_variance_channels
 from dfqbench.request import RunRequest, check_request  # RunRequest also by this name: tasks pickled before it moved
 from dfqbench.specs import RunSpec, TrainConfig, apply_overrides
 from dfqbench.store import ResultsStore, RunRecord
@@ -83,7 +84,7 @@ def resolve_settings(method_cls: type[Method], dataset: str, model: str, bits: s
     if protocol == "quick":
         method = method_cls.quick_protocol(method)
     quant = {"tracker": method_cls.default_tracker, "momentum": 0.9, "first_last_wbits": None,
-             **presets.get("quant", {})}
+             "zero_variance_bn": "keep", **presets.get("quant", {})}
     train = transform(train)
     if protocol == "quick":
         train = method_cls.quick_train(train)
@@ -95,6 +96,10 @@ def resolve_settings(method_cls: type[Method], dataset: str, model: str, bits: s
     with plugin_errors(f"invalid {method_cls.name} settings"):  # a plugin's config class validating itself
         method_cls.config_class(**sections["method"])
     QuantConfig(wbits=wbits, abits=abits, **sections["quant"])
+    if sections["quant"]["zero_variance_bn"] == "recondition" and method_cls.student_bn_train:
+        raise DfqbenchError(f"invalid quant.zero_variance_bn=recondition for {method_cls.name}: its student's BN "
+                            "trains in train mode, so the re-expressed variance would enter its running statistics; "
+                            "use keep")
     return sections["train"], sections["method"], sections["quant"]
 
 
@@ -156,6 +161,10 @@ def prepare(request: RunRequest, progress: Progress | None = None) -> "PreparedR
     train, method_config, quant = settings
     wbits, abits = parse_bits(spec.bits)
     student = quantize_model(loaded.model, QuantConfig(wbits=wbits, abits=abits, **quant))
+    if quant["zero_variance_bn"] == "keep" and progress is not None:
+        warning = zero_variance_warning(loaded.model)
+        if warning:
+            progress.message(warning)
     for p in student.parameters():
         p.requires_grad_(True)
     evaluator = Evaluator(test_set, loaded.normalization, device=device, max_images=train["eval_max_images"])
@@ -166,6 +175,18 @@ def prepare(request: RunRequest, progress: Progress | None = None) -> "PreparedR
     return PreparedRun(spec=spec, method=method, teacher=loaded.model, student=student, evaluate=evaluator.evaluate,
                        folder=store.folder(spec), device=device, log_every=request.log_every,
                        engine=engine, loggers=loggers)
+
+
+def zero_variance_warning(teacher: torch.nn.Module) -> str | None:
+    """One line when the teacher has BatchNorm channels with zero running variance, which the student's
+    fine-tuning amplifies (:mod:`dfqbench.quant.bn_condition`); None otherwise."""
+    found = zero_variance_channels(teacher)
+    if not found:
+        return None
+    return (f"note: the teacher has {sum(found.values())} BatchNorm channel(s) with zero running variance (in "
+            f"{', '.join(found)}); the student's gradient on their BN weight is 1/sqrt(eps) times larger, so "
+            "fine-tuning at a high learning rate or KD weight can diverge (IntraQ, HAST and SynQ do at their released "
+            "rates); quant.zero_variance_bn=recondition re-expresses them with the same function")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

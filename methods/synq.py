@@ -22,8 +22,9 @@ Zero-image forwards: the official ``update_cam()`` builds a new GradCAM every it
 zero image of batch 1 through the student (gradcam.py:L51-58, L102-112; trainer_direct.py:L448); in the calibration
 epochs that moves the EMA ranges. ``zero_image_probe=true`` (faithful) does the same forward before each student step.
 Deviations: the evaluation before training with unfrozen ranges (``test(epoch=-1)``, SQ:src/main_direct.py:L543, real
-test images entering the EMA) is not done; the trainer records the calibration epoch's top-1 (epoch 3) among the
-epochs although SynQ evaluates only epochs ≥ 5 (``eval_start_epoch = 5``).
+test images entering the EMA) is not done; the trainer also evaluates the calibration epoch (epoch 3, recorded as
+``calibrated_top1`` and in ``top1_per_epoch``), but, as SynQ evaluates only epochs ≥ 5 (``eval_start_epoch = 5``), it is
+not a candidate for the best epoch.
 
 Presets: ImageNet ResNet-18 from the shipped run (``run_imagenet.sh``: λ_CE 0.5, λ_CAM 50, ``imagenet_3bit.hocon``:
 101 epochs, lr 1e-6 ×0.1 at [100, 200, 350]) at the paper's batch 16 (SynQ §5.1; the hocon's per-GPU 4 on one GPU is

@@ -185,7 +185,8 @@ def test_parse_bits_invalid(text: str) -> None:
 def test_quant_config_validation_and_to_dict() -> None:
     cfg = QuantConfig(4, 8, tracker="minmax", momentum=0.5, first_last_wbits=8)
     assert json.loads(json.dumps(cfg.to_dict())) == {
-        "wbits": 4, "abits": 8, "tracker": "minmax", "momentum": 0.5, "first_last_wbits": 8}
+        "wbits": 4, "abits": 8, "tracker": "minmax", "momentum": 0.5, "first_last_wbits": 8,
+        "zero_variance_bn": "keep"}
     assert QuantConfig(**cfg.to_dict()) == cfg
     assert QuantConfig(4, 4).tracker == "ema_gdfq" and QuantConfig(4, 4).momentum == 0.9
     with pytest.raises(dataclasses.FrozenInstanceError):

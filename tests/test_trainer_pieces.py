@@ -111,3 +111,21 @@ def test_the_observer_receives_the_generated_batch(tmp_path):
     assert batch.teacher_logits.shape == (trainer.cfg.batch_size, trainer.method.num_classes)
     with torch.no_grad():
         assert torch.allclose(trainer.teacher(batch.x), batch.teacher_logits, atol=1e-5)
+
+
+def test_the_best_epoch_is_chosen_from_eval_start_epoch_on_though_calibration_is_evaluated(tmp_path):
+    """SynQ evaluates epochs ≥ 5 only (SQ:src/main_direct.py:L558-564): the calibration epoch before that is still
+    evaluated (calibrated_top1) but never the best. Tiny GDFQ whose calibrated epoch 0 scores above the fine-tuned
+    ones (tests/test_api.py's OVERRIDES): with eval_start_epoch=2 the best is the last epoch, not epoch 0."""
+    import dfqbench
+
+    overrides = {"train.epochs": 3, "train.iters_per_epoch": 4, "train.batch_size": 8, "train.warmup_epochs": 1,
+                 "train.range_update_epochs": 1, "train.lr_q": 0.001}
+    common = dict(seed=0, protocol="quick", results=tmp_path, device="cpu", progress=False)
+    everything = dfqbench.run("gdfq", "tiny_cifar10", "w8a8", overrides=overrides, **common)
+    assert everything["best_epoch"] == 0 and everything["best_top1"] > everything["final_top1"]
+    later = dfqbench.run("gdfq", "tiny_cifar10", "w8a8", overrides={**overrides, "train.eval_start_epoch": 2},
+                         **common)
+    assert later["calibrated_top1"] == everything["calibrated_top1"] == later["top1_per_epoch"]["0"]
+    assert list(later["top1_per_epoch"]) == ["0", "2"]  # epoch 1: before eval_start_epoch, not evaluated
+    assert later["best_epoch"] == 2 and later["best_top1"] == later["final_top1"] == everything["final_top1"]

@@ -20,6 +20,14 @@ def _format(values: dict[str, float]) -> str:
     return " ".join(f"{k}={values[k]:.4g}" for k in SHOWN_KEYS if k in values)
 
 
+
+def epoch_text(top1: float | None, best: float | None) -> str:
+    """An epoch's accuracy for the progress line; ``best`` is None before the first epoch that can be the best (a
+    calibration epoch before ``train.eval_start_epoch``)."""
+    if top1 is None:
+        return "not evaluated"
+    return f"top-1 {top1:.2f} (" + ("not a candidate for the best yet" if best is None else f"best {best:.2f}") + ")"
+
 class EtaClock:
     """A steady remaining-time estimate: (iterations left) × (mean seconds per training iteration) + (epochs
     left) × (mean seconds per epoch end: evaluation, metrics and checkpoint).
@@ -105,7 +113,7 @@ class Progress:
 
     def end_epoch(self, epoch: int, top1: float | None, best: float | None) -> None:
         self.eta.end_epoch(epoch)
-        acc = "not evaluated" if top1 is None else f"top-1 {top1:.2f} (best {best:.2f})"
+        acc = epoch_text(top1, best)
         left = f", ETA {self.eta.text()}" if epoch + 1 < self.epochs else ""
         self.message(f"epoch {epoch + 1}/{self.epochs} done: {acc}{left}")
 
@@ -172,8 +180,7 @@ class RichProgress(Progress):
             self.last_top1 = f"{top1:.2f}"
         self.bar.update(self.task, eta=self.eta.text(), info=self._info())  # now, not at the next logged window
         self.bar.console.print(
-            f"epoch {epoch + 1}/{self.epochs}: " + ("not evaluated" if top1 is None else f"top-1 {top1:.2f} (best {best:.2f})")
-        )
+            f"epoch {epoch + 1}/{self.epochs}: {epoch_text(top1, best)}")
 
     def stop(self) -> None:
         self.bar.stop()

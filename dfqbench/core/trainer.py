@@ -189,7 +189,7 @@ class Trainer:
         self.state = ckpt["state"]
         self.start_epoch = ckpt["epoch"] + 1
         # a crash between this epoch's checkpoint and its best_student.pt leaves the file one epoch behind
-        repair_best_student(self.run.folder.path, self.run.spec.run_id, ckpt, self.state["top1"])
+        repair_best_student(self.run.folder.path, self.run.spec.run_id, ckpt, self._best_candidates())
         best = best_student_path(self.run.folder.path)
         if self.state["top1"] and best.exists() and best_student_epoch(self.run.folder.path) is None:
             # not repairable (its epoch is not the checkpoint's): refuse now, not after the run reports success
@@ -323,11 +323,19 @@ class Trainer:
             self.state["calibrated_top1"] = top1
         return top1
 
+    def _best_candidates(self) -> dict[int, float]:
+        """The evaluated epochs the best is chosen from: those from ``eval_start_epoch`` on, and the last. The
+        calibration epoch is always evaluated (for ``calibrated_top1``) but, before ``eval_start_epoch``, is not a
+        candidate: the official loops do not evaluate it (SynQ: epochs ≥ 5, SQ:src/main_direct.py:L558-564)."""
+        last = self.cfg.epochs - 1
+        return {e: t for e, t in self.state["top1"].items() if e >= self.cfg.eval_start_epoch or e == last}
+
     def _best(self) -> tuple[float | None, int | None]:
-        if not self.state["top1"]:
+        candidates = self._best_candidates()
+        if not candidates:
             return None, None
-        epoch = max(self.state["top1"], key=lambda e: (self.state["top1"][e], -e))
-        return self.state["top1"][epoch], epoch
+        epoch = max(candidates, key=lambda e: (candidates[e], -e))
+        return candidates[epoch], epoch
 
     def _count_compile_time(self) -> None:
         """Move the engine's compile/capture seconds into the checkpointed state (summed over sessions)."""

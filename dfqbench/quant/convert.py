@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from dfqbench.errors import DfqbenchError
+from dfqbench.registry import unknown_choice
+from dfqbench.quant.bn_condition import ZERO_VARIANCE_BN, recondition_zero_variance_bn
 from dfqbench.quant.modules import QuantAct, QuantConv2d, QuantLinear
 from dfqbench.quant.primitives import MAX_BITS, MIN_BITS, check_bits
 from dfqbench.quant.trackers import TRACKERS, check_tracker
@@ -34,6 +36,8 @@ class QuantConfig:
     :data:`TRACKERS` ("ema_gdfq" is the faithful GDFQ-lineage default). momentum: EMA β.
     first_last_wbits: if set, the weights of the first and the last conv/linear layer (in module order)
     use this width instead of wbits; the official code has no such exception (None).
+    zero_variance_bn: "keep" (faithful: the student's BN parameters are the teacher's) or "recondition" (BN
+    channels with zero running variance re-expressed with the same function, :mod:`dfqbench.quant.bn_condition`).
     """
 
     wbits: int
@@ -41,6 +45,7 @@ class QuantConfig:
     tracker: str = "ema_gdfq"
     momentum: float = 0.9
     first_last_wbits: int | None = None
+    zero_variance_bn: str = "keep"
 
     def __post_init__(self) -> None:
         check_bits(self.wbits, "wbits")
@@ -51,6 +56,9 @@ class QuantConfig:
             raise DfqbenchError(f"invalid momentum {momentum!r}: expected a number with 0 <= momentum < 1")
         if self.first_last_wbits is not None:
             check_bits(self.first_last_wbits, "first_last_wbits")
+        if self.zero_variance_bn not in ZERO_VARIANCE_BN:
+            raise DfqbenchError(unknown_choice("quant.zero_variance_bn", self.zero_variance_bn,
+                                               list(ZERO_VARIANCE_BN)))
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict; ``QuantConfig(**cfg.to_dict())`` rebuilds the config."""
@@ -75,7 +83,8 @@ def quantize_model(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     - every module whose exact type is nn.Conv2d / nn.Linear → QuantConv2d / QuantLinear at cfg.wbits
       (cfg.first_last_wbits for the first and last of them in ``modules()`` order, when set);
     - every nn.ReLU / nn.ReLU6 → nn.Sequential(that ReLU, QuantAct(cfg.abits, ...));
-    - everything else (BatchNorm included) is kept as deep-copied FP modules; the input is not quantized.
+    - everything else (BatchNorm included) is kept as deep-copied FP modules; the input is not quantized;
+      with ``zero_variance_bn="recondition"`` the copy's zero-variance BN channels are re-expressed first.
     A module reachable under several names is replaced once, so sharing is preserved (one QuantAct for a
     ReLU reused at two sites, as in ZAQ's ``network/resnet20.py`` L55/L72-75).
     """
@@ -86,6 +95,8 @@ def quantize_model(model: nn.Module, cfg: QuantConfig) -> nn.Module:
             f"invalid model {type(model).__name__}: it is already quantized; pass the FP model instead"
         )
     qmodel = copy.deepcopy(model)
+    if cfg.zero_variance_bn == "recondition":
+        recondition_zero_variance_bn(qmodel)
     weight_layers = [m for m in qmodel.modules() if type(m) in _WEIGHT_TYPES]
     special = {id(weight_layers[0]), id(weight_layers[-1])} if weight_layers else set()
     walker = _Converter(cfg, special, _device_of(qmodel))

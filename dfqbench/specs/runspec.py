@@ -86,6 +86,10 @@ def check_train_config(cfg: TrainConfig) -> None:
                                 f"{MAX_MILESTONES:,} integers in [0, {MAX_EPOCHS:,}], e.g. [100, 200]")
 
 
+# (section, setting) -> the value every run had before the setting existed: hashed only when it differs
+HASHED_WHEN_SET: dict[tuple[str, str], Any] = {("quant", "zero_variance_bn"): "keep"}
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that changes a run's numbers. ``protocol`` (a label) and ``changed`` (derived) are left out
@@ -108,9 +112,15 @@ class RunSpec:
     changed: dict[str, Any] | None = field(default=None, compare=False)
 
     def hashed(self) -> dict[str, Any]:
+        """The hashed fields; a setting added after runs were recorded enters only when it is not at the value
+        those runs had (:data:`HASHED_WHEN_SET`), so their ids still find them."""
         data = dataclasses.asdict(self)
         data.pop("protocol")
         data.pop("changed")
+        for (section, name), earlier in HASHED_WHEN_SET.items():
+            values = data.get(section)
+            if isinstance(values, dict) and name in values and values[name] == earlier:
+                data[section] = {k: v for k, v in values.items() if k != name}
         return data
 
     def to_dict(self) -> dict[str, Any]:
