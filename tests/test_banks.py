@@ -191,6 +191,35 @@ def test_truncated_or_altered_batch_file_is_detected_and_rebuilt(tmp_path):
         BankReader(folder, key).read_batch(1)
 
 
+def test_each_batch_file_is_hashed_once_per_process(tmp_path, monkeypatch):
+    """A bank just synthesised, or a finished one opened and verified, is read without hashing its files again."""
+    import hashlib
+    import types
+
+    hashed: list[str] = []
+    real_file_sha256 = reader_module.file_sha256
+
+    def counted_sha256(data: bytes = b""):
+        hashed.append("bytes")
+        return hashlib.sha256(data)
+
+    def counted_file_sha256(path):
+        hashed.append("file")
+        return real_file_sha256(path)
+
+    # only the reader's hashing is counted (the writer and the bank key hash through the real hashlib)
+    monkeypatch.setattr(reader_module, "hashlib", types.SimpleNamespace(sha256=counted_sha256))
+    monkeypatch.setattr(reader_module, "file_sha256", counted_file_sha256)
+    pixels(synthesise(tmp_path))  # every batch written now: nothing for the reader to hash
+    assert hashed == []
+    pixels(synthesise(tmp_path))  # finished: verify() hashes each file once, reading it does not again
+    assert hashed == ["file"] * SETTINGS.num_batches
+    hashed.clear()
+    cold = BankReader(ResultsStore(tmp_path).bank(key_of(spec()).name), key_of(spec()))
+    pixels(cold)  # not verified first: each file is checked as it is read
+    assert hashed == ["bytes"] * SETTINGS.num_batches
+
+
 def test_manifest_or_batch_of_another_configuration_is_detected(tmp_path):
     synthesise(tmp_path)
     other_key = key_of(spec(seed=1))
@@ -293,9 +322,9 @@ def test_streaming_reads_one_batch_file_at_a_time(tmp_path, monkeypatch):
     calls: list[int] = []
     original = reader_module.load_batch
 
-    def counting(folder, key, index, entry):
+    def counting(folder, key, index, entry, **kwargs):
         calls.append(index)
-        return original(folder, key, index, entry)
+        return original(folder, key, index, entry, **kwargs)
 
     monkeypatch.setattr(reader_module, "load_batch", counting)
     stream = reader.batches()

@@ -107,7 +107,7 @@ def _synthesise(folder: BankFolder, key: BankKey, produce: Produce, replay: Repl
             replay(index, images, labels)
     manifest["complete"] = True
     folder.write_manifest(manifest)
-    return BankReader(folder, key)
+    return BankReader(folder, key, verified=range(key.num_batches))  # each just written or checked above
 
 
 def _make(folder: BankFolder, key: BankKey, index: int, produce: Produce, manifest: dict) -> tuple["Tensor", "Tensor"]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from dfqbench.store.bank.codec import SAFETENSORS, TORCH, decode_batch, decode_images
 from dfqbench.store.bank.folder import BankFolder, file_sha256
@@ -39,9 +39,11 @@ def entry_path(folder: BankFolder, index: int, entry: Any) -> tuple[Path | None,
     return None, f"its manifest entry names {str(entry.get('file'))[:60]!r}, not a batch file of index {index}"
 
 
-def load_batch(folder: BankFolder, key: BankKey, index: int, entry: Any) -> tuple[BankBatch | None, str | None]:
+def load_batch(folder: BankFolder, key: BankKey, index: int, entry: Any, check_sha: bool = True
+               ) -> tuple[BankBatch | None, str | None]:
     """Batch ``index`` as the manifest lists it, or None and why it cannot be used (missing, truncated, another
-    checksum, written for another bank or index, unreadable)."""
+    checksum, written for another bank or index, unreadable). ``check_sha=False``: the file's checksum was
+    already checked in this process (:meth:`BankReader.verify`), so it is not hashed again."""
     path, problem = entry_path(folder, index, entry)
     if path is None:
         return None, problem
@@ -51,7 +53,7 @@ def load_batch(folder: BankFolder, key: BankKey, index: int, entry: Any) -> tupl
         return None, f"{path.name} cannot be read ({exc.strerror or exc})"
     if len(data) != entry["bytes"]:
         return None, f"{path.name} has {len(data):,} bytes, the manifest says {entry['bytes']:,} (truncated?)"
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+    if check_sha and hashlib.sha256(data).hexdigest() != entry["sha256"]:
         return None, f"{path.name} does not match its checksum in the manifest"
     try:
         tensors, meta = decode_batch(data, path.suffix)
@@ -70,7 +72,8 @@ def load_batch(folder: BankFolder, key: BankKey, index: int, entry: Any) -> tupl
 class BankReader:
     """A finished bank of ``key`` in ``folder``; every problem is a one-line StoreError naming the file."""
 
-    def __init__(self, folder: BankFolder, key: BankKey) -> None:
+    def __init__(self, folder: BankFolder, key: BankKey, verified: Iterable[int] = ()) -> None:
+        """``verified``: batch indices whose files this process has just written or checked (not hashed again)."""
         self.folder, self.key = folder, key
         manifest = folder.read_manifest()
         problem = folder.manifest_problem(key, manifest) or (
@@ -80,7 +83,7 @@ class BankReader:
         if problem is not None:
             raise self._error(problem)
         self.entries = [manifest["batches"].get(str(i)) for i in range(key.num_batches)]
-        self._verified: set[int] = set()
+        self._verified: set[int] = set(verified)
         self._open: dict[int, Any] = {}
 
     def _error(self, problem: str) -> StoreError:
@@ -96,7 +99,8 @@ class BankReader:
 
     def read_batch(self, index: int) -> BankBatch:
         """Batch ``index``, checked (size, checksum, bank id and index) as it is read."""
-        batch, problem = load_batch(self.folder, self.key, index, self.entries[index])
+        batch, problem = load_batch(self.folder, self.key, index, self.entries[index],
+                                    check_sha=index not in self._verified)
         if batch is None:
             raise self._error(f"batch {index}: {problem}")
         self._verified.add(index)
