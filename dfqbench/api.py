@@ -472,15 +472,7 @@ def _checked(path: Path) -> Path:
 def _spec(path: Path) -> dict[str, Any]:
     from dfqbench.store import RunFolder
 
-    from dfqbench.store.files import parse_json
-
-    try:
-        spec = parse_json(RunFolder(path).spec_path.read_bytes())  # bounded: deep nesting is a ValueError
-    except (OSError, ValueError) as exc:
-        raise DfqbenchError(f"unreadable spec.json in '{path}' ({type(exc).__name__})") from None
-    if not isinstance(spec, dict):
-        raise DfqbenchError(f"unreadable spec.json in '{path}' (not a JSON object)")
-    return spec
+    return RunFolder(path).spec()
 
 
 @public

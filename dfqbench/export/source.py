@@ -17,7 +17,6 @@ from dfqbench.core.snapshots import WHICH, load_student_module, student_state
 from dfqbench.errors import DfqbenchError
 from dfqbench.registry import unknown_choice
 from dfqbench.store import RunFolder
-from dfqbench.store.files import parse_json
 
 
 @dataclass
@@ -53,12 +52,7 @@ def load_source(run_dir: Path, which: str = "best") -> ExportSource:
         raise DfqbenchError(unknown_choice("student", which, list(WHICH)))
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
-    try:
-        spec = parse_json(folder.spec_path.read_bytes())
-        if not isinstance(spec, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise DfqbenchError(f"unreadable spec.json in '{run_dir}' ({type(exc).__name__})") from None
+    spec = folder.spec()  # a missing or unreadable spec.json is a StoreError (a DfqbenchError)
     stored = folder.read_record()  # an unreadable record is a StoreError (a DfqbenchError)
     if stored is None:
         raise DfqbenchError(f"run '{run_dir}' is not finished (no record.json): only a finished run can be exported "

@@ -107,6 +107,17 @@ class RunFolder:
         """spec.json as a dict, or None when it is missing or unreadable (it is rewritten at the next start)."""
         return read_json_object(self.spec_path)
 
+    def spec(self) -> dict[str, Any]:
+        """spec.json as a dict, for a caller that cannot go on without it: a missing or unreadable file is a
+        one-line :class:`StoreError` naming the folder and why (the API's loaders, export)."""
+        try:
+            spec = parse_json(self.spec_path.read_bytes())  # bounded: deep nesting is a ValueError
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"unreadable spec.json in '{self.path}' ({type(exc).__name__})") from None
+        if not isinstance(spec, dict):
+            raise StoreError(f"unreadable spec.json in '{self.path}' (not a JSON object)")
+        return spec
+
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every row of metrics.jsonl (written whole and atomically each epoch, so every line parses); a file
         that does not is a one-line :class:`StoreError` naming it and the line."""
