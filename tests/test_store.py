@@ -399,3 +399,19 @@ def test_a_lease_over_a_folder_or_garbage_is_taken_over_or_one_line(tmp_path):
     with pytest.raises(StoreError, match=r"cannot write '.*lease\.json'"):
         Lease(tmp_path, "B", "test").acquire()
     assert [p.name for p in tmp_path.iterdir()] == ["lease.json"]
+
+
+@pytest.mark.parametrize("content, reason", [(None, "FileNotFoundError"), (b"{not json", "JSONDecodeError"),
+                                             (b"[" * 100_000 + b"]" * 100_000, "ValueError"),
+                                             (b"[1, 2]", "not a JSON object")])
+def test_a_required_spec_that_is_missing_or_unreadable_is_one_line(tmp_path, content, reason):
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    if content is not None:
+        folder.spec_path.write_bytes(content)
+    with pytest.raises(StoreError) as info:
+        folder.spec()
+    assert str(info.value) == f"unreadable spec.json in '{folder.path}' ({reason})"
+    assert folder.read_spec() is None  # the lenient reader: None, rewritten at the next start
+    folder.spec_path.write_text('{"method": "gdfq"}')
+    assert folder.spec() == {"method": "gdfq"}
