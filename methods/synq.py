@@ -2,7 +2,7 @@
 
 Bank: HAST's synthesis (SQ:src/data_generate/distill_data.py:L287-511; :mod:`methods.hast`): on ImageNet with the
 released script's β = 0.1, γ = 0.5 and the coin p = 0.5, RRC scale 0.4-1 (``run_generate_imagenet.sh``, L393-420);
-on CIFAR no augmentation. The TexQ-style calibration centers and L-BNS (``--lbns``) are not implemented.
+on CIFAR no augmentation. The TexQ-style calibration centers and L-BNS (``--lbns``) are the switch ``lbns`` (below).
 SynQ's one CIFAR script (``run_generate_cifar100.sh``, a ResNet-34 teacher) also uses β = 0.1, γ = 0.5, but the
 factor (1 − p)^0.5 has an infinite derivative at p = 1, which a confident CIFAR teacher reaches in float32: on the
 ResNet-20 CIFAR-10 teacher every pixel of a batch was NaN after ~30 Adam steps (measured here, batch 64). The CIFAR
@@ -37,7 +37,16 @@ CIFAR value, which SynQ's code forks) with HAST's CIFAR milestones [20, 40, 60],
 Switches (spec §4.4, §8.5): ``cam_class="label"`` (paper Eq. 5) instead of each model's argmax; ``zero_image_probe
 =false`` (no zero-image range updates); ``paper_objective=true`` (paper Eq. 6: KD + selective CE + CAM, no FA and no
 perturbation); ``d0_reference=224`` (D0 scaled by resolution: absolute D0 = 80 leaves 32×32 images nearly
-unfiltered); ``inclusive_tau`` (δ ≤ τ, Eq. 6); ``lambda_eps="hocon"`` (ImageNet hocon λ = 4000); ``kd_log_offset=0``.
+unfiltered); ``inclusive_tau`` (δ ≤ τ, Eq. 6); ``lambda_eps="hocon"`` (ImageNet hocon λ = 4000); ``kd_log_offset=0``;
+``lbns=true`` (the official ``--lbns``, off in both released scripts; :mod:`dfqbench.blocks.calibration_centers`):
+before the bank's first batch, ⌈C/B⌉ calibration-center batches of ``bank_batch_size`` images (labels i·B + j, the
+last padded with class 0) are optimised for ``center_steps`` = 1,500 Adam steps under ``center_ce_weight`` = 5·CE
++ layer-weighted BNS, their pooled per-layer statistics taken, and every bank batch minimises
+``lbns_bns_weight``·BNS + β·(1 − p)^γ·CE + ``lbns_weight``·L-BNS (0.4 and 0.02, SQ:src/data_generate/distill_data.py
+L53-198, L340-381, L457-475); ``lbns_variance="pooled"`` weights the first center batch's variance like the others
+(the released code adds it unweighted, L357). The centers are **not stored**: they are made (deterministically from
+the seed) when the bank's synthesis starts, so a resumed synthesis makes them again; a finished bank is read
+without them. With ``lbns`` off the bank key is unchanged.
 """
 
 from __future__ import annotations
@@ -48,12 +57,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dfqbench.blocks.calibration_centers import (VARIANCES, BNBatchStatistics, lbns_synthesis_objective,
+                                                 pooled_statistics, synthesise_centers)
 from dfqbench.blocks.direct_finetune import (CAM_CLASSES, SynqStudentLoss, last_conv_name, low_pass_filter,
                                              synq_student_loss)
 from dfqbench.blocks.interface import LossTerms, StepContext, register_method
 from dfqbench.errors import DfqbenchError
 from dfqbench.registry import unknown_choice
 from dfqbench.specs.validate import check_int, check_positive, check_real
+from dfqbench.store.bank.key import MAX_BANK_STEPS
 from dfqbench.methods._direct import TINY_BANK, attention_layer_names, direct_train, kd_term
 from dfqbench.methods.hast import HAST, HastConfig
 
@@ -80,6 +92,13 @@ class SynqConfig(HastConfig):
     paper_objective: bool = False  # paper Eq. 6: no FA, no perturbation term
     zero_image_probe: bool = True  # the student forward of a zero image before every student step (faithful)
     kd_log_offset: float = 1e-7  # SQ:src/trainer_direct.py:L212 (a constant in the KD value; no gradient effect)
+    # -- ``--lbns`` (SQ:src/data_generate/generate_data.py:L82, L114-115; off in the released scripts)
+    lbns: bool = False  # calibration centers + L-BNS in the bank's synthesis
+    lbns_weight: float = 0.02  # weight of L-BNS (SQ:src/data_generate/distill_data.py:L473)
+    lbns_bns_weight: float = 0.4  # weight of BNS when lbns is on (L473)
+    lbns_variance: str = "official"  # "official" (first center batch's variance unweighted, L357) | "pooled"
+    center_steps: int = 1500  # Adam steps per center batch (L131)
+    center_ce_weight: float = 5.0  # ``beta_ce`` of the center loss (L53, L143)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,6 +107,60 @@ class SynqConfig(HastConfig):
         check_positive("method.d0", self.d0)
         check_int("method.d0_reference", self.d0_reference, 0, 100_000)
         check_real("method.tau", self.tau, 0.0, 1.0)
+        if not isinstance(self.lbns, bool):
+            raise DfqbenchError(f"invalid method.lbns={self.lbns!r}: must be true or false")
+        if self.lbns_variance not in VARIANCES:
+            raise DfqbenchError(unknown_choice("method.lbns_variance", self.lbns_variance, list(VARIANCES)))
+        check_real("method.lbns_weight", self.lbns_weight, 0.0)
+        check_real("method.lbns_bns_weight", self.lbns_bns_weight, 0.0)
+        check_real("method.center_ce_weight", self.center_ce_weight, 0.0)
+        check_int("method.center_steps", self.center_steps, 0, MAX_BANK_STEPS)
+
+    def synthesis_loss(self) -> dict[str, Any]:
+        """HAST's settings; with ``lbns`` also the centers' and L-BNS settings (so the bank key changes only then)."""
+        loss = super().synthesis_loss()
+        if self.lbns:
+            loss.update(lbns=True, lbns_weight=self.lbns_weight, lbns_bns_weight=self.lbns_bns_weight,
+                        lbns_variance=self.lbns_variance, center_steps=self.center_steps,
+                        center_ce_weight=self.center_ce_weight)
+        return loss
+
+
+class LbnsObjective:
+    """SynQ's ``--lbns`` synthesis loss (:func:`dfqbench.blocks.calibration_centers.lbns_synthesis_objective`) with
+    its state: the calibration centers' pooled BN statistics, made once per synthesis, before its first batch
+    (SQ:src/data_generate/generate_data.py:L114-115, distill_data.py:L346-381); kept in memory, never stored."""
+
+    def __init__(self, teacher: nn.Module, cfg: SynqConfig, num_classes: int, input_size: int, seed: int,
+                 device: torch.device) -> None:
+        self.teacher, self.cfg, self.device = teacher, cfg, device
+        self.num_classes, self.input_size, self.seed = num_classes, input_size, seed
+        self.stats = BNBatchStatistics(teacher)
+        self.target: tuple[list[Tensor], list[Tensor]] | None = None
+        self.terms: dict[str, Tensor] = {}
+
+    def prepare(self) -> None:
+        """The centers (:func:`synthesise_centers`) and their pooled statistics, once."""
+        if self.target is None:
+            cfg = self.cfg
+            centers = synthesise_centers(self.teacher, self.seed, self.num_classes, cfg.bank_batch_size,
+                                         self.input_size, cfg.center_steps, cfg.center_ce_weight, self.device)
+            self.target = pooled_statistics(self.teacher, centers, cfg.lbns_variance)
+
+    def begin_batch(self, index: int, labels: Tensor, generator: torch.Generator) -> None:
+        self.prepare()
+
+    def __call__(self, teacher: nn.Module, x: Tensor, labels: Tensor, step: int) -> Tensor:
+        assert self.target is not None, "begin_batch() (or prepare()) first"
+        cfg = self.cfg
+        self.stats.start()
+        logits = teacher(x)
+        loss, self.terms = lbns_synthesis_objective(logits, labels, self.stats.stop(), *self.target, cfg.beta,
+                                                    cfg.gamma, cfg.lbns_bns_weight, cfg.lbns_weight)
+        return loss
+
+    def remove(self) -> None:
+        self.stats.remove()
 
 
 def synq_presets(dataset: str, model: str) -> dict[str, Any]:
@@ -121,6 +194,22 @@ class SynQ(HAST):
         train = direct_train(dataset, epochs=101, cifar_lr=1e-5)
         train["eval_start_epoch"] = 5
         return {"train": train, "method": synq_presets(dataset, model), "quant": {}}
+
+    def synthesis_objective(self, teacher: nn.Module, device: torch.device) -> Any:
+        """HAST's objective; with ``lbns`` the calibration centers and L-BNS (:class:`LbnsObjective`)."""
+        if not self.config.lbns:
+            return super().synthesis_objective(teacher, device)
+        if self.spec is None:
+            raise RuntimeError("synq: prepare_run(spec, results) must run before synthesis_objective()")
+        return LbnsObjective(teacher, self.config, self.num_classes, self.input_size, self.spec.seed, device)
+
+    def setup_description(self) -> str:
+        text = super().setup_description()
+        if self.config.lbns:
+            batches = -(-self.num_classes // self.config.bank_batch_size)
+            text += (f"; before it, {batches} calibration-center batch(es) of {self.config.center_steps} steps "
+                     "(L-BNS)")
+        return text
 
     def feature_layers(self, model: nn.Module) -> list[str]:
         """HAST's attention taps, then the Grad-CAM layer: the last conv in module order (SQ:src/gradcam.py:L89-103)."""

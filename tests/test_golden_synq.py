@@ -3,7 +3,8 @@
 Fixtures: tests/golden/synq/ (maker: tests/golden/make/make_synq.py; README there), all float64 on portable
 inputs: one synthesis step (BNS + hard-sample focal CE, SynQ's own copy of HAST's objective), the low-pass filter,
 KD with SynQ's 1e-7 offset and the selective CE, the Grad-CAM alignment (argmax CAM as released and the paper's
-label CAM), and one whole fine-tuning iteration in two settings (student gradients and the SGD step). A failure
+label CAM), one whole fine-tuning iteration in two settings (student gradients and the SGD step), and ``--lbns``:
+the calibration centers (two steps per batch), their pooled statistics and one L-BNS synthesis step. A failure
 means our numbers moved away from the official code's: find out why before touching a tolerance.
 """
 
@@ -265,3 +266,114 @@ def test_synq_plugin_iteration_matches_official(case):
             assert check_packed(fx, "delta/", delta, DELTA_RTOL, DELTA_ATOL) == len(delta)
         else:  # the ImageNet branch's fixture stops at the gradients
             assert case == "imagenet"
+
+
+# -- ``--lbns``: calibration centers and L-BNS (fixture lbns.pt) -----------------------------------------------------
+def _lbns_centers(fx: dict, teacher: torch.nn.Module) -> list[torch.Tensor]:
+    """The official center batches redrawn from the stored RNG state and optimised by ours, step by step checked
+    against the official terms, totals and pixel gradients (float64)."""
+    from dfqbench.blocks import calibration_centers as cc
+
+    batch, steps = int(fx["settings"][0]), int(fx["settings"][1])
+    labels = cc.center_labels(10, batch)
+    rng = torch.Generator()
+    rng.set_state(fx["centers_rng_state"])
+    recorder = cc.BNBatchStatistics(teacher)
+    centers = []
+    for i, y in enumerate(labels):
+        check_close(f"center{i}/labels", y, fx[f"center{i}/labels"], 0.0, 0.0)
+        x0 = torch.randn(batch, 3, 32, 32, generator=rng, dtype=torch.float64)
+        check_close(f"center{i}/x0", digest(x0), fx[f"center{i}/x0"], 0.0, 0.0)
+        x = x0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=cc.CENTER_LR)
+        for it in range(steps):  # the terms and gradient of every step, then the official Adam step
+            recorder.start()
+            logits = teacher(x)
+            total, terms = cc.center_loss(logits, y, recorder.stop(), 5.0)
+            official = fx[f"center{i}/step{it}/mean_loss"] + fx[f"center{i}/step{it}/var_loss"]
+            check_close(f"center{i}/step{it}/bns", terms["center_bns"], official, LOSS_RTOL, LOSS_ATOL)
+            check_close(f"center{i}/step{it}/ce", terms["center_ce"], fx[f"center{i}/step{it}/loss_target"],
+                        LOSS_RTOL, LOSS_ATOL)
+            check_close(f"center{i}/step{it}/total", total, fx[f"center{i}/step{it}/total"], LOSS_RTOL, LOSS_ATOL)
+            (x.grad,) = torch.autograd.grad(total, x)
+            check_digest(f"center{i}/step{it}/grad", x.grad, fx[f"center{i}/step{it}/grad"], GRAD_RTOL, GRAD_ATOL)
+            opt.step()
+        # the same batch through the shared loop (optimise_pixels + plateau at min_lr 0.05) gives the same pixels
+        shared, trace = cc.optimise_center_batch(teacher, recorder, x0, y, steps, 5.0)
+        check_close(f"center{i}/trace", torch.tensor(trace, dtype=torch.float64),
+                    torch.stack([fx[f"center{i}/step{it}/total"] for it in range(steps)]), LOSS_RTOL, LOSS_ATOL)
+        check_digest(f"center{i}/x_after", shared, fx[f"center{i}/x_after"], 1e-12, 1e-13)
+        centers.append(shared)
+    recorder.remove()
+    return centers
+
+
+def test_synq_calibration_centers_match_official():
+    """``generate_calib_centers`` (3 batches of 4 for 10 classes, the last padded with class 0; 2 Adam steps each):
+    labels, initial pixels, the layer-weighted BNS (0.2 / 1.1) and 5·CE, totals, pixel gradients, the centers."""
+    fx = load_fixture("synq", "lbns")
+    with default_dtype(torch.float64):
+        _lbns_centers(fx, resnet20(NET_SEED, fx))
+
+
+def test_synq_lbns_synthesis_step_matches_official():
+    """``get_distil_data`` with ``--lbns`` on the official centers: the pooled per-layer mean and variance (the
+    first batch's variance unweighted, as released), then one synthesis step of 0.4·BNS + β(1 − p)^γ·CE +
+    0.02·L-BNS/(L·B), both from the block's functions and through the plugin's ``LbnsObjective``: terms, the deep
+    layers' L-BNS MSEs, total, pixel gradient and the Adam step."""
+    from dfqbench.blocks import calibration_centers as cc
+    from dfqbench.methods.synq import LbnsObjective, SynqConfig
+
+    fx = load_fixture("synq", "lbns")
+    batch, _, beta, gamma, layers = fx["settings"].tolist()
+    batch, layers = int(batch), int(layers)
+    with default_dtype(torch.float64):
+        teacher = resnet20(NET_SEED, fx)
+        centers = _lbns_centers(fx, teacher)
+        means, variances = cc.pooled_statistics(teacher, centers, "official")
+        assert len(means) == layers
+        for n in range(layers):
+            check_close(f"pooled/mean/{n}", means[n], fx[f"pooled/mean/{n}"], LOSS_RTOL, LOSS_ATOL)
+            check_close(f"pooled/var/{n}", variances[n], fx[f"pooled/var/{n}"], LOSS_RTOL, LOSS_ATOL)
+        pooled_var = cc.pooled_statistics(teacher, centers, "pooled")[1]
+        assert not torch.allclose(pooled_var[0], fx["pooled/var/0"])  # the released weighting is visible here
+        rng = torch.Generator()
+        rng.set_state(fx["rng_state"])
+        x0 = torch.randn(batch, 3, 32, 32, generator=rng, dtype=torch.float64)
+        check_close("x0", digest(x0), fx["x0"], 0.0, 0.0)
+        labels = fx["labels"]
+        recorder = cc.BNBatchStatistics(teacher)
+        x = x0.clone().requires_grad_(True)
+        recorder.start()
+        logits = teacher(x)
+        stats = recorder.stop()
+        check_close("teacher_logits", logits, fx["teacher_logits"], LOSS_RTOL, LOSS_ATOL)
+        total, terms = cc.lbns_synthesis_objective(logits, labels, stats, means, variances, beta, gamma, 0.4, 0.02)
+        check_close("bns", terms["bns"], fx["mean_loss"] + fx["var_loss"], LOSS_RTOL, LOSS_ATOL)
+        check_close("focal_ce", terms["focal_ce"], fx["loss_target"], LOSS_RTOL, LOSS_ATOL)
+        start = cc.deep_layer_start(layers)
+        deep = [F.mse_loss(v, t) for n in range(start, layers)
+                for v, t in ((stats.means[n], means[n]), (stats.variances[n], variances[n]))]
+        check_close("lbns_terms", torch.stack(deep), fx["lbns_terms"], LOSS_RTOL, LOSS_ATOL)
+        check_close("lbns", terms["lbns"], fx["lbns_terms"].sum() / (layers * batch), LOSS_RTOL, LOSS_ATOL)
+        check_close("total", total, fx["total"], LOSS_RTOL, LOSS_ATOL)
+        # L-BNS moves the total far beyond the tolerance: without it (or undivided) the check above would fail
+        assert abs(float(fx["total"] - 0.4 * terms["bns"] - terms["focal_ce"])) > 1e3 * LOSS_RTOL
+        (grad,) = torch.autograd.grad(total, x)
+        check_digest("grad", grad, fx["grad"], GRAD_RTOL, GRAD_ATOL)
+        recorder.remove()
+        # the plugin's objective, its pooled target set from the official centers
+        objective = LbnsObjective(teacher, SynqConfig(lbns=True, beta=beta, gamma=gamma, bank_batch_size=batch), 10,
+                                  32, 0, torch.device("cpu"))
+        objective.target = (means, variances)
+        x = x0.clone().requires_grad_(True)
+        plugin_total = objective(teacher, x, labels, 0)
+        objective.remove()
+        check_close("plugin/total", plugin_total, fx["total"], LOSS_RTOL, LOSS_ATOL)
+        (plugin_grad,) = torch.autograd.grad(plugin_total, x)
+        check_digest("plugin/grad", plugin_grad, fx["grad"], GRAD_RTOL, GRAD_ATOL)
+        x = x0.clone().requires_grad_(True)  # the official Adam step (lr 0.5)
+        opt = torch.optim.Adam([x], lr=0.5)
+        x.grad = grad
+        opt.step()
+        check_digest("x_after", x.detach(), fx["x_after"], 1e-12, 1e-13)

@@ -263,6 +263,6 @@ def hast_synthesis_objective(logits: Tensor, labels: Tensor, bns: Tensor, cfg: H
                              ) -> tuple[Tensor, dict[str, Tensor]]:
     """L = BNS + β·mean((1 − p_y)^γ·CE) (HA:data_generate/distill_data.py:L158-177). SynQ's default synthesis
     (``--lbns`` off, both released scripts) is the same objective (SQ:src/data_generate/distill_data.py:L437-478);
-    its TexQ-style L-BNS option is not implemented here."""
+    its TexQ-style ``--lbns`` option is :mod:`dfqbench.blocks.calibration_centers` (``method.lbns`` of ``synq``)."""
     focal = hard_sample_focal_ce(logits, labels, cfg.beta, cfg.gamma)
     return bns + focal, {"bns": bns.detach(), "focal_ce": focal.detach()}

@@ -22,6 +22,11 @@ stored RNG state for the synthesis pixels, the same bits on every CPU):
   branch) and ``imagenet`` (D0 8, τ 0.6, λ_CE 0.5, λ_CAM 50 as the shipped run, ImageNet branch: FA on the
   perturbed batch too). The filtered batch, the selective-CE mask, every loss term, the perturbation's signs, the
   total, the student's logits and gradients, and (``defaults``) the parameter change of the SGD step.
+- lbns.pt: ``--lbns``: ``generate_calib_centers`` (3 center batches of 4 for the 10 classes, 2 Adam steps each
+  instead of 1,500), then ``get_distil_data`` with those centers (their pooled statistics, one synthesis step of
+  0.4·BNS + focal CE + 0.02·L-BNS): per center batch the labels, initial pixels, loss terms and totals, pixel
+  gradients and the centers after the steps; the pooled per-layer means and variances; the synthesis step's terms,
+  L-BNS per-layer MSEs, total, pixel gradient and pixels after the step.
 """
 
 from __future__ import annotations
@@ -67,6 +72,14 @@ SYNTH_PATCHES = [
 TRAIN_PATCHES = [(".cuda()", ""), ("iters = 200", "iters = 1")]
 # the ImageNet branch builds its GradCAMs with a zero-image probe of 224 × 224, which ResNet-20 cannot forward
 IMAGENET_PROBE_PATCH = ('"input_size": (224, 224)', '"input_size": (32, 32)')
+LBNS_BATCH, LBNS_SEED, LBNS_CENTER_STEPS = 4, 74, 2
+LBNS_PATCHES = SYNTH_PATCHES + [
+    ("for it in range(1500):", f"for it in range({LBNS_CENTER_STEPS}):"),  # 2 Adam steps per center batch
+    ("device='cuda'", "device='cpu'"),  # the center labels (CPU)
+    ("to('cuda', non_blocking=True)", "to('cpu', non_blocking=True)"),  # the centers' forward for the statistics
+    # the printed accuracy: ndarray == tensor is a tensor, which np.mean cannot average (TypeError on CPU)
+    ("axis=1) == labels)", "axis=1) == labels.numpy())"),
+]
 MODULES = ("distill_data", "utils", "pytorchcv", "trainer_direct", "main_direct", "options", "dataloader",
            "quantization_utils", "conditional_batchnorm", "gradcam")
 
@@ -75,6 +88,50 @@ def prepare(source: Path, work: Path) -> None:
     copy_patched(source, work / "SynQ", {"src/data_generate/distill_data.py": SYNTH_PATCHES,
                                          "src/trainer_direct.py": TRAIN_PATCHES})
     copy_patched(work / "SynQ", work / "SynQ_imagenet", {"src/trainer_direct.py": [IMAGENET_PROBE_PATCH]})
+    copy_patched(source, work / "SynQ_lbns", {"src/data_generate/distill_data.py": LBNS_PATCHES})
+
+
+class RecordingPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """ReduceLROnPlateau that records every value it is stepped on (the official total loss, ``.item()``)."""
+
+    log: list[float] = []
+
+    def step(self, metrics, *args, **kwargs):
+        RecordingPlateau.log.append(float(metrics))
+        return super().step(metrics, *args, **kwargs)
+
+
+class RecordingLosses:
+    """Stand-ins for ``nn.CrossEntropyLoss`` / ``nn.MSELoss`` that record each call's target and output."""
+
+    ce_targets: list[torch.Tensor] = []
+    mse_outputs: list[torch.Tensor] = []
+
+    class CrossEntropyLoss(nn.CrossEntropyLoss):
+        def forward(self, input, target):
+            RecordingLosses.ce_targets.append(target.detach().clone())
+            return super().forward(input, target)
+
+    class MSELoss(nn.MSELoss):
+        def forward(self, input, target):
+            out = super().forward(input, target)
+            RecordingLosses.mse_outputs.append(out.detach().clone())
+            return out
+
+
+class MemoryPickle:
+    """The module's ``pickle``: ``dump`` keeps the object by file name, ``load`` returns it (nothing unpickled)."""
+
+    HIGHEST_PROTOCOL = 5
+
+    def __init__(self) -> None:
+        self.stored: dict[str, object] = {}
+
+    def dump(self, obj, fp, protocol=None) -> None:
+        self.stored[fp.name] = obj
+
+    def load(self, fp):
+        return self.stored[fp.name]
 
 
 def synthesis(work: Path) -> dict[str, torch.Tensor]:
@@ -118,6 +175,98 @@ def synthesis(work: Path) -> dict[str, torch.Tensor]:
         out.update(rng_state=states[0], x0=digest(entry["x0"]), labels=labels, teacher_logits=logits[0],
                    grad=digest(entry["grads"][0]), x_after=digest(entry["x_after"]),
                    settings=torch.tensor([SYNTH_BETA, SYNTH_GAMMA], dtype=torch.float64))
+        for key in ("mean_loss", "var_loss", "loss_target"):
+            out[key] = torch.tensor(row[key], dtype=torch.float64)
+        out["commit"] = torch.tensor(list(COMMIT.encode()))
+        return out
+
+
+def lbns(work: Path) -> dict[str, torch.Tensor]:
+    """``generate_calib_centers`` then ``get_distil_data`` with ``args.lbns = True`` (resnet20_cifar10: 10 classes,
+    batches of LBNS_BATCH), as ``generate_data.py`` L114-126 calls them, on the same teacher."""
+    tree = work / "SynQ_lbns" / "src"
+    with official_imports(tree / "data_generate", MODULES):
+        import distill_data as DD
+        from pytorchcv.model_provider import get_model
+    with default_dtype(torch.float64):
+        teacher, bn = teacher_resnet20(get_model)
+        out: dict[str, torch.Tensor] = net_bn_entries(bn)
+        printed, store, logits, states = PrintRecorder(), MemoryPickle(), [], []
+        DD.print = printed
+        DD.optim = SimpleNamespace(Adam=RecordingAdam,
+                                   lr_scheduler=SimpleNamespace(ReduceLROnPlateau=RecordingPlateau))
+        DD.pickle = store
+        DD.nn = SimpleNamespace(BatchNorm2d=nn.BatchNorm2d, CrossEntropyLoss=RecordingLosses.CrossEntropyLoss,
+                                MSELoss=RecordingLosses.MSELoss)
+        real_rrc = DD.transforms.RandomResizedCrop
+
+        def rrc(*a, **k):  # constructed right before the batch's torch.randn(shape): keep the RNG state
+            states.append(torch.get_rng_state())
+            return real_rrc(*a, **k)
+
+        DD.transforms = SimpleNamespace(RandomResizedCrop=rrc, RandomHorizontalFlip=DD.transforms.RandomHorizontalFlip)
+        RecordingAdam.log, RecordingPlateau.log = [], []
+        RecordingLosses.ce_targets, RecordingLosses.mse_outputs = [], []
+        torch.manual_seed(LBNS_SEED)
+        centers_state = torch.get_rng_state()
+        head = tempfile.mkdtemp(dir=work)
+        args = SimpleNamespace(lbns=True, num_data=LBNS_BATCH, batch_size=LBNS_BATCH, model="resnet20_cifar10",
+                               save_path_head=head)
+        args.calib_centers = DD.generate_calib_centers(args, teacher)
+        n_centers = len(RecordingAdam.log)
+        center_rows = printed.rows("mean_loss")
+        mse_before = len(RecordingLosses.mse_outputs)
+        handle = teacher.register_forward_hook(lambda m, a, o: logits.append(o.detach().clone()))
+        distiller = DD.DistillData(args)
+        try:
+            distiller.get_distil_data(model_name="resnet20_cifar10", teacher_model=teacher, batch_size=LBNS_BATCH,
+                                      group=1, beta=SYNTH_BETA, gamma=SYNTH_GAMMA, save_path_head=head)
+        except SystemExit:
+            pass
+        finally:
+            handle.remove()
+        layers = len(distiller.calib_running_mean)
+        assert n_centers == 3 and len(RecordingAdam.log) == 4 and len(center_rows) == 3 * LBNS_CENTER_STEPS
+        assert len(RecordingPlateau.log) == 3 * LBNS_CENTER_STEPS + 1
+        # centers: labels (the CE target of each batch's first step), pixels, terms, totals, gradients
+        rng = torch.Generator()
+        rng.set_state(centers_state)
+        for i in range(n_centers):
+            entry = RecordingAdam.log[i]
+            assert torch.equal(torch.randn(entry["x0"].shape, generator=rng, dtype=torch.float64), entry["x0"])
+            out[f"center{i}/labels"] = RecordingLosses.ce_targets[i * LBNS_CENTER_STEPS]
+            out[f"center{i}/x0"] = digest(entry["x0"])
+            out[f"center{i}/x_after"] = digest(entry["x_after"])
+            for it in range(LBNS_CENTER_STEPS):
+                row = center_rows[i * LBNS_CENTER_STEPS + it]
+                out[f"center{i}/step{it}/grad"] = digest(entry["grads"][it])
+                out[f"center{i}/step{it}/total"] = torch.tensor(RecordingPlateau.log[i * LBNS_CENTER_STEPS + it],
+                                                                dtype=torch.float64)
+                for key in ("mean_loss", "var_loss", "loss_target"):
+                    out[f"center{i}/step{it}/{key}"] = torch.tensor(row[key], dtype=torch.float64)
+        stored = list(store.stored.values())[0]
+        assert len(stored) == n_centers and all(torch.equal(torch.as_tensor(c), RecordingAdam.log[i]["x_after"])
+                                                for i, c in enumerate(stored))
+        out["centers_rng_state"] = centers_state
+        for n in range(layers):
+            out[f"pooled/mean/{n}"] = distiller.calib_running_mean[n]
+            out[f"pooled/var/{n}"] = distiller.calib_running_var[n]
+        # the synthesis step
+        main_rows = printed.rows("mean_loss")[3 * LBNS_CENTER_STEPS:]
+        (row,) = main_rows
+        entry = RecordingAdam.log[-1]
+        rng.set_state(states[0])
+        assert torch.equal(torch.randn(entry["x0"].shape, generator=rng, dtype=torch.float64), entry["x0"])
+        labels = [torch.as_tensor(v[0]) for k, v in store.stored.items() if "labels" in k][0]
+        mse = RecordingLosses.mse_outputs[mse_before:]
+        assert len(mse) == 2 * layers + 2 * (layers - ((layers + 2) // 2 - 2))
+        assert len(logits) == n_centers + 2  # the centers' statistics, the step, the final accuracy forward
+        out.update(rng_state=states[0], x0=digest(entry["x0"]), labels=labels, teacher_logits=logits[n_centers],
+                   grad=digest(entry["grads"][0]), x_after=digest(entry["x_after"]),
+                   lbns_terms=torch.stack([m.reshape(()) for m in mse[2 * layers:]]),
+                   total=torch.tensor(RecordingPlateau.log[-1], dtype=torch.float64),
+                   settings=torch.tensor([LBNS_BATCH, LBNS_CENTER_STEPS, SYNTH_BETA, SYNTH_GAMMA, layers],
+                                         dtype=torch.float64))
         for key in ("mean_loss", "var_loss", "loss_target"):
             out[key] = torch.tensor(row[key], dtype=torch.float64)
         out["commit"] = torch.tensor(list(COMMIT.encode()))
@@ -290,15 +439,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synq", type=Path, required=True, help="export of snudm-starlab/SynQ at " + COMMIT)
     parser.add_argument("--work", type=Path, default=Path("/tmp/golden_dq/work_synq"))
+    parser.add_argument("--only", choices=("synthesis", "terms", "iteration", "lbns"), action="append",
+                        help="write only these fixtures (default: all)")
     args = parser.parse_args()
+    only = set(args.only or ("synthesis", "terms", "iteration", "lbns"))
     torch.set_num_threads(1)
     stub_modules(STANDARD_STUBS)
     args.work.mkdir(parents=True, exist_ok=True)
     prepare(args.synq, args.work)
-    save_fixture("synq", "synthesis", synthesis(args.work))
-    save_fixture("synq", "terms", terms(args.work))
-    for case in ITERATION:
-        save_fixture("synq", f"iteration_{case}", iteration(args.work, case))
+    if "synthesis" in only:
+        save_fixture("synq", "synthesis", synthesis(args.work))
+    if "terms" in only:
+        save_fixture("synq", "terms", terms(args.work))
+    if "iteration" in only:
+        for case in ITERATION:
+            save_fixture("synq", f"iteration_{case}", iteration(args.work, case))
+    if "lbns" in only:
+        save_fixture("synq", "lbns", lbns(args.work))
 
 
 if __name__ == "__main__":
