@@ -72,7 +72,7 @@ class HastObjective:
     """HAST's synthesis loss BNS + β·mean((1 − p_y)^γ·CE) on the (maybe augmented) batch (HA:L158-177)."""
 
     def __init__(self, teacher: nn.Module, cfg: HastConfig) -> None:
-        self.cfg = HastSynthesis(cfg.beta, cfg.gamma, cfg.aug_scale_min)
+        self.cfg = HastSynthesis(cfg.beta, cfg.gamma)
         self.bns = BNStatisticsLoss(teacher)
         self.terms: dict[str, Tensor] = {}
 

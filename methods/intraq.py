@@ -71,7 +71,7 @@ class IntraQObjective:
 
     def __init__(self, teacher: nn.Module, cfg: IntraQConfig, num_classes: int, input_size: int,
                  device: torch.device) -> None:
-        self.cfg = IntraQSynthesis(cfg.target_min, cfg.margin_lower, cfg.margin_upper, cfg.aug_scale_min)
+        self.cfg = IntraQSynthesis(cfg.target_min, cfg.margin_lower, cfg.margin_upper)
         self.bns = BNStatisticsLoss(teacher)
         self.tap = FeatureTap(teacher, [final_pool_name(teacher)])
         dtype = next(teacher.parameters()).dtype

@@ -60,8 +60,8 @@ def test_intraq_synthesis_steps_match_official(setting):
     """Two batches of one step each (the second against the centroids of the first): local object
     reinforcement, soft inception loss, marginal distance, BNS, the pixel gradient and the centroid store."""
     fx = load_fixture("intraq", f"synthesis_{setting}")
-    target_min, m_l, m_u, aug = fx["settings"].tolist()
-    cfg = ds.IntraQSynthesis(target_min, m_l, m_u, aug)
+    target_min, m_l, m_u, _ = fx["settings"].tolist()  # the fourth: augMargin (boxes come from the fixture)
+    cfg = ds.IntraQSynthesis(target_min, m_l, m_u)
     with default_dtype(torch.float64):
         teacher = resnet20(NET_SEED, fx)
         bns = BNStatisticsLoss(teacher)

@@ -226,13 +226,13 @@ def local_object_reinforcement(x: Tensor, boxes: Tensor, flips: Tensor, apply: T
 
 @dataclass(frozen=True)
 class IntraQSynthesis:
-    """IntraQ's synthesis settings (``run_generate_cifar10.sh:L4-11``: ε_t 0.95, m_l 0.05, m_u 0.8, RRC scale 0.5;
-    CIFAR-100: 0.6, 0.02, 1.0; ImageNet: 1.0, 0.0, 2)."""
+    """IntraQ's synthesis-loss settings (``run_generate_cifar10.sh:L4-11``: ε_t 0.95, m_l 0.05, m_u 0.8;
+    CIFAR-100: 0.6, 0.02, 1.0; ImageNet: 1.0, 0.0, 2). The RRC scale (``augMargin``) is the synthesis loop's
+    (:class:`dfqbench.blocks.synthesis.SynthesisSettings` ``crop_scale_min``)."""
 
     target_min: float = 0.95  # targetPro
     margin_lower: float = 0.05  # cosineMargin
     margin_upper: float = 0.8  # cosineMargin_upper
-    crop_scale_min: float = 0.5  # augMargin
 
 
 def intraq_synthesis_objective(logits: Tensor, pooled: Tensor, labels: Tensor, targets: Tensor, centroids: Tensor,
@@ -251,12 +251,12 @@ def intraq_synthesis_objective(logits: Tensor, pooled: Tensor, labels: Tensor, t
 
 @dataclass(frozen=True)
 class HastSynthesis:
-    """HAST's synthesis settings (``run_generate_cifar10.sh:L8-9``: β 10, γ 2, no augmentation on CIFAR;
-    ImageNet β 0.1, γ 0.5 with RRC scale 0.4 at p = 0.5). SynQ's synthesis without ``--lbns`` is the same."""
+    """HAST's synthesis-loss settings (``run_generate_cifar10.sh:L8-9``: β 10, γ 2, no augmentation on CIFAR;
+    ImageNet β 0.1, γ 0.5 with RRC scale 0.4 at p = 0.5, which the synthesis loop applies). SynQ's synthesis
+    without ``--lbns`` is the same."""
 
     beta: float = 10.0
     gamma: float = 2.0
-    crop_scale_min: float = 0.4  # augMargin (used on ImageNet only)
 
 
 def hast_synthesis_objective(logits: Tensor, labels: Tensor, bns: Tensor, cfg: HastSynthesis
