@@ -52,7 +52,7 @@ without them. With ``lbns`` off the bank key is unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +68,9 @@ from dfqbench.specs.validate import check_int, check_positive, check_real
 from dfqbench.store.bank.key import MAX_BANK_STEPS
 from dfqbench.methods._direct import TINY_BANK, attention_layer_names, direct_train, kd_term
 from dfqbench.methods.hast import HAST, HastConfig
+
+if TYPE_CHECKING:
+    from dfqbench.specs import RunSpec
 
 # (λ, ε) of the one released hocon (SQ:src/config/imagenet_3bit.hocon: lam = 4000, eps = 0.01), read by nothing
 HOCON_LAMBDA_EPS = {"imagenet": (4000.0, 0.01)}
@@ -202,6 +205,17 @@ class SynQ(HAST):
         if self.spec is None:
             raise RuntimeError("synq: prepare_run(spec, results) must run before synthesis_objective()")
         return LbnsObjective(teacher, self.config, self.num_classes, self.input_size, self.spec.seed, device)
+
+    @classmethod
+    def bank_prelude_steps(cls, spec: "RunSpec") -> int:
+        """With ``lbns``: the calibration centers, ⌈C/B⌉ batches × ``center_steps``, made whenever the bank's
+        synthesis starts or resumes (they are not stored)."""
+        from dfqbench.zoo import model_info
+
+        cfg = cls.config_class(**spec.method_config)
+        if not cfg.lbns:
+            return 0
+        return -(-model_info(spec.model).num_classes // cfg.bank_batch_size) * cfg.center_steps
 
     def setup_description(self) -> str:
         text = super().setup_description()

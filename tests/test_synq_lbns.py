@@ -110,3 +110,20 @@ def test_pooled_statistics_total_variance_and_the_official_first_batch_weight():
     torch.testing.assert_close(v_pooled, var)
     first_var = firsts.var((0, 2, 3), correction=0)
     torch.testing.assert_close(v_official, var - first_var * (4 - 1) / 12)
+
+
+def test_the_bank_estimate_counts_the_centers_with_lbns(tiny_request, tmp_path):
+    """The planner's bank cost includes ⌈C/B⌉ × center_steps prelude steps when ``lbns`` is on (made again on a
+    resume), none when off; a summary cached before the field existed counts none."""
+    from dfqbench.launch.banks import bank_summary, synthesis_seconds
+    from dfqbench.methods.synq import SynQ
+
+    off = bank_summary(SynQ, predict_spec(_request(tiny_request, "synq", tmp_path)))
+    on = bank_summary(SynQ, predict_spec(_request(tiny_request, "synq", tmp_path, *LBNS)))
+    assert off["prelude_steps"] == 0
+    assert on["prelude_steps"] == -(-10 // on["batch_size"]) * 3  # tiny: 10 classes, center_steps=3
+    per_step = synthesis_seconds(on) / (on["num_batches"] * on["steps"] + on["prelude_steps"])
+    assert synthesis_seconds(on, 1) == pytest.approx((on["steps"] + on["prelude_steps"]) * per_step)
+    assert synthesis_seconds(on, 0) == 0.0
+    legacy = {k: v for k, v in off.items() if k != "prelude_steps"}
+    assert synthesis_seconds(legacy) == synthesis_seconds(off)

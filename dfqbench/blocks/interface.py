@@ -168,6 +168,12 @@ class Method:
         return None
 
     @classmethod
+    def bank_prelude_steps(cls, spec: "RunSpec") -> int:
+        """Synthesis steps (at the bank's batch size) the bank's synthesis makes before its batches, each time it
+        starts or resumes (SynQ's calibration centers); counted in the bank's cost estimate. Default 0."""
+        return 0
+
+    @classmethod
     def default_config(cls) -> dict[str, Any]:
         return dataclasses.asdict(cls.config_class())
 

@@ -9,7 +9,9 @@ dry run answered from the plan cache lists banks too. Bank states are read from 
 Synthesis cost (an assumption, as the rest of :mod:`dfqbench.launch.estimate`): a synthesis step is one teacher
 forward and backward to the pixels, priced per image as one training image of that model
 (:func:`dfqbench.launch.estimate.train_cost_per_image`, which also prices a student and a generator, so this
-errs high) plus the per-iteration overhead: batches × steps × (overhead + batch × cost per image). For
+errs high) plus the per-iteration overhead: (batches × steps + prelude) × (overhead + batch × cost per image), the
+prelude being the steps a synthesis makes before its batches whenever it starts or resumes
+(:meth:`dfqbench.blocks.interface.Method.bank_prelude_steps`: SynQ's calibration centers with ``method.lbns``). For
 IntraQ's CIFAR bank (20 × 1,000 steps at batch 256) that is 7.6 GPU-minutes; for ResNet-18 ImageNet, 3.2 GPU-hours.
 """
 
@@ -40,14 +42,16 @@ def bank_summary(method_cls: Any, spec: "RunSpec | None") -> dict[str, Any] | No
         return None
     return {"name": key.name, "bank_id": key.bank_id, "method": key.method, "model": key.model,
             "dataset": key.dataset, "seed": key.seed, "num_batches": key.num_batches, "batch_size": key.batch_size,
-            "steps": key.steps, "images": key.images, "storage": key.storage, "stored_bytes": key.stored_bytes()}
+            "steps": key.steps, "images": key.images, "storage": key.storage, "stored_bytes": key.stored_bytes(),
+            "prelude_steps": method_cls.bank_prelude_steps(spec)}
 
 
 def synthesis_seconds(bank: dict[str, Any], batches: int | None = None) -> float:
     """The module docstring's cost model for ``batches`` (default all) of the bank's batches, in seconds."""
     batches = bank["num_batches"] if batches is None else batches
     per_step = ITER_OVERHEAD_S + bank["batch_size"] * train_cost_per_image(bank["model"], bank["dataset"])
-    return batches * bank["steps"] * per_step
+    prelude = bank.get("prelude_steps", 0) if batches > 0 else 0  # plans cached before it have none
+    return (batches * bank["steps"] + prelude) * per_step
 
 
 @dataclass
