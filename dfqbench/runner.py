@@ -185,8 +185,8 @@ def zero_variance_warning(teacher: torch.nn.Module) -> str | None:
         return None
     return (f"note: the teacher has {sum(found.values())} BatchNorm channel(s) with zero running variance (in "
             f"{', '.join(found)}); the student's gradient on their BN weight is 1/sqrt(eps) times larger, so "
-            "fine-tuning at a high learning rate or KD weight can diverge (IntraQ, HAST and SynQ do at their released "
-            "rates); quant.zero_variance_bn=recondition re-expresses them with the same function")
+            "fine-tuning at a high learning rate or KD weight can diverge (HAST and SynQ do at their released rates); "
+            "quant.zero_variance_bn=recondition re-expresses them with the same function")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -5,8 +5,10 @@ offline ResNet-20 (``../shared/weights/README.md``) writes its parameter-free "o
 with 0/1 weights plus a BN whose zero-padded channels have μ = σ² = 0 and γ = √ε, so that the BN is the identity.
 The function is fine, the parametrisation is not: in the student, ∂L/∂γ = ∂L/∂y·(x − μ)/√ε, a 1/√ε ≈ 316× gain
 once the conv row feeding the channel leaves zero, so a fine-tuning step that moves it feeds back through γ and
-the student diverges within a few steps at the released learning rates of the 8000·KL methods (measured on
-IntraQ, HAST and SynQ; the official code never meets this, as pytorchcv's teachers have no such channels).
+the student diverges within a few steps at the released learning rates of the 8000·KL methods (measured: HAST
+and SynQ at lr 1e-5 train with the switch and diverge without it; IntraQ's 10× larger rate diverges on this
+teacher either way, the CIFAR instability its issue #3 reports). The official code never meets this: pytorchcv's
+teachers have no such channels.
 
 :func:`recondition_zero_variance_bn` sets those channels to σ² = 1 − ε and γ' = γ/√ε: the same scale
 γ/√(σ² + ε), so the same eval-mode function (to float rounding), with a gain of 1 on γ'. It is applied to the
