@@ -107,3 +107,18 @@ def test_the_run_says_when_the_teacher_has_zero_variance_channels():
     healthy = shortcut_like()
     healthy[1].running_var.fill_(1.0)
     assert zero_variance_warning(healthy) is None
+
+
+def test_a_spec_written_before_the_setting_reads_as_keep(tmp_path):
+    """A record's spec from before the setting existed (no ``changed`` either): the report resolves its cell's
+    default and finds it equal, so the run stays the cell's default configuration."""
+    from dfqbench.report.defaults import configuration_diff
+
+    request = RunRequest(method="gdfq", model="tiny_cifar10", bits="w4a4", seed=0, protocol="quick",
+                         overrides=[], results=str(tmp_path), device="cpu")
+    old = predict_spec(request).to_dict()
+    old.pop("changed")
+    old["quant"] = {k: v for k, v in old["quant"].items() if k != "zero_variance_bn"}
+    assert configuration_diff(old) == []
+    old["quant"]["zero_variance_bn"] = "recondition"
+    assert configuration_diff(old) == [("quant.zero_variance_bn", "recondition")]

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dfqbench.specs.runspec import HASHED_WHEN_SET
+
 # spec section -> the prefix its fields have in `dfqbench run` overrides and `report --where`
 SECTION_PREFIX = {"train": "train", "method_config": "method", "quant": "quant"}
 
@@ -30,12 +32,15 @@ def plain(value: Any) -> Any:
 
 
 def flat_configuration(sections: dict[str, Any]) -> dict[str, Any]:
-    """The ``train``/``method_config``/``quant`` sections of a spec, flattened to override keys."""
+    """The ``train``/``method_config``/``quant`` sections of a spec, flattened to override keys; a setting added
+    after the spec was written reads as the value runs had before it existed
+    (:data:`dfqbench.specs.runspec.HASHED_WHEN_SET`)."""
     out: dict[str, Any] = {}
     for section, prefix in SECTION_PREFIX.items():
         values = sections.get(section)
         if isinstance(values, dict):
-            out.update({f"{prefix}.{k}": v for k, v in values.items()})
+            earlier = {name: value for (where, name), value in HASHED_WHEN_SET.items() if where == section}
+            out.update({f"{prefix}.{k}": v for k, v in {**earlier, **values}.items()})
         else:
             out[prefix] = values
     return plain(out)
