@@ -7,7 +7,8 @@
 #
 # 1. check_engines: fused fake-quant bit-exact on the GPU; CUDA-graph replay equal to the uncaptured step.
 # 2. count_ops: ATen operations (kernel launches) per eager iteration, and those the fused quantizers replace;
-#    bench_step: ms/iteration per method (paper batch, resnet20_cifar10), FP and W3A3 student, eager vs compiled.
+#    bench_step: ms/iteration per method (paper batch, resnet20_cifar10), FP and W3A3 student, eager vs compiled;
+#    bench_direct: the same for IntraQ, HAST and SynQ (a random bank stands in) and bench_synthesis's step.
 # 3. bench_packed: AdaSG W3A3 iterations/s with 1, 2, 4, 8 processes on the GPU (compiled engine).
 # 4. quick runs: every method, eager and compiled (7 runs packed on the GPU at once, --runs-per-gpu 7).
 # 5. paper_adasg: the paper-protocol AdaSG W3A3 run for PAPER_SECONDS (default 120), its iterations/s.
@@ -37,9 +38,12 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 
 want check && CUBLAS_WORKSPACE_CONFIG=:4096:8 part check_engines 110 python benchmarks/check_engines.py --iters 5 \
-  --methods "${CHECK_METHODS:-gdfq,qimera,adasg,zaq,zeroq_kd}"
+  --methods "${CHECK_METHODS:-gdfq,qimera,adasg,zaq,zeroq_kd,intraq,hast,synq}"
 want bench && part count_ops 60 python benchmarks/count_ops.py --device cuda --methods gdfq,adasg
 want bench && part bench_step 150 python benchmarks/bench_step.py --iters "$ITERS" --warmup 5 --json "$OUT/bench_step.jsonl"
+want bench && part bench_direct 120 python benchmarks/bench_step.py --methods intraq,hast,synq --iters "$ITERS" \
+  --warmup 5 --json "$OUT/bench_direct.jsonl"
+want bench && part bench_synthesis 60 python benchmarks/bench_synthesis.py --device cuda --only step --iters 10
 want packed && OMP_NUM_THREADS=1 part bench_packed 100 python benchmarks/bench_step.py --methods "" --packed 1,2,4,8 \
   --packed-method adasg --iters 150 --warmup 5 --json "$OUT/bench_packed.jsonl"
 if want quick; then
