@@ -20,13 +20,13 @@ def _format(values: dict[str, float]) -> str:
     return " ".join(f"{k}={values[k]:.4g}" for k in SHOWN_KEYS if k in values)
 
 
-
 def epoch_text(top1: float | None, best: float | None) -> str:
     """An epoch's accuracy for the progress line; ``best`` is None before the first epoch that can be the best (a
     calibration epoch before ``train.eval_start_epoch``)."""
     if top1 is None:
         return "not evaluated"
     return f"top-1 {top1:.2f} (" + ("not a candidate for the best yet" if best is None else f"best {best:.2f}") + ")"
+
 
 class EtaClock:
     """A steady remaining-time estimate: (iterations left) × (mean seconds per training iteration) + (epochs
