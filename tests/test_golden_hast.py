@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from test_golden_intraq import (DELTA_ATOL, DELTA_RTOL, GRAD_ATOL, GRAD_RTOL, LOSS_ATOL, LOSS_RTOL, NET_SEED,
-                                RANGE_SEED, check_digest, check_packed, load_ranges, plugin_trainer, sgd_step_delta,
-                                student_inputs)
+                                check_digest, check_packed, fixture_batch, plugin_trainer, sgd_step_delta,
+                                student_inputs, teacher_and_student)
 from golden_b_helpers import check_close, default_dtype, load_fixture, resnet20
 from golden_b_common import digest
 from golden_common import portable_randn
@@ -78,32 +78,14 @@ def test_channel_attention_and_fa_match_official():
         check_close(f"fa_{tag}", dft.attention_transfer_loss(s, t, 1000.0), fx[f"fa_{tag}"], *tol)
 
 
-def _student(fx: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
-    from dfqbench.quant import QuantConfig, quantize_model
-
-    teacher = resnet20(NET_SEED, fx)
-    student = quantize_model(teacher, QuantConfig(4, 4, "ema_gdfq"))
-    student.requires_grad_(True)
-    load_ranges(student, fx)
-    return teacher, student
-
-
-def _batch(fx: dict, n: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(RANGE_SEED)
-    portable_randn((32, 3, 32, 32), gen, torch.float64)  # the range batch, drawn first by the maker
-    x = portable_randn((n, 3, 32, 32), gen, torch.float64)
-    check_close("x", digest(x), fx["x"], 0.0, 0.0)
-    return x
-
-
 def test_hast_whole_student_loss_matches_official():
     """One official fine-tuning iteration (epoch 4): our hast_student_loss with dfqbench's student (official
     ranges, frozen) and FeatureTaps on every ResUnit.body gives KD, FA, the perturbation's signs, KD and FA on x',
     and the student's gradients of the total."""
     fx = load_fixture("hast", "iteration")
     with default_dtype(torch.float64):
-        teacher, student = _student(fx)
-        x = _batch(fx, 4)
+        teacher, student = teacher_and_student(fx)
+        x = fixture_batch(fx, 4)
         t_tap, s_tap = FeatureTap(teacher, BODIES), FeatureTap(student, BODIES)
         seen = []
 
@@ -127,8 +109,8 @@ def test_hast_detached_teacher_switch_changes_the_perturbation():
     """The fix behind ``detach_teacher_in_perturbation`` is not a no-op on the official batch."""
     fx = load_fixture("hast", "iteration")
     with default_dtype(torch.float64):
-        teacher, student = _student(fx)
-        x = _batch(fx, 4)
+        teacher, student = teacher_and_student(fx)
+        x = fixture_batch(fx, 4)
         t_tap, s_tap = FeatureTap(teacher, BODIES), FeatureTap(student, BODIES)
         seen = []
 
@@ -150,8 +132,8 @@ def test_hast_plugin_iteration_matches_official():
 
     fx = load_fixture("hast", "iteration")
     with default_dtype(torch.float64):
-        teacher, student = _student(fx)
-        x = _batch(fx, 4)
+        teacher, student = teacher_and_student(fx)
+        x = fixture_batch(fx, 4)
         trainer = plugin_trainer("hast", teacher, student, 4, 1e-5)
         assert trainer.step.student_tap is not None and trainer.step.student_tap.names == BODIES
         inputs, logits = student_inputs(trainer.student, 4)

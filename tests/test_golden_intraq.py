@@ -112,18 +112,10 @@ def test_intraq_synthesis_steps_match_official(setting):
 def test_intraq_whole_finetune_loss_matches_official():
     """One official fine-tuning iteration (epoch 4: bank batch, KD + CE, SGD): our intraq_student_loss on dfqbench's
     quantized student (the official ranges loaded and frozen) gives the same loss, logits and parameter gradients."""
-    from dfqbench.quant import QuantConfig, quantize_model
-
     fx = load_fixture("intraq", "iteration")
     with default_dtype(torch.float64):
-        teacher = resnet20(NET_SEED, fx)
-        student = quantize_model(teacher, QuantConfig(4, 4, "ema_gdfq"))
-        student.requires_grad_(True)
-        load_ranges(student, fx)
-        gen = torch.Generator().manual_seed(RANGE_SEED)
-        portable_randn((32, 3, 32, 32), gen, torch.float64)  # the range batch, drawn first by the maker
-        x = portable_randn((16, 3, 32, 32), gen, torch.float64)
-        check_close("x", digest(x), fx["x"], 0.0, 0.0)
+        teacher, student = teacher_and_student(fx)
+        x = fixture_batch(fx, 16)
         y = fx["y"]
         with torch.no_grad():
             t_logits = teacher(x)
@@ -149,6 +141,28 @@ def load_ranges(student: torch.nn.Module, fx: dict) -> None:
         assert name in state, name
         state[name].copy_(fx[key].reshape(state[name].shape))
     set_range_update(student, False)
+
+
+def teacher_and_student(fx: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The seeded teacher and dfqbench's W4A4 student of it with the official activation ranges, frozen (the
+    fine-tuning iterations of IntraQ, HAST and SynQ start from these)."""
+    from dfqbench.quant import QuantConfig, quantize_model
+
+    teacher = resnet20(NET_SEED, fx)
+    student = quantize_model(teacher, QuantConfig(4, 4, "ema_gdfq"))
+    student.requires_grad_(True)
+    load_ranges(student, fx)
+    return teacher, student
+
+
+def fixture_batch(fx: dict, n: int) -> torch.Tensor:
+    """The iteration's input batch of ``n`` images, drawn after the range batch as the maker draws it, checked
+    against the fixture's digest."""
+    gen = torch.Generator().manual_seed(RANGE_SEED)
+    portable_randn((32, 3, 32, 32), gen, torch.float64)  # the range batch, drawn first by the maker
+    x = portable_randn((n, 3, 32, 32), gen, torch.float64)
+    check_close("x", digest(x), fx["x"], 0.0, 0.0)
+    return x
 
 
 class _NoBank(list):
@@ -222,18 +236,11 @@ def test_intraq_plugin_iteration_matches_official():
     gradient and the SGD step's parameter changes ``delta/``."""
     from dfqbench.blocks.interface import Sample
     from dfqbench.core.step import Batch
-    from dfqbench.quant import QuantConfig, quantize_model
 
     fx = load_fixture("intraq", "iteration")
     with default_dtype(torch.float64):
-        teacher = resnet20(NET_SEED, fx)
-        student = quantize_model(teacher, QuantConfig(4, 4, "ema_gdfq"))
-        student.requires_grad_(True)
-        load_ranges(student, fx)
-        gen = torch.Generator().manual_seed(RANGE_SEED)
-        portable_randn((32, 3, 32, 32), gen, torch.float64)
-        x = portable_randn((16, 3, 32, 32), gen, torch.float64)
-        check_close("x", digest(x), fx["x"], 0.0, 0.0)
+        teacher, student = teacher_and_student(fx)
+        x = fixture_batch(fx, 16)
         trainer = plugin_trainer("intraq", teacher, student, 16, 1e-4)
         inputs, logits = student_inputs(trainer.student, 16)
         with torch.no_grad():

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from test_golden_intraq import (DELTA_ATOL, DELTA_RTOL, GRAD_ATOL, GRAD_RTOL, LOSS_ATOL, LOSS_RTOL, NET_SEED,
-                                check_digest, check_packed, load_ranges, plugin_trainer, sgd_step_delta,
-                                student_inputs)
+                                check_digest, check_packed, plugin_trainer, sgd_step_delta,
+                                student_inputs, teacher_and_student)
 from golden_b_helpers import check_close, default_dtype, load_fixture, resnet20
 from golden_b_common import digest
 from golden_common import portable_randn
@@ -43,17 +43,6 @@ def _terms_inputs() -> dict[str, torch.Tensor]:
     out["x"] = portable_randn((4, 3, 32, 32), gen, torch.float64)
     out["cam_labels"] = torch.randint(0, 10, (4,), generator=gen)
     return out
-
-
-def _models(fx: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The seeded teacher and dfqbench's W4A4 student with the official activation ranges, frozen."""
-    from dfqbench.quant import QuantConfig, quantize_model
-
-    teacher = resnet20(NET_SEED, fx)
-    student = quantize_model(teacher, QuantConfig(4, 4, "ema_gdfq"))
-    student.requires_grad_(True)
-    load_ranges(student, fx)
-    return teacher, student
 
 
 def test_synq_synthesis_step_matches_official():
@@ -132,7 +121,7 @@ def test_grad_cam_alignment_matches_official(mode):
     inputs = _terms_inputs()
     check_close("cam_labels", inputs["cam_labels"], fx["cam_labels"], 0.0, 0.0)
     with default_dtype(torch.float64):
-        teacher, student = _models(fx)
+        teacher, student = teacher_and_student(fx)
         t_tap = FeatureTap(teacher, [dft.last_conv_name(teacher)])
         s_tap = FeatureTap(student, [dft.last_conv_name(student)])
         x = inputs["x"].clone().requires_grad_(True)
@@ -179,7 +168,7 @@ def test_synq_whole_student_loss_matches_official(case):
     cfg = dft.SynqStudentLoss(lambda_ce=lambda_ce, tau=tau, lambda_cam=lambda_cam, lambda_pert=lambda_pert,
                               perturbed_fa=bool(imagenet))
     with default_dtype(torch.float64):
-        teacher, student = _models(fx)
+        teacher, student = teacher_and_student(fx)
         gen = torch.Generator().manual_seed({"defaults": 72, "imagenet": 73}[case])
         x = portable_randn((4, 3, 32, 32), gen, torch.float64)
         check_close("x", digest(x), fx["x"], 0.0, 0.0)
@@ -215,7 +204,7 @@ def test_synq_label_cam_switch_changes_the_iteration():
     """``cam_class="label"`` (paper Eq. 5) is not the released argmax CAM on the official batch: L_CAM moves."""
     fx = load_fixture("synq", "iteration_defaults")
     with default_dtype(torch.float64):
-        teacher, student = _models(fx)
+        teacher, student = teacher_and_student(fx)
         gen = torch.Generator().manual_seed(72)
         xf = dft.low_pass_filter(portable_randn((4, 3, 32, 32), gen, torch.float64), d0=80.0)
         t_fwd = _forward(teacher, BODIES + [dft.last_conv_name(teacher)])
@@ -238,7 +227,7 @@ def test_synq_plugin_iteration_matches_official(case):
     method = {"d0": d_zero, "tau": tau, "lambda_ce": lambda_ce, "lambda_cam": lambda_cam, "lambda_pert": lambda_pert,
               "perturbed_fa": str(bool(imagenet)).lower()}
     with default_dtype(torch.float64):
-        teacher, student = _models(fx)
+        teacher, student = teacher_and_student(fx)
         gen = torch.Generator().manual_seed({"defaults": 72, "imagenet": 73}[case])
         x = portable_randn((4, 3, 32, 32), gen, torch.float64)
         check_close("x", digest(x), fx["x"], 0.0, 0.0)
