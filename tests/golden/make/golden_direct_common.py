@@ -113,6 +113,48 @@ class PrintRecorder:
         return out
 
 
+class DistillRecording:
+    """Observers on an official ``distill_data`` module (HAST's, and SynQ's fork of it) for one synthesis call:
+    its ``print`` (loss rows), its pickle dumps (by file name), the teacher's logits, the RNG state when each
+    batch's ``RandomResizedCrop`` is built (right before its ``torch.randn``) and :class:`RecordingAdam`'s log.
+    Use as a context manager; the teacher's hook is removed on exit."""
+
+    def __init__(self, DD, teacher: nn.Module) -> None:
+        self.printed, self.dumped, self.logits, self.states = PrintRecorder(), {}, [], []
+        DD.print = self.printed
+        DD.optim = SimpleNamespace(Adam=RecordingAdam, lr_scheduler=torch.optim.lr_scheduler)
+        DD.pickle = SimpleNamespace(HIGHEST_PROTOCOL=5, dump=lambda obj, fp, protocol=None: self.dumped.setdefault(
+            fp.name, obj))
+        real_rrc = DD.transforms.RandomResizedCrop
+
+        def rrc(*a, **k):  # constructed right before the batch's torch.randn(shape): keep the RNG state
+            self.states.append(torch.get_rng_state())
+            return real_rrc(*a, **k)
+
+        DD.transforms = SimpleNamespace(RandomResizedCrop=rrc, RandomHorizontalFlip=DD.transforms.RandomHorizontalFlip)
+        self.handle = teacher.register_forward_hook(lambda m, a, o: self.logits.append(o.detach().clone()))
+        RecordingAdam.log = []
+
+    def __enter__(self) -> "DistillRecording":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+    def step_entries(self, settings: list[float]) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(the one Adam step's log entry, the fixture entries of a one-step, one-batch synthesis: RNG state, x0,
+        labels, teacher logits, pixel gradient, pixels after the step, ``settings``, and the printed losses)."""
+        labels = [torch.as_tensor(v[0]) for k, v in self.dumped.items() if "labels" in k][0]
+        (row,) = self.printed.rows("mean_loss")
+        (entry,) = RecordingAdam.log
+        out = dict(rng_state=self.states[0], x0=digest(entry["x0"]), labels=labels, teacher_logits=self.logits[0],
+                   grad=digest(entry["grads"][0]), x_after=digest(entry["x_after"]),
+                   settings=torch.tensor(settings, dtype=torch.float64))
+        for key in ("mean_loss", "var_loss", "loss_target"):
+            out[key] = torch.tensor(row[key], dtype=torch.float64)
+        return entry, out
+
+
 class CropRecorder:
     """Records torchvision's RandomResizedCrop boxes and RandomHorizontalFlip decisions (per image, in call order)
     by wrapping ``RandomResizedCrop.get_params`` and ``transforms.functional.hflip``; the draws are torchvision's."""

@@ -43,7 +43,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from golden_direct_common import (  # noqa: E402
-    BITS, RANGE_SEED, STANDARD_STUBS, DDPStandIn, FixedLoader, PrintRecorder, RecordingAdam, copy_patched,
+    BITS, RANGE_SEED, STANDARD_STUBS, DDPStandIn, DistillRecording, FixedLoader, PrintRecorder, RecordingAdam,
+    copy_patched,
     default_dtype, digest, freeze_ranges, grad_digests, net_bn_entries, official_imports, packed_digests,
     portable_randn, pytorchcv_name, record_inputs, save_fixture, stub_modules, teacher_resnet20,
 )
@@ -142,41 +143,20 @@ def synthesis(work: Path) -> dict[str, torch.Tensor]:
     with default_dtype(torch.float64):
         teacher, bn = teacher_resnet20(get_model)
         out: dict[str, torch.Tensor] = net_bn_entries(bn)
-        printed, dumped, logits, states = PrintRecorder(), {}, [], []
-        DD.print = printed
-        DD.optim = SimpleNamespace(Adam=RecordingAdam, lr_scheduler=torch.optim.lr_scheduler)
-        DD.pickle = SimpleNamespace(HIGHEST_PROTOCOL=5, dump=lambda obj, fp, protocol=None: dumped.setdefault(
-            fp.name, obj))
-        real_rrc = DD.transforms.RandomResizedCrop
-
-        def rrc(*a, **k):  # constructed right before the batch's torch.randn(shape): keep the RNG state
-            states.append(torch.get_rng_state())
-            return real_rrc(*a, **k)
-
-        DD.transforms = SimpleNamespace(RandomResizedCrop=rrc, RandomHorizontalFlip=DD.transforms.RandomHorizontalFlip)
-        handle = teacher.register_forward_hook(lambda m, a, o: logits.append(o.detach().clone()))
-        RecordingAdam.log = []
-        torch.manual_seed(SYNTH_SEED)
-        args = SimpleNamespace(lbns=False, num_data=SYNTH_BATCH)  # one batch (num_data // batch_size)
-        try:
-            DD.DistillData(args).get_distil_data(
-                model_name="resnet20_cifar10", teacher_model=teacher, batch_size=SYNTH_BATCH, group=1,
-                beta=SYNTH_BETA, gamma=SYNTH_GAMMA, save_path_head=tempfile.mkdtemp(dir=work))
-        except SystemExit:
-            pass
-        finally:
-            handle.remove()
-        labels = [torch.as_tensor(v[0]) for k, v in dumped.items() if "labels" in k][0]
-        (row,) = printed.rows("mean_loss")
-        (entry,) = RecordingAdam.log
+        with DistillRecording(DD, teacher) as rec:
+            torch.manual_seed(SYNTH_SEED)
+            args = SimpleNamespace(lbns=False, num_data=SYNTH_BATCH)  # one batch (num_data // batch_size)
+            try:
+                DD.DistillData(args).get_distil_data(
+                    model_name="resnet20_cifar10", teacher_model=teacher, batch_size=SYNTH_BATCH, group=1,
+                    beta=SYNTH_BETA, gamma=SYNTH_GAMMA, save_path_head=tempfile.mkdtemp(dir=work))
+            except SystemExit:
+                pass
+        entry, entries = rec.step_entries([SYNTH_BETA, SYNTH_GAMMA])
         rng = torch.Generator()
-        rng.set_state(states[0])
+        rng.set_state(rec.states[0])
         assert torch.equal(torch.randn(entry["x0"].shape, generator=rng, dtype=torch.float64), entry["x0"])
-        out.update(rng_state=states[0], x0=digest(entry["x0"]), labels=labels, teacher_logits=logits[0],
-                   grad=digest(entry["grads"][0]), x_after=digest(entry["x_after"]),
-                   settings=torch.tensor([SYNTH_BETA, SYNTH_GAMMA], dtype=torch.float64))
-        for key in ("mean_loss", "var_loss", "loss_target"):
-            out[key] = torch.tensor(row[key], dtype=torch.float64)
+        out.update(entries)
         out["commit"] = torch.tensor(list(COMMIT.encode()))
         return out
 
