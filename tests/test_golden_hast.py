@@ -30,32 +30,41 @@ F32_GRAD_RTOL = 1e-4
 BODIES = [f"features.stage{s}.unit{u}.body" for s in (1, 2, 3) for u in (1, 2, 3)]  # ResUnit.body, in order
 
 
+def hast_synthesis_gradient(fx: dict, dtype: torch.dtype, loss_tol: tuple[float, float]
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One recorded synthesis step of HAST's objective (HAST's fixtures and SynQ's, whose synthesis forks it): the
+    fixture's initial pixels, the teacher's logits, BNS and the focal CE checked; returns (x0, the pixel gradient)
+    for the caller to compare."""
+    beta, gamma = fx["settings"].tolist()
+    teacher = resnet20(NET_SEED, fx)
+    bns = BNStatisticsLoss(teacher)
+    if "x0_portable_seed" in fx:  # float32 torch.randn differs between CPUs: the maker served portable draws
+        x0 = portable_randn((8, 3, 32, 32), torch.Generator().manual_seed(int(fx["x0_portable_seed"])), dtype)
+    else:  # float64 torch.randn is the same on every CPU
+        rng = torch.Generator()
+        rng.set_state(fx["rng_state"])
+        x0 = torch.randn(8, 3, 32, 32, generator=rng, dtype=dtype)
+    check_close("x0", digest(x0), fx["x0"], 0.0, 0.0)
+    x0.requires_grad_(True)
+    bns.start()
+    logits = teacher(x0)
+    value = bns.stop()
+    bns.remove()
+    check_close("teacher_logits", logits, fx["teacher_logits"], *loss_tol)
+    total, terms = ds.hast_synthesis_objective(logits, fx["labels"], value, ds.HastSynthesis(beta, gamma))
+    check_close("bns", terms["bns"], fx["mean_loss"] + fx["var_loss"], *loss_tol)
+    check_close("focal_ce", terms["focal_ce"], fx["loss_target"], *loss_tol)
+    (grad,) = torch.autograd.grad(total, x0)
+    return x0, grad
+
+
 @pytest.mark.parametrize("name", ["cifar", "imagenet_values", "cifar_float32"])
 def test_hast_synthesis_step_matches_official(name):
     fx = load_fixture("hast", f"synthesis_{name}")
     dtype = fx["teacher_logits"].dtype
     loss_tol = (LOSS_RTOL, LOSS_ATOL) if dtype == torch.float64 else (F32_LOSS_RTOL, F32_LOSS_ATOL)
-    beta, gamma = fx["settings"].tolist()
     with default_dtype(dtype):
-        teacher = resnet20(NET_SEED, fx)
-        bns = BNStatisticsLoss(teacher)
-        if "x0_portable_seed" in fx:  # float32 torch.randn differs between CPUs: the maker served portable draws
-            x0 = portable_randn((8, 3, 32, 32), torch.Generator().manual_seed(int(fx["x0_portable_seed"])), dtype)
-        else:  # float64 torch.randn is the same on every CPU
-            rng = torch.Generator()
-            rng.set_state(fx["rng_state"])
-            x0 = torch.randn(8, 3, 32, 32, generator=rng, dtype=dtype)
-        check_close("x0", digest(x0), fx["x0"], 0.0, 0.0)
-        x0.requires_grad_(True)
-        bns.start()
-        logits = teacher(x0)
-        value = bns.stop()
-        bns.remove()
-        check_close("teacher_logits", logits, fx["teacher_logits"], *loss_tol)
-        total, terms = ds.hast_synthesis_objective(logits, fx["labels"], value, ds.HastSynthesis(beta, gamma))
-        check_close("bns", terms["bns"], fx["mean_loss"] + fx["var_loss"], *loss_tol)
-        check_close("focal_ce", terms["focal_ce"], fx["loss_target"], *loss_tol)
-        (grad,) = torch.autograd.grad(total, x0)
+        _, grad = hast_synthesis_gradient(fx, dtype, loss_tol)
         if dtype == torch.float64:
             check_digest("grad", grad, fx["grad"], GRAD_RTOL, GRAD_ATOL)
         else:

@@ -17,13 +17,12 @@ import torch.nn.functional as F
 from test_golden_intraq import (DELTA_ATOL, DELTA_RTOL, GRAD_ATOL, GRAD_RTOL, LOSS_ATOL, LOSS_RTOL, NET_SEED,
                                 check_digest, check_packed, plugin_trainer, sgd_step_delta,
                                 student_inputs, teacher_and_student)
+from test_golden_hast import hast_synthesis_gradient
 from golden_b_helpers import check_close, default_dtype, load_fixture, resnet20
 from golden_b_common import digest
 from golden_common import portable_randn
 from dfqbench.blocks import direct_finetune as dft
-from dfqbench.blocks import direct_synthesis as ds
 from dfqbench.blocks.features import FeatureTap
-from dfqbench.blocks.hooks import BNStatisticsLoss
 
 TERMS_SEED = 71  # as in tests/golden/make/make_synq.py
 LPF_CASES = {"square_d80": ((2, 3, 32, 32), 80), "square_d8": ((2, 3, 32, 32), 8), "square_d3": ((2, 3, 32, 32), 3),
@@ -48,24 +47,8 @@ def _terms_inputs() -> dict[str, torch.Tensor]:
 def test_synq_synthesis_step_matches_official():
     """SynQ's ``get_distil_data`` (``--lbns`` off, β 0.1, γ 0.5): HAST's objective, from SynQ's own code."""
     fx = load_fixture("synq", "synthesis")
-    beta, gamma = fx["settings"].tolist()
     with default_dtype(torch.float64):
-        teacher = resnet20(NET_SEED, fx)
-        bns = BNStatisticsLoss(teacher)
-        rng = torch.Generator()
-        rng.set_state(fx["rng_state"])
-        x0 = torch.randn(8, 3, 32, 32, generator=rng, dtype=torch.float64)  # float64 randn: the same on every CPU
-        check_close("x0", digest(x0), fx["x0"], 0.0, 0.0)
-        x0.requires_grad_(True)
-        bns.start()
-        logits = teacher(x0)
-        value = bns.stop()
-        bns.remove()
-        check_close("teacher_logits", logits, fx["teacher_logits"], LOSS_RTOL, LOSS_ATOL)
-        total, terms = ds.hast_synthesis_objective(logits, fx["labels"], value, ds.HastSynthesis(beta, gamma))
-        check_close("bns", terms["bns"], fx["mean_loss"] + fx["var_loss"], LOSS_RTOL, LOSS_ATOL)
-        check_close("focal_ce", terms["focal_ce"], fx["loss_target"], LOSS_RTOL, LOSS_ATOL)
-        (grad,) = torch.autograd.grad(total, x0)
+        x0, grad = hast_synthesis_gradient(fx, torch.float64, (LOSS_RTOL, LOSS_ATOL))
         check_digest("grad", grad, fx["grad"], GRAD_RTOL, GRAD_ATOL)
         x = x0.detach().clone().requires_grad_(True)  # the official Adam step (lr 0.5)
         opt = torch.optim.Adam([x], lr=0.5)
