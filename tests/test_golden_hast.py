@@ -87,27 +87,33 @@ def test_channel_attention_and_fa_match_official():
         check_close(f"fa_{tag}", dft.attention_transfer_loss(s, t, 1000.0), fx[f"fa_{tag}"], *tol)
 
 
+def hast_loss_on_fixture(fx: dict, settings: dft.HastStudentLoss
+                         ) -> tuple[torch.Tensor, dict, torch.Tensor, torch.nn.Module]:
+    """hast_student_loss on iteration.pt's batch with dfqbench's student (official ranges, frozen) and FeatureTaps on
+    every ResUnit.body: (total, terms, the FGSM perturbation's signs in units of ε = 0.01, the student)."""
+    teacher, student = teacher_and_student(fx)
+    x = fixture_batch(fx, 4)
+    t_tap, s_tap = FeatureTap(teacher, BODIES), FeatureTap(student, BODIES)
+    seen = []
+
+    def student_forward(v):
+        seen.append(v.detach())
+        return s_tap(v)
+
+    total, terms = dft.hast_student_loss(x, fx["y"], t_tap, student_forward, settings)
+    sign = torch.round((seen[1] - seen[0]) / 0.01).to(torch.int8)
+    return total, terms, sign, student
+
+
 def test_hast_whole_student_loss_matches_official():
-    """One official fine-tuning iteration (epoch 4): our hast_student_loss with dfqbench's student (official
-    ranges, frozen) and FeatureTaps on every ResUnit.body gives KD, FA, the perturbation's signs, KD and FA on x',
-    and the student's gradients of the total."""
+    """One official fine-tuning iteration (epoch 4): our hast_student_loss gives KD, FA, the perturbation's signs,
+    KD and FA on x', and the student's gradients of the total."""
     fx = load_fixture("hast", "iteration")
     with default_dtype(torch.float64):
-        teacher, student = teacher_and_student(fx)
-        x = fixture_batch(fx, 4)
-        t_tap, s_tap = FeatureTap(teacher, BODIES), FeatureTap(student, BODIES)
-        seen = []
-
-        def student_forward(v):
-            out = s_tap(v)
-            seen.append(v.detach())
-            return out
-
-        total, terms = dft.hast_student_loss(x, fx["y"], t_tap, student_forward, dft.HastStudentLoss())
+        total, terms, sign, student = hast_loss_on_fixture(fx, dft.HastStudentLoss())
         for ours, theirs in (("kd", "kd"), ("fa", "fa"), ("kd_perturbed", "kd_perturbed"),
                              ("fa_perturbed", "fa_perturbed")):
             check_close(ours, terms[ours], fx[theirs], LOSS_RTOL, LOSS_ATOL)
-        sign = torch.round((seen[1] - seen[0]) / 0.01).to(torch.int8)
         check_close("sign", sign, fx["sign"], 0.0, 0.0)
         total.backward()
         grads = {n: p.grad for n, p in student.named_parameters()}
@@ -118,17 +124,7 @@ def test_hast_detached_teacher_switch_changes_the_perturbation():
     """The fix behind ``detach_teacher_in_perturbation`` is not a no-op on the official batch."""
     fx = load_fixture("hast", "iteration")
     with default_dtype(torch.float64):
-        teacher, student = teacher_and_student(fx)
-        x = fixture_batch(fx, 4)
-        t_tap, s_tap = FeatureTap(teacher, BODIES), FeatureTap(student, BODIES)
-        seen = []
-
-        def student_forward(v):
-            seen.append(v.detach())
-            return s_tap(v)
-
-        dft.hast_student_loss(x, fx["y"], t_tap, student_forward, dft.HastStudentLoss(detach_teacher_in_perturbation=True))
-        sign = torch.round((seen[1] - seen[0]) / 0.01).to(torch.int8)
+        _, _, sign, _ = hast_loss_on_fixture(fx, dft.HastStudentLoss(detach_teacher_in_perturbation=True))
         assert (sign != fx["sign"]).float().mean() > 0.01
 
 
